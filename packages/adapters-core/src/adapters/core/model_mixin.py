@@ -1,0 +1,267 @@
+"""The adapter API that ``adapters.init`` adds to a model (REFERENCE §1)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..composition import AdapterCompositionBlock
+from ..configs.base import AdapterConfig
+from ..configs.registry import load_config
+from ..errors import AdapterError, AdapterLoadError, AdapterNameError
+from ..io import adapter_io
+from ..methods.base import check_adapter_name
+from .state import AdapterState
+
+DEFAULT_CONFIG = "seq_bn"
+
+
+class ModelAdaptersMixin:
+    """Adapter methods of a model; mixed into the model's class by :func:`adapters.init`.
+
+    Example:
+        >>> import adapters
+        >>> from transformers import BertConfig, BertModel
+        >>> model = BertModel(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        ...                              intermediate_size=37, vocab_size=100))
+        >>> adapters.init(model)
+        >>> model.add_adapter("sst2", config="lora", set_active=True)
+        >>> model.active_adapters
+        Stack['sst2']
+    """
+
+    adapters_state: AdapterState
+
+    # -- adding and removing ----------------------------------------------------------------
+    def add_adapter(self, adapter_name: str, config: Any = None, overwrite_ok: bool = False, set_active: bool = False) -> None:
+        """Add a new adapter; ``config`` is a name (``"lora"``), a shorthand string, a dict or a config."""
+        state = self.adapters_state
+        check_adapter_name(adapter_name)
+        resolved = load_config(DEFAULT_CONFIG if config is None else config)
+        if adapter_name in state.configs:
+            if not overwrite_ok:
+                raise AdapterNameError(
+                    f"An adapter named {adapter_name!r} exists already; pass overwrite_ok=True to replace it "
+                    "or choose another name."
+                )
+            self.delete_adapter(adapter_name)
+        self._add_adapter_modules(adapter_name, resolved)
+        if set_active:
+            self.set_active_adapters(adapter_name)
+
+    def _add_adapter_modules(self, name: str, config: AdapterConfig) -> None:
+        state = self.adapters_state
+        parts = state.methods_of(config)
+        state.configs[name] = config
+        try:
+            for method, part in parts:
+                method.add(state, name, part)
+        except BaseException:
+            for method, _ in parts:
+                method.delete(state, name)
+            state.configs.pop(name, None)
+            state.modules.pop(name, None)
+            raise
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        """Remove an adapter and all its parameters (deactivating and unmerging it first)."""
+        state = self.adapters_state
+        config = state.require(adapter_name)
+        if state.merged == adapter_name:
+            self.reset_adapter()
+        if state.active_setup is not None and adapter_name in state.active_setup.flatten():
+            remaining = [n for n in state.active_setup.flatten() if n != adapter_name]
+            self.set_active_adapters(remaining or None)
+        for method, _ in state.methods_of(config):
+            method.delete(state, adapter_name)
+        del state.configs[adapter_name]
+        state.modules.pop(adapter_name, None)
+
+    # -- activation and training ----------------------------------------------------------
+    def set_active_adapters(self, adapter_setup: Any, skip_layers: list[int] | None = None) -> None:
+        """Activate a setup (a name, a list of names or a Stack) for every forward pass; ``None`` deactivates."""
+        if skip_layers:
+            raise AdapterError("skip_layers (AdapterDrop) is not available in this release.")
+        state = self.adapters_state
+        state.apply_setup(state.resolve_setup(adapter_setup))
+
+    @property
+    def active_adapters(self) -> AdapterCompositionBlock | None:
+        """The active setup (a Stack), or ``None``."""
+        return self.adapters_state.active_setup
+
+    @active_adapters.setter
+    def active_adapters(self, adapter_setup: Any) -> None:
+        self.set_active_adapters(adapter_setup)
+
+    def freeze_model(self, freeze: bool = True) -> None:
+        """Freeze (or unfreeze) every parameter of the transformer body; heads are left alone."""
+        for param in self.adapters_state.base_model.parameters():
+            param.requires_grad = not freeze
+
+    def train_adapter(self, adapter_setup: Any, train_embeddings: bool = False) -> None:
+        """Activate ``adapter_setup``, freeze the body and make only those adapters trainable."""
+        state = self.adapters_state
+        block = state.resolve_setup(adapter_setup)
+        self.train()
+        self.freeze_model(True)
+        for name in block.flatten() if block is not None else []:
+            for _, param in state.parameters_of(name):
+                param.requires_grad = True
+        if train_embeddings:
+            self.get_input_embeddings().weight.requires_grad = True
+        state.apply_setup(block)
+
+    # -- merging ------------------------------------------------------------------------
+    def merge_adapter(self, name: str) -> None:
+        """Merge an adapter's update into the model weights (no cost at inference afterwards)."""
+        state = self.adapters_state
+        config = state.require(name)
+        if state.merged is not None:
+            raise AdapterError(f"Adapter {state.merged!r} is merged already; call reset_adapter() first.")
+        parts = state.methods_of(config)
+        unsupported = [m.name for m, _ in parts if not m.supports_merge]
+        if unsupported:
+            raise AdapterError(f"Adapter {name!r} uses {unsupported}, which cannot be merged into weights.")
+        for method, _ in parts:
+            method.merge(state, name)
+        state.merged = name
+        state.apply_setup(state.active_setup)
+
+    def reset_adapter(self) -> None:
+        """Undo :meth:`merge_adapter`, restoring the original weights."""
+        state = self.adapters_state
+        if state.merged is None:
+            return
+        name, state.merged = state.merged, None
+        for method, _ in state.methods_of(state.configs[name]):
+            method.unmerge(state, name)
+        state.apply_setup(state.active_setup)
+
+    # -- saving and loading -------------------------------------------------------------
+    def save_adapter(self, save_directory: str | os.PathLike, adapter_name: str, meta_dict: dict | None = None, use_safetensors: bool = True) -> None:
+        """Write ``adapter_config.json`` and the weights (safetensors by default), atomically."""
+        adapter_io.save_adapter(self.adapters_state, save_directory, adapter_name, meta_dict, use_safetensors)
+
+    def save_all_adapters(self, save_directory: str | os.PathLike, use_safetensors: bool = True) -> None:
+        """Save every adapter to ``save_directory/<name>``."""
+        for name in self.adapters_state.configs:
+            self.save_adapter(Path(save_directory) / name, name, use_safetensors=use_safetensors)
+
+    def load_adapter(
+        self,
+        adapter_name_or_path: str | os.PathLike,
+        config: Any = None,
+        load_as: str | None = None,
+        set_active: bool = False,
+        use_safetensors: bool | None = None,
+        overwrite_ok: bool = False,
+        **kwargs: Any,
+    ) -> str:
+        """Load an adapter folder written by this library or the reference library; return its name.
+
+        Any error (missing or corrupt file, other model type or hidden size, mismatching weights)
+        leaves the model exactly as it was.
+        """
+        if kwargs:
+            raise TypeError(f"load_adapter() got unsupported arguments {sorted(kwargs)}.")
+        state = self.adapters_state
+        folder = Path(adapter_name_or_path)
+        if not folder.is_dir():
+            raise AdapterLoadError(
+                f"{adapter_name_or_path!s} is not a folder. Pass the folder that save_adapter() wrote."
+            )
+        data = adapter_io.read_adapter_config(folder)
+        adapter_io.check_compatible(state, data, folder)
+        saved_config = adapter_io.parse_saved_config(data, folder)
+        if config is not None and load_config(config).to_dict() != saved_config.to_dict():
+            raise AdapterLoadError(f"The config passed to load_adapter() differs from the one saved in {folder}.")
+        saved_name = data.get("name") or folder.name
+        name = check_adapter_name(load_as or saved_name)
+        tensors = adapter_io.load_weights(folder, adapter_io.fmt.ADAPTER_WEIGHTS, adapter_io.fmt.ADAPTER_WEIGHTS_LEGACY, use_safetensors)
+        previous = None
+        if name in state.configs:
+            if not overwrite_ok:
+                raise AdapterNameError(f"An adapter named {name!r} exists already; pass load_as= or overwrite_ok=True.")
+            previous = name
+        staging = f"{name}__loading" if previous else name
+        self._add_adapter_modules(staging, saved_config)
+        try:
+            adapter_io.load_into(state, staging, saved_name, tensors, folder)
+        except BaseException:
+            self.delete_adapter(staging)
+            raise
+        if previous:
+            self.delete_adapter(previous)
+            self._rename_adapter(staging, name)
+        if set_active:
+            self.set_active_adapters(name)
+        return name
+
+    def _rename_adapter(self, old: str, new: str) -> None:
+        state = self.adapters_state
+        config = state.configs.pop(old)
+        modules = state.modules.pop(old)
+        renamed = {}
+        for path, module in modules.items():
+            new_path = path[: -len(old)] + new
+            container = state.base_model.get_submodule(path.rsplit(".", 1)[0])
+            container._modules = {(new if k == old else k): v for k, v in container._modules.items()}
+            renamed[new_path] = module
+        state.configs[new] = config
+        state.modules[new] = renamed
+
+    # -- inspection -------------------------------------------------------------------
+    def get_adapter(self, name: str) -> dict[int, dict[str, nn.Module]]:
+        """The adapter's modules by layer index and place (e.g. ``{0: {"output_adapter": ...}}``)."""
+        state = self.adapters_state
+        state.require(name)
+        result: dict[int, dict[str, nn.Module]] = {}
+        for method in state.registry.methods:
+            for (layer_idx, place_name), place in state.method_data.get(method.name, {}).items():
+                if name in place.container._modules:
+                    result.setdefault(layer_idx, {})[place_name] = place.container[name]
+        return result
+
+    def iter_layers(self) -> Iterator[tuple[int, nn.Module]]:
+        """Yield ``(index, layer module)`` for every transformer layer."""
+        yield from self.adapters_state.layers
+
+    def adapter_summary(self, as_dict: bool = False) -> str | list[dict[str, Any]]:
+        """A table of adapters: architecture, parameter count and share, active and trainable flags."""
+        state = self.adapters_state
+        adapter_ids = {id(p) for name in state.configs for _, p in state.parameters_of(name)}
+        body = [p for p in state.base_model.parameters() if id(p) not in adapter_ids]
+        base_params = sum(p.numel() for p in body)
+        active = set(state.active_setup.flatten()) if state.active_setup is not None else set()
+        rows = []
+        for name, config in state.configs.items():
+            params = list(state.parameters_of(name))
+            count = sum(p.numel() for _, p in params)
+            rows.append({
+                "name": name,
+                "architecture": config.architecture or "bottleneck",
+                "#param": count,
+                "%param": 100.0 * count / base_params,
+                "active": name in active,
+                "train": bool(params) and all(p.requires_grad for _, p in params),
+            })
+        rows.append({
+            "name": "Full model", "architecture": "", "#param": base_params, "%param": 100.0,
+            "active": "", "train": any(p.requires_grad for p in body),
+        })
+        if as_dict:
+            return rows
+        header = f"{'Name':<20}{'Architecture':<16}{'#Param':>12}{'%Param':>10}{'Active':>8}{'Train':>7}"
+        lines = ["=" * len(header), header, "-" * len(header)]
+        for row in rows:
+            lines.append(
+                f"{row['name']:<20}{row['architecture']:<16}{row['#param']:>12,}{row['%param']:>10.3f}"
+                f"{str(row['active']):>8}{str(row['train']):>7}"
+            )
+        lines.append("=" * len(header))
+        return "\n".join(lines)

@@ -1,0 +1,85 @@
+"""Intercept a residual sub-block of a layer from the outside.
+
+Methods that act "around" a sub-block (bottleneck adapters and their relatives) need three
+things the model never exposes together: the sub-block output ``h`` before the residual
+addition, the residual input ``x`` and the post-LN module. :class:`ResidualBlockHooks` captures
+them with forward hooks on the modules a :class:`~adapters.plugins.ResidualBlock` names and
+hands them to one function that returns the block's new output. Nothing is installed while no
+adapter is active at the block.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from ..plugins.spec import ResidualBlock
+
+BlockFn = Callable[[torch.Tensor, torch.Tensor, Callable[[torch.Tensor], torch.Tensor] | None], torch.Tensor]
+
+
+class ResidualBlockHooks:
+    """Routes one residual block of one layer through ``fn(h, x, layer_norm)`` while installed."""
+
+    def __init__(self, layer: nn.Module, block: ResidualBlock) -> None:
+        self.residual_module = layer.get_submodule(block.residual.path)
+        self.residual_index = block.residual.index
+        self.residual_keyword = block.residual.keyword
+        self.sublayer = layer.get_submodule(block.sublayer)
+        self.layer_norm = layer.get_submodule(block.layer_norm) if block.layer_norm else None
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._fn: BlockFn | None = None
+        self._x: torch.Tensor | None = None
+        self._h: torch.Tensor | None = None
+
+    @property
+    def installed(self) -> bool:
+        return self._fn is not None
+
+    def install(self, fn: BlockFn) -> None:
+        self.remove()
+        self._fn = fn
+        self._handles.append(
+            self.residual_module.register_forward_pre_hook(self._capture_residual, with_kwargs=True)
+        )
+        if self.layer_norm is not None:
+            self._handles.append(self.sublayer.register_forward_hook(self._capture_sublayer_output))
+            # The block's output is computed in place of the post-LN, which receives h + x.
+            self.layer_norm.forward = self._post_ln_forward
+        else:
+            self._handles.append(self.sublayer.register_forward_hook(self._pre_ln_output))
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        if self.layer_norm is not None:
+            self.layer_norm.__dict__.pop("forward", None)
+        self._fn = None
+        self._x = self._h = None
+
+    # -- hooks ----------------------------------------------------------------------------
+    def _capture_residual(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if len(args) > self.residual_index:
+            self._x = args[self.residual_index]
+        else:
+            self._x = kwargs[self.residual_keyword]
+
+    def _capture_sublayer_output(self, module: nn.Module, args: tuple, output) -> None:
+        self._h = output[0] if isinstance(output, tuple) else output
+
+    def _post_ln_forward(self, summed: torch.Tensor) -> torch.Tensor:
+        h, x = self._h, self._x
+        self._h = self._x = None
+        layer_norm = functools.partial(type(self.layer_norm).forward, self.layer_norm)
+        return self._fn(h, x, layer_norm)
+
+    def _pre_ln_output(self, module: nn.Module, args: tuple, output):
+        h = output[0] if isinstance(output, tuple) else output
+        x, self._x = self._x, None
+        # The model adds x itself after this module, so hand back (new block output - x).
+        new_h = self._fn(h, x, None) - x
+        return (new_h, *output[1:]) if isinstance(output, tuple) else new_h

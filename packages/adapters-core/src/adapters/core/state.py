@@ -1,0 +1,106 @@
+"""Per-model adapter bookkeeping: configs, module records, the active setup."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+
+from ..composition import AdapterCompositionBlock, Stack, parse_composition
+from ..configs.base import AdapterConfig
+from ..configs.union import ConfigUnion
+from ..errors import AdapterNameError, CompositionError
+from ..plugins.manager import Registry
+from ..plugins.spec import ModelSpec
+
+if TYPE_CHECKING:
+    from ..methods.base import AdapterMethod
+
+
+class AdapterState:
+    """Everything ``adapters.init`` attaches to a model, in one object (``model.adapters_state``).
+
+    Attributes:
+        model: the model given to ``adapters.init`` (may carry a head).
+        base_model: the transformer body (``model`` itself for bare models).
+        base_prefix: the body's attribute path in ``model`` plus a dot (``"bert."``), or ``""``.
+        spec: where adapters attach, from the model plugin.
+        configs: adapter name to config.
+        modules: adapter name to ``{path relative to base_model: module}``.
+        active_setup: the active composition, or ``None``.
+        merged: the adapter whose weights are merged into the model, if any.
+        method_data: per-method runtime objects (hook places), keyed by method name.
+    """
+
+    def __init__(self, model: nn.Module, base_model: nn.Module, base_prefix: str, spec: ModelSpec, registry: Registry):
+        self.model = model
+        self.base_model = base_model
+        self.base_prefix = base_prefix
+        self.spec = spec
+        self.registry = registry
+        self.layers: list[tuple[int, nn.Module]] = spec.layer_modules(base_model)
+        self.configs: dict[str, AdapterConfig] = {}
+        self.modules: dict[str, dict[str, nn.Module]] = {}
+        self.active_setup: AdapterCompositionBlock | None = None
+        self.merged: str | None = None
+        self.method_data: dict[str, Any] = {}
+        self.context_stack: list[AdapterCompositionBlock | None] = []
+        self.model_class_name = type(model).__name__
+
+    # -- lookups ------------------------------------------------------------------------
+    @property
+    def hidden_size(self) -> int:
+        return self.base_model.config.hidden_size
+
+    def module_path(self, module: nn.Module) -> str:
+        """The path of a submodule relative to the base model (computed once at add time)."""
+        for path, candidate in self.base_model.named_modules(remove_duplicate=False):
+            if candidate is module:
+                return path
+        raise LookupError("module is not part of the base model")
+
+    def modules_of(self, name: str) -> dict[str, nn.Module]:
+        return self.modules.setdefault(name, {})
+
+    def parameters_of(self, name: str) -> Iterator[tuple[str, nn.Parameter]]:
+        """(path relative to the base model, parameter) of one adapter."""
+        seen: set[int] = set()
+        for path, module in self.modules.get(name, {}).items():
+            for pname, param in module.named_parameters(prefix=path, remove_duplicate=False):
+                if id(param) not in seen:
+                    seen.add(id(param))
+                    yield pname, param
+
+    def require(self, name: str) -> AdapterConfig:
+        if name not in self.configs:
+            raise AdapterNameError(
+                f"No adapter named {name!r}. Added adapters: {sorted(self.configs)}; "
+                "add it with add_adapter() or load_adapter()."
+            )
+        return self.configs[name]
+
+    def methods_of(self, config: AdapterConfig) -> list[tuple[AdapterMethod, AdapterConfig]]:
+        """The methods (with their part of the config) that make up one adapter."""
+        members = config.configs if isinstance(config, ConfigUnion) else (config,)
+        return [(self.registry.method_for(c), c) for c in members]
+
+    # -- activation ---------------------------------------------------------------------
+    def resolve_setup(self, setup: Any) -> AdapterCompositionBlock | None:
+        block = parse_composition(setup)
+        if block is None:
+            return None
+        if not isinstance(block, Stack) or any(isinstance(c, AdapterCompositionBlock) for c in block):
+            raise CompositionError(
+                f"Cannot activate {block!r}: this release composes adapters with Stack of names only "
+                "(a name, a list of names or Stack('a', 'b'))."
+            )
+        for name in block.flatten():
+            self.require(name)
+        return block
+
+    def apply_setup(self, block: AdapterCompositionBlock | None) -> None:
+        """Install the hooks of ``block`` at every place (no hooks at all when ``None``)."""
+        for method in self.registry.methods:
+            method.activate(self, block)
+        self.active_setup = block

@@ -1,0 +1,139 @@
+"""Save and load single adapters in the reference format."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .._version import __version__
+from ..configs.base import AdapterConfig
+from ..configs.registry import config_from_dict
+from ..errors import AdapterConfigError, AdapterLoadError
+from . import format as fmt
+from .atomic import atomic_directory
+from .weights import load_weights, save_weights
+
+if TYPE_CHECKING:
+    from ..core.state import AdapterState
+
+
+def adapter_state_dict(state: AdapterState, name: str) -> dict[str, torch.Tensor]:
+    """The adapter's tensors, keyed by the model's own module paths (reference key names)."""
+    tensors: dict[str, torch.Tensor] = {}
+    for path, module in state.modules_of(name).items():
+        tensors.update(module.state_dict(prefix=f"{state.base_prefix}{path}."))
+    return tensors
+
+
+def adapter_config_dict(state: AdapterState, name: str, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    base_config = state.base_model.config
+    data = {
+        "config": state.configs[name].to_dict(),
+        "hidden_size": state.hidden_size,
+        "model_class": state.model_class_name,
+        "model_name": getattr(base_config, "name_or_path", "") or None,
+        "model_type": base_config.model_type,
+        "name": name,
+        "version": f"{fmt.FORMAT_VERSION_PREFIX}{__version__}",
+    }
+    if meta:
+        data.update(meta)
+    return data
+
+
+def save_adapter(state: AdapterState, directory: str | os.PathLike, name: str, meta: dict[str, Any] | None = None, use_safetensors: bool = True) -> None:
+    state.require(name)
+    config = adapter_config_dict(state, name, meta)
+    weights = adapter_state_dict(state, name)
+    weights_name = fmt.ADAPTER_WEIGHTS if use_safetensors else fmt.ADAPTER_WEIGHTS_LEGACY
+    with atomic_directory(directory) as scratch:
+        with open(scratch / fmt.ADAPTER_CONFIG, "w", encoding="utf-8") as f:
+            json.dump(config, f, indent=2, sort_keys=True)
+        save_weights(weights, scratch / weights_name, use_safetensors)
+
+
+def read_adapter_config(folder: Path) -> dict[str, Any]:
+    path = folder / fmt.ADAPTER_CONFIG
+    if not path.is_file():
+        raise AdapterLoadError(
+            f"{folder} has no {fmt.ADAPTER_CONFIG}; point load_adapter() at a folder written by save_adapter()."
+        )
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise AdapterLoadError(f"{path} is not valid JSON ({error}); the file is corrupt.") from error
+    if not isinstance(data, dict) or not isinstance(data.get("config"), dict):
+        raise AdapterLoadError(f"{path} has no 'config' object; it is not an adapter config file.")
+    return data
+
+
+def check_compatible(state: AdapterState, data: dict[str, Any], folder: Path) -> None:
+    """Refuse adapters saved for another model type or hidden size, before touching the model."""
+    model_type = state.base_model.config.model_type
+    saved_type = data.get("model_type")
+    if saved_type is not None and saved_type != model_type:
+        raise AdapterLoadError(
+            f"The adapter in {folder} was saved for model_type {saved_type!r}; this model is {model_type!r}."
+        )
+    saved_size = data.get("hidden_size")
+    if saved_size is not None and saved_size != state.hidden_size:
+        raise AdapterLoadError(
+            f"The adapter in {folder} was saved for hidden_size {saved_size}; this model has {state.hidden_size}."
+        )
+
+
+def parse_saved_config(data: dict[str, Any], folder: Path) -> AdapterConfig:
+    try:
+        return config_from_dict(data["config"])
+    except (AdapterConfigError, TypeError) as error:
+        raise AdapterLoadError(f"Cannot use the config in {folder}: {error}") from error
+
+
+def strip_base_prefix(state: AdapterState, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Keys saved from a model with a head carry the body's prefix (``bert.``); drop it."""
+    prefix = f"{state.base_model.base_model_prefix}."
+    if tensors and all(k.startswith(prefix) for k in tensors):
+        return {k[len(prefix) :]: v for k, v in tensors.items()}
+    return tensors
+
+
+def expected_keys(state: AdapterState, name: str, saved_name: str) -> dict[str, str]:
+    """Map keys as saved (with ``saved_name``, no base prefix) to our keys (with ``name``)."""
+    mapping = {}
+    for path, module in state.modules_of(name).items():
+        saved_path = path[: -len(name)] + saved_name if path.endswith(name) else path
+        for key in module.state_dict():
+            mapping[f"{saved_path}.{key}"] = f"{path}.{key}"
+    return mapping
+
+
+def load_into(state: AdapterState, name: str, saved_name: str, tensors: dict[str, torch.Tensor], folder: Path) -> None:
+    """Copy loaded tensors into the freshly added adapter ``name``; raise on any mismatch."""
+    mapping = expected_keys(state, name, saved_name)
+    tensors = strip_base_prefix(state, tensors)
+    missing = sorted(set(mapping) - set(tensors))
+    unexpected = sorted(set(tensors) - set(mapping))
+    if missing or unexpected:
+        raise AdapterLoadError(
+            f"The weights in {folder} do not match the adapter's config for this model: "
+            f"missing keys {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+            f"unexpected keys {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}."
+        )
+    params = {}
+    for path, module in state.modules_of(name).items():
+        for key, value in module.state_dict(keep_vars=True).items():
+            params[f"{path}.{key}"] = value
+    for saved_key, key in mapping.items():
+        target, source = params[key], tensors[saved_key]
+        if target.shape != source.shape:
+            raise AdapterLoadError(
+                f"{saved_key} in {folder} has shape {tuple(source.shape)}; this model expects {tuple(target.shape)}."
+            )
+    with torch.no_grad():
+        for saved_key, key in mapping.items():
+            params[key].copy_(tensors[saved_key])

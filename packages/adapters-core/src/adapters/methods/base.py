@@ -1,0 +1,86 @@
+"""What an adapter method implements to plug into the core."""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, ClassVar
+
+from torch import nn
+
+from ..configs.base import AdapterConfig
+from ..errors import AdapterError, AdapterNameError
+
+if TYPE_CHECKING:
+    from ..composition import Stack
+    from ..core.state import AdapterState
+
+_INVALID_NAME = re.compile(r"[.\s]")
+
+
+def check_adapter_name(name: object) -> str:
+    """Adapter names become module-path segments: non-empty strings without dots or spaces."""
+    if not isinstance(name, str) or not name or _INVALID_NAME.search(name):
+        raise AdapterNameError(
+            f"Invalid adapter name {name!r}: use a non-empty string without '.' or whitespace "
+            "(it becomes part of the weight keys, e.g. 'sst2' or 'lang_de')."
+        )
+    return name
+
+
+class AdapterDict(nn.ModuleDict):
+    """A ModuleDict whose keys may equal ``nn.Module`` attribute names (``train``, ``double``).
+
+    ``nn.ModuleDict`` refuses keys that shadow attributes; adapter names are user data, so they
+    are stored in ``_modules`` directly and only reachable by item access.
+    """
+
+    def __setitem__(self, key: str, module: nn.Module) -> None:
+        self._modules[check_adapter_name(key)] = module
+
+
+def adapter_dict(owner: nn.Module, attribute: str) -> AdapterDict:
+    """Return ``owner.<attribute>``, creating an empty AdapterDict there on first use."""
+    existing = owner._modules.get(attribute)
+    if existing is None:
+        existing = AdapterDict()
+        owner.add_module(attribute, existing)
+    elif not isinstance(existing, AdapterDict):
+        raise AdapterError(
+            f"{type(owner).__name__} already has a submodule named {attribute!r} that is not an "
+            "adapter container; the model plugin must point to another holder module."
+        )
+    return existing
+
+
+class AdapterMethod(ABC):
+    """An adapter method: its config class, shorthands and how it attaches to a model.
+
+    Methods create their modules under the model's own modules (so weight keys are the model's
+    module paths) and record each module's path in ``state.modules_of(name)``; saving, loading,
+    freezing and deleting are generic over those records.
+    """
+
+    name: ClassVar[str]
+    config_class: ClassVar[type[AdapterConfig]]
+    config_names: ClassVar[Mapping[str, AdapterConfig]] = {}
+    supports_merge: ClassVar[bool] = False
+
+    @abstractmethod
+    def add(self, state: AdapterState, name: str, config: AdapterConfig) -> None:
+        """Create the adapter's modules (checking first that the model can hold them)."""
+
+    @abstractmethod
+    def delete(self, state: AdapterState, name: str) -> None:
+        """Remove the adapter's modules."""
+
+    @abstractmethod
+    def activate(self, state: AdapterState, setup: Stack | None) -> None:
+        """Install the forward hooks the setup needs, and remove the others."""
+
+    def merge(self, state: AdapterState, name: str) -> None:
+        raise AdapterError(f"{self.name} adapters cannot be merged into the model weights.")
+
+    def unmerge(self, state: AdapterState, name: str) -> None:
+        raise AdapterError(f"{self.name} adapters cannot be merged into the model weights.")

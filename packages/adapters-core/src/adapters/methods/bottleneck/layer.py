@@ -1,0 +1,136 @@
+"""The bottleneck adapter module and its forward, as defined by Houlsby, Pfeiffer and He et al."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from ...configs.bottleneck import BnConfig
+from ...errors import AdapterConfigError
+
+LayerNormFn = Callable[[torch.Tensor], torch.Tensor] | None
+
+_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU,
+    "gelu": nn.GELU,
+    "gelu_new": lambda: nn.GELU(approximate="tanh"),
+    "gelu_orig": nn.GELU,
+    "swish": nn.SiLU,
+    "silu": nn.SiLU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "leakyrelu": nn.LeakyReLU,
+    "identity": nn.Identity,
+}
+
+
+def activation(name: str) -> nn.Module:
+    key = name.lower()
+    if key not in _ACTIVATIONS:
+        raise AdapterConfigError(f"Unknown non_linearity {name!r}; choose from {sorted(_ACTIVATIONS)}.")
+    return _ACTIVATIONS[key]()
+
+
+class Bottleneck(nn.Module):
+    """``up(act(down(x))) * scaling`` with the residual and LayerNorm placement of its config.
+
+    The block around it hands over ``h`` (the sub-block output before the residual addition),
+    ``x`` (the residual input) and the block's own LayerNorm; see :meth:`pre_forward`,
+    :meth:`forward` and :meth:`post_forward`.
+    """
+
+    def __init__(self, hidden_size: int, bottleneck_size: int, config: BnConfig) -> None:
+        super().__init__()
+        if config.phm_layer:
+            raise AdapterConfigError("phm_layer=True (Compacter) is not available in this release; use phm_layer=False.")
+        self.config = config
+        self.is_parallel = config.is_parallel
+        self.residual_before_ln = config.residual_before_ln
+        layers: list[nn.Module] = []
+        if config.ln_before:
+            self.adapter_norm_before = nn.LayerNorm(hidden_size)
+            layers.append(self.adapter_norm_before)
+        layers += [nn.Linear(hidden_size, bottleneck_size), activation(config.non_linearity)]
+        self.adapter_down = nn.Sequential(*layers)
+        self.adapter_up = nn.Linear(bottleneck_size, hidden_size)
+        if config.scaling == "learned":
+            self.scaling = nn.Parameter(torch.ones(1))
+        else:
+            self.scaling = float(config.scaling)
+        if config.ln_after:
+            self.adapter_norm_after = nn.LayerNorm(hidden_size)
+        if config.use_gating:
+            self.gate = nn.Linear(hidden_size, 1)
+        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        self.reset_parameters()
+
+    @property
+    def down_proj(self) -> nn.Linear:
+        return self.adapter_down[1 if self.config.ln_before else 0]
+
+    def reset_parameters(self) -> None:
+        mode = self.config.init_weights
+        linears = [self.down_proj, self.adapter_up] + ([self.gate] if self.config.use_gating else [])
+        with torch.no_grad():
+            if mode == "bert":
+                for linear in linears:
+                    linear.weight.normal_(0.0, 0.02)
+                    linear.bias.zero_()
+            elif mode == "mam_adapter":
+                nn.init.kaiming_uniform_(self.down_proj.weight, a=math.sqrt(5))
+                nn.init.zeros_(self.down_proj.bias)
+                nn.init.zeros_(self.adapter_up.weight)
+                nn.init.zeros_(self.adapter_up.bias)
+                if self.config.use_gating:
+                    nn.init.kaiming_uniform_(self.gate.weight, a=math.sqrt(5))
+                    nn.init.zeros_(self.gate.bias)
+            elif mode == "houlsby":
+                for linear in linears:
+                    nn.init.trunc_normal_(linear.weight, std=1e-2, a=-2e-2, b=2e-2)
+                    nn.init.zeros_(linear.bias)
+
+    # -- the three steps --------------------------------------------------------------------
+    def pre_forward(self, h: torch.Tensor, x: torch.Tensor, layer_norm: LayerNormFn) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (adapter input, residual to add to its output)."""
+        if self.is_parallel:
+            # He et al.: the adapter reads the block input, in parallel to the sub-block.
+            return x, x
+        residual = h if self.residual_before_ln is True else None
+        if self.config.original_ln_before:
+            h = h + x
+            if self.residual_before_ln == "post_add":
+                residual = h
+            if layer_norm is not None:
+                h = layer_norm(h)
+        if residual is None:
+            residual = h
+        return h, residual
+
+    def forward(self, hidden: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        up = self.adapter_up(self.adapter_down(hidden)) * self.scaling
+        output = self.dropout(up)
+        if self.config.use_gating:
+            gate = torch.sigmoid(self.gate(hidden)).mean(dim=1, keepdim=True)
+            output = output * gate
+        if self.is_parallel:
+            return self.adapter_norm_after(output) if self.config.ln_after else output
+        if self.config.adapter_residual_before_ln:
+            output = output + residual
+        if self.config.ln_after:
+            output = self.adapter_norm_after(output)
+        if not self.config.adapter_residual_before_ln:
+            output = output + residual
+        return output
+
+    def post_forward(self, hidden: torch.Tensor, h: torch.Tensor, x: torch.Tensor, layer_norm: LayerNormFn) -> torch.Tensor:
+        """Turn the adapter output into the block output."""
+        if self.is_parallel:
+            hidden = hidden + h
+        if self.config.original_ln_after:
+            hidden = hidden + x
+            if layer_norm is not None:
+                hidden = layer_norm(hidden)
+        return hidden

@@ -1,0 +1,17 @@
+"""The plugin system: hook specifications, model specs and the plugin registry."""
+
+from .hookspecs import ENTRY_POINT_GROUP, hookimpl, hookspec
+from .manager import get_registry, register_plugin
+from .spec import LINEAR_ROLES, InputOf, ModelSpec, ResidualBlock
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "LINEAR_ROLES",
+    "InputOf",
+    "ModelSpec",
+    "ResidualBlock",
+    "get_registry",
+    "hookimpl",
+    "hookspec",
+    "register_plugin",
+]
