@@ -124,6 +124,7 @@ def batches(rows, tokenizer, batch_size, max_length):
         enc = tokenizer(
             [s for s, _ in chunk],
             padding=True,
+            pad_to_multiple_of=8,
             truncation=True,
             max_length=max_length,
             return_tensors="pt",

@@ -37,6 +37,7 @@ class LoRAConfig(AdapterConfig):
     composition_mode: str = "add"
     init_weights: str = "lora"
     use_gating: bool = False
+    use_dora: bool = False
     vera_d: float | None = None
     vera_b: float | None = None
     dtype: str | None = None
@@ -56,6 +57,8 @@ class LoRAConfig(AdapterConfig):
             )
         if self.init_weights not in ("lora", "bert"):
             raise AdapterConfigError(f"init_weights={self.init_weights!r}; choose 'lora' or 'bert'.")
+        if self.use_dora or self.vera_d is not None or self.vera_b is not None:
+            raise AdapterConfigError("DoRA and VeRA variants of LoRAConfig are not available in this release.")
         if self.use_gating:
             raise AdapterConfigError("LoRA gating (use_gating=True) belongs to UniPELT, which is not available yet.")
 

@@ -87,9 +87,36 @@ def check_compatible(state: AdapterState, data: dict[str, Any], folder: Path) ->
         )
 
 
+def _upgrade_legacy_config(data: dict[str, Any]) -> dict[str, Any]:
+    """Apply the reference library's fixes for files written by older releases."""
+    config = dict(data["config"])
+    version = data.get("version")
+    if version is None and config.get("non_linearity") in ("gelu", "gelu_orig"):
+        # Files from before versioning meant the tanh approximation by "gelu".
+        config["non_linearity"] = {"gelu": "gelu_new", "gelu_orig": "gelu"}[config["non_linearity"]]
+    if (
+        isinstance(version, str)
+        and version.startswith(fmt.FORMAT_VERSION_PREFIX)
+        and config.get("architecture") == "lora"
+        and _version_tuple(version[len(fmt.FORMAT_VERSION_PREFIX) :]) < (1, 1, 0)
+        and config.get("r") != config.get("alpha")
+    ):
+        # Releases before 1.1.0 ignored alpha (scaling was 1); keep their trained behaviour.
+        config["alpha"] = config.get("r")
+    return config
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    parts = []
+    for part in text.split(".")[:3]:
+        digits = "".join(c for c in part if c.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
 def parse_saved_config(data: dict[str, Any], folder: Path) -> AdapterConfig:
     try:
-        return config_from_dict(data["config"])
+        return config_from_dict(_upgrade_legacy_config(data))
     except (AdapterConfigError, TypeError) as error:
         raise AdapterLoadError(f"Cannot use the config in {folder}: {error}") from error
 
@@ -100,6 +127,22 @@ def strip_base_prefix(state: AdapterState, tensors: dict[str, torch.Tensor]) -> 
     if tensors and all(k.startswith(prefix) for k in tensors):
         return {k[len(prefix) :]: v for k, v in tensors.items()}
     return tensors
+
+
+_LEGACY_CONTAINERS = (
+    "attention_text_task_adapters", "attention_text_lang_adapters",
+    "layer_text_task_adapters", "layer_text_lang_adapters",
+)
+
+
+def _rename_legacy_keys(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """adapter-transformers 2.x/3.x stored bottlenecks under other container names."""
+    renamed = {}
+    for key, value in tensors.items():
+        for legacy in _LEGACY_CONTAINERS:
+            key = key.replace(f".{legacy}.", ".adapters.")
+        renamed[key] = value
+    return renamed
 
 
 def expected_keys(state: AdapterState, name: str, saved_name: str) -> dict[str, str]:
@@ -115,8 +158,14 @@ def expected_keys(state: AdapterState, name: str, saved_name: str) -> dict[str, 
 def load_into(state: AdapterState, name: str, saved_name: str, tensors: dict[str, torch.Tensor], folder: Path) -> None:
     """Copy loaded tensors into the freshly added adapter ``name``; raise on any mismatch."""
     mapping = expected_keys(state, name, saved_name)
-    tensors = strip_base_prefix(state, tensors)
-    missing = sorted(set(mapping) - set(tensors))
+    tensors = strip_base_prefix(state, _rename_legacy_keys(tensors))
+    params = {}
+    for path, module in state.modules_of(name).items():
+        for key, value in module.state_dict(keep_vars=True).items():
+            params[f"{path}.{key}"] = value
+    # A module registered under two names (the LayerNorm of ln_before) may be saved under one.
+    present_ids = {id(params[mapping[k]]) for k in tensors if k in mapping}
+    missing = sorted(k for k in set(mapping) - set(tensors) if id(params[mapping[k]]) not in present_ids)
     unexpected = sorted(set(tensors) - set(mapping))
     if missing or unexpected:
         raise AdapterLoadError(
@@ -124,10 +173,7 @@ def load_into(state: AdapterState, name: str, saved_name: str, tensors: dict[str
             f"missing keys {missing[:5]}{'...' if len(missing) > 5 else ''}, "
             f"unexpected keys {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}."
         )
-    params = {}
-    for path, module in state.modules_of(name).items():
-        for key, value in module.state_dict(keep_vars=True).items():
-            params[f"{path}.{key}"] = value
+    mapping = {k: v for k, v in mapping.items() if k in tensors}
     for saved_key, key in mapping.items():
         target, source = params[key], tensors[saved_key]
         if target.shape != source.shape:

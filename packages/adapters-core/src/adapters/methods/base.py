@@ -67,6 +67,10 @@ class AdapterMethod(ABC):
     config_names: ClassVar[Mapping[str, AdapterConfig]] = {}
     supports_merge: ClassVar[bool] = False
 
+    def conformance_configs(self) -> Mapping[str, AdapterConfig]:
+        """Configs the plugin conformance suite runs for this method (all its variants)."""
+        return self.config_names
+
     @abstractmethod
     def add(self, state: AdapterState, name: str, config: AdapterConfig) -> None:
         """Create the adapter's modules (checking first that the model can hold them)."""

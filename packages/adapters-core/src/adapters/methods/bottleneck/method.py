@@ -77,6 +77,18 @@ class BottleneckMethod(AdapterMethod):
         "scaled_par_bn": ParBnConfig(scaling="learned"),
     }
 
+    def conformance_configs(self) -> dict[str, BnConfig]:
+        return {
+            "seq_bn": SeqBnConfig(),
+            "double_seq_bn": DoubleSeqBnConfig(),
+            "par_bn": ParBnConfig(),
+            "scaled_par_bn": ParBnConfig(scaling="learned"),
+            "seq_bn_options": SeqBnConfig(
+                reduction_factor={"0": 4, "default": 8}, ln_before=True, ln_after=True,
+                residual_before_ln=False, use_gating=True, non_linearity="gelu", dropout=0.1,
+            ),
+        }
+
     def _places(self, state: AdapterState) -> dict[tuple[int, str], BottleneckPlace]:
         return state.method_data.setdefault(self.name, {})
 

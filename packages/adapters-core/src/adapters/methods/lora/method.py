@@ -62,6 +62,14 @@ class LoRAMethod(AdapterMethod):
     config_names = {"lora": LoRAConfig()}
     supports_merge = True
 
+    def conformance_configs(self) -> dict[str, LoRAConfig]:
+        return {
+            "lora": LoRAConfig(),
+            "lora_all_linears": LoRAConfig(
+                r=4, alpha=16, attn_matrices=("q", "k", "v"), intermediate_lora=True, output_lora=True
+            ),
+        }
+
     def _places(self, state: AdapterState) -> dict[tuple[int, str], LoRAPlace]:
         return state.method_data.setdefault(self.name, {})
 

@@ -1,0 +1,243 @@
+"""The conformance suite every model plugin runs (a pytest plugin plus a base class).
+
+A plugin package proves its model specs by subclassing :class:`ModelConformanceSuite` in its
+tests and naming a tiny-model factory per ``model_type``; the suite runs every check for every
+registered adapter method on every model type. Enable the plugin in ``conftest.py``::
+
+    pytest_plugins = ["adapters.testing.conformance"]
+
+Example test module of a plugin::
+
+    from adapters.testing import ModelConformanceSuite
+    from transformers import BertConfig, BertModel
+
+    class TestMyPlugin(ModelConformanceSuite):
+        model_factories = {
+            "bert": lambda: BertModel(BertConfig(hidden_size=32, num_hidden_layers=2,
+                                                 num_attention_heads=4, intermediate_size=37,
+                                                 vocab_size=100)),
+        }
+
+Each check's name and assertion message say in plain words what the plugin got wrong.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+import adapters
+
+from ..configs.base import AdapterConfig
+from ..plugins.manager import get_registry
+
+ADAPTER = "conformance"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "adapters_conformance: a check of the adapters plugin conformance suite")
+
+
+def randomize_adapter(model: nn.Module, name: str, std: float = 0.1, seed: int = 0) -> None:
+    """Give every parameter of an adapter random values, so zero-initialised parts act too."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, param in model.adapters_state.parameters_of(name):
+            param.copy_(torch.randn(param.shape, generator=generator) * std + (1.0 if param.numel() == 1 else 0.0))
+
+
+def method_cases() -> list[Any]:
+    """One pytest param per (method, config variant) of every registered method."""
+    cases = []
+    for method in get_registry().methods:
+        for case_name, config in method.conformance_configs().items():
+            cases.append(pytest.param((method, config), id=f"{method.name}-{case_name}"))
+    return cases
+
+
+class ModelConformanceSuite:
+    """Subclass in a plugin's tests; set :attr:`model_factories`.
+
+    Attributes:
+        model_factories: ``model_type`` to a function returning a tiny, randomly initialised base
+            model of that type (a few hundred KB). Called once per check; it must build the same
+            weights every time for a given torch seed.
+        seq_len, batch_size: the size of the random inputs.
+    """
+
+    model_factories: Mapping[str, Callable[[], nn.Module]] = {}
+    seq_len: int = 7
+    batch_size: int = 2
+
+    def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
+        if "model_type" in metafunc.fixturenames:
+            metafunc.parametrize("model_type", sorted(self.model_factories))
+        if "case" in metafunc.fixturenames:
+            metafunc.parametrize("case", method_cases())
+
+    # -- helpers a plugin may override ----------------------------------------------------
+    def make_model(self, model_type: str) -> nn.Module:
+        torch.manual_seed(0)
+        model = self.model_factories[model_type]()
+        return model.eval()
+
+    def make_inputs(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        generator = torch.Generator().manual_seed(1)
+        vocab = model.config.vocab_size
+        input_ids = torch.randint(3, vocab, (self.batch_size, self.seq_len), generator=generator)
+        attention_mask = torch.ones_like(input_ids)
+        attention_mask[-1, -2:] = 0
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+    def output_of(self, model: nn.Module, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        outputs = model(**inputs)
+        return outputs.last_hidden_state if hasattr(outputs, "last_hidden_state") else outputs[0]
+
+    def loss_of(self, output: torch.Tensor) -> torch.Tensor:
+        # A fixed random projection: LayerNorm outputs make norm-based losses nearly constant.
+        weights = torch.randn(output.shape, generator=torch.Generator().manual_seed(2))
+        return (output * weights).sum()
+
+    def _setup(self, model_type: str, case: Any) -> tuple[nn.Module, dict, AdapterConfig]:
+        model = self.make_model(model_type)
+        adapters.init(model)
+        return model, self.make_inputs(model), case[1]
+
+    # -- the checks -------------------------------------------------------------------------
+    def test_no_active_adapter_is_bit_identical(self, model_type: str, case: Any) -> None:
+        model = self.make_model(model_type)
+        inputs = self.make_inputs(model)
+        with torch.no_grad():
+            plain = self.output_of(model, inputs)
+            adapters.init(model)
+            assert torch.equal(self.output_of(model, inputs), plain), "adapters.init changed the model's output"
+            model.add_adapter(ADAPTER, config=case[1])
+            randomize_adapter(model, ADAPTER)
+            assert torch.equal(self.output_of(model, inputs), plain), (
+                "an added but inactive adapter changed the output"
+            )
+
+    def test_adds_trainable_parameters(self, model_type: str, case: Any) -> None:
+        model, _, config = self._setup(model_type, case)
+        before = {n for n, _ in model.named_parameters()}
+        model.add_adapter(ADAPTER, config=config)
+        added = {n for n, _ in model.named_parameters()} - before
+        assert added, "add_adapter created no parameters"
+        assert all(f".{ADAPTER}." in n for n in added), f"parameters outside the adapter's modules: {sorted(added)[:3]}"
+        model.train_adapter(ADAPTER)
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        assert trainable == added, (
+            "after train_adapter, exactly the adapter's parameters must be trainable; "
+            f"extra: {sorted(trainable - added)[:3]}, frozen: {sorted(added - trainable)[:3]}"
+        )
+
+    def test_activation_changes_output_and_deactivation_restores_it(self, model_type: str, case: Any) -> None:
+        model, inputs, config = self._setup(model_type, case)
+        with torch.no_grad():
+            plain = self.output_of(model, inputs)
+            model.add_adapter(ADAPTER, config=config, set_active=True)
+            randomize_adapter(model, ADAPTER)
+            adapted = self.output_of(model, inputs)
+            assert not torch.allclose(adapted, plain, atol=1e-4), "the active adapter does not change the output"
+            assert torch.isfinite(adapted).all(), "the adapter produced non-finite values"
+            model.set_active_adapters(None)
+            assert torch.equal(self.output_of(model, inputs), plain), "deactivating did not restore the output exactly"
+
+    def test_save_load_round_trip(self, model_type: str, case: Any) -> None:
+        model, inputs, config = self._setup(model_type, case)
+        model.add_adapter(ADAPTER, config=config, set_active=True)
+        randomize_adapter(model, ADAPTER)
+        with torch.no_grad():
+            expected = self.output_of(model, inputs)
+        fresh = self.make_model(model_type)
+        adapters.init(fresh)
+        with tempfile.TemporaryDirectory() as folder:
+            model.save_adapter(folder, ADAPTER)
+            # load_adapter raises on any missing or unexpected key.
+            name = fresh.load_adapter(folder, load_as="reloaded", set_active=True)
+        with torch.no_grad():
+            got = self.output_of(fresh, inputs)
+        assert name == "reloaded"
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-6, msg="the reloaded adapter gives other outputs")
+
+    def test_training_step_changes_only_adapter_parameters(self, model_type: str, case: Any) -> None:
+        model, inputs, config = self._setup(model_type, case)
+        model.add_adapter(ADAPTER, config=config)
+        randomize_adapter(model, ADAPTER)
+        model.train_adapter(ADAPTER)
+        adapter_names = {f"{model.adapters_state.base_prefix}{n}" for n, _ in model.adapters_state.parameters_of(ADAPTER)}
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+        torch.manual_seed(0)
+        self.loss_of(self.output_of(model, inputs)).backward()
+        optimizer.step()
+        changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+        assert changed, "one optimizer step changed no parameter: the adapter gets no gradient"
+        assert changed <= adapter_names, f"non-adapter parameters changed: {sorted(changed - adapter_names)[:3]}"
+
+    def test_delete_removes_every_parameter(self, model_type: str, case: Any) -> None:
+        model, inputs, config = self._setup(model_type, case)
+        keys = set(model.state_dict())
+        with torch.no_grad():
+            plain = self.output_of(model, inputs)
+        model.add_adapter(ADAPTER, config=config, set_active=True)
+        model.delete_adapter(ADAPTER)
+        assert set(model.state_dict()) == keys, "delete_adapter left parameters or buffers behind"
+        assert model.active_adapters is None
+        with torch.no_grad():
+            assert torch.equal(self.output_of(model, inputs), plain), "output differs after delete_adapter"
+
+    def test_merge_and_reset_are_exact(self, model_type: str, case: Any) -> None:
+        method, config = case
+        if not method.supports_merge:
+            model, _, _ = self._setup(model_type, case)
+            model.add_adapter(ADAPTER, config=config)
+            with pytest.raises(adapters.AdapterError, match="cannot be merged"):
+                model.merge_adapter(ADAPTER)
+            return
+        model, inputs, config = self._setup(model_type, case)
+        weights = copy.deepcopy(model.state_dict())
+        model.add_adapter(ADAPTER, config=config, set_active=True)
+        randomize_adapter(model, ADAPTER, std=0.05)
+        with torch.no_grad():
+            unmerged = self.output_of(model, inputs)
+            model.merge_adapter(ADAPTER)
+            merged = self.output_of(model, inputs)
+        torch.testing.assert_close(merged, unmerged, rtol=0, atol=1e-5, msg="merged output differs from unmerged")
+        model.reset_adapter()
+        state = model.state_dict()
+        for key, value in weights.items():
+            torch.testing.assert_close(state[key], value, rtol=0, atol=1e-6, msg=f"reset_adapter did not restore {key}")
+
+    def test_leave_out_is_respected(self, model_type: str, case: Any) -> None:
+        model, _, config = self._setup(model_type, case)
+        if "leave_out" not in {f for f in config}:
+            pytest.fail(f"{type(config).__name__} has no leave_out option")
+        model.add_adapter(ADAPTER, config=config.replace(leave_out=[0]))
+        layers = model.get_adapter(ADAPTER)
+        assert 0 not in layers, "leave_out=[0] still put adapter modules into layer 0"
+        assert layers, "with leave_out=[0] no other layer got the adapter"
+
+    def test_gradient_checkpointing_gives_same_gradients(self, model_type: str, case: Any) -> None:
+        grads = []
+        for checkpointing in (False, True):
+            model, inputs, config = self._setup(model_type, case)
+            if not model.supports_gradient_checkpointing:
+                pytest.fail(f"{type(model).__name__} does not support gradient checkpointing")
+            model.add_adapter(ADAPTER, config=config)
+            randomize_adapter(model, ADAPTER)
+            model.train_adapter(ADAPTER)
+            if checkpointing:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            torch.manual_seed(0)
+            self.loss_of(self.output_of(model, inputs)).backward()
+            grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        assert grads[0].keys() == grads[1].keys(), "gradient checkpointing changed which parameters get gradients"
+        for name, grad in grads[0].items():
+            torch.testing.assert_close(grads[1][name], grad, rtol=1e-5, atol=1e-6, msg=f"gradient of {name} differs under checkpointing")
