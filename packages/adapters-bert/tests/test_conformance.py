@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from transformers import BertConfig, BertGenerationConfig, BertGenerationEncoder, BertModel, ElectraConfig, ElectraModel, RobertaConfig, RobertaModel, XLMRobertaConfig, XLMRobertaModel
+from transformers import (
+    BertConfig,
+    BertGenerationConfig,
+    BertGenerationEncoder,
+    BertModel,
+    ElectraConfig,
+    ElectraModel,
+    RobertaConfig,
+    RobertaModel,
+    XLMRobertaConfig,
+    XLMRobertaModel,
+)
 
 from adapters.testing import ModelConformanceSuite
 

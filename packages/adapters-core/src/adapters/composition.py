@@ -88,6 +88,4 @@ def parse_composition(setup: Any) -> AdapterCompositionBlock | None:
         if not setup:
             return None
         return Stack(*[parse_composition(s) if isinstance(s, (list, tuple)) else s for s in setup])
-    raise CompositionError(
-        f"Cannot use {setup!r} as an adapter setup: pass a name, a list of names or a Stack."
-    )
+    raise CompositionError(f"Cannot use {setup!r} as an adapter setup: pass a name, a list of names or a Stack.")

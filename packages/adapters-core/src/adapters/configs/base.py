@@ -79,9 +79,7 @@ class AdapterConfig(Mapping):
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise AdapterConfigError(
-                f"{cls.__name__} has no field(s) {unknown}. Valid fields: {sorted(known)}."
-            )
+            raise AdapterConfigError(f"{cls.__name__} has no field(s) {unknown}. Valid fields: {sorted(known)}.")
 
     @classmethod
     def load(cls, config: Any, **overrides: Any) -> AdapterConfig:

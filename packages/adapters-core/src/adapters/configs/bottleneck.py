@@ -77,9 +77,7 @@ class BnConfig(AdapterConfig):
         if isinstance(self.reduction_factor, Mapping) and "default" not in self.reduction_factor:
             keys = [k for k in self.reduction_factor if not str(k).isdigit()]
             if keys:
-                raise AdapterConfigError(
-                    f"reduction_factor keys must be layer indices or 'default', got {keys}."
-                )
+                raise AdapterConfigError(f"reduction_factor keys must be layer indices or 'default', got {keys}.")
 
     def reduction_for_layer(self, layer_idx: int) -> float:
         """The reduction factor of one layer (per-layer dicts fall back to ``default``)."""
@@ -88,9 +86,7 @@ class BnConfig(AdapterConfig):
             if str(layer_idx) in factor:
                 return factor[str(layer_idx)]
             if "default" not in factor:
-                raise AdapterConfigError(
-                    f"reduction_factor has no entry for layer {layer_idx} and no 'default'."
-                )
+                raise AdapterConfigError(f"reduction_factor has no entry for layer {layer_idx} and no 'default'.")
             return factor["default"]
         return factor
 

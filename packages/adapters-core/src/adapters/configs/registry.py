@@ -91,9 +91,7 @@ def _parse_single(text: str) -> AdapterConfig:
     named = _named_configs()
     name = name.strip()
     if name not in named:
-        raise AdapterConfigError(
-            f"Unknown adapter config {name!r}. Valid names: {sorted(named)}."
-        )
+        raise AdapterConfigError(f"Unknown adapter config {name!r}. Valid names: {sorted(named)}.")
     base = named[name]
     return base.replace(**overrides) if overrides else base
 

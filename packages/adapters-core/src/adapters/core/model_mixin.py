@@ -37,7 +37,9 @@ class ModelAdaptersMixin:
     adapters_state: AdapterState
 
     # -- adding and removing ----------------------------------------------------------------
-    def add_adapter(self, adapter_name: str, config: Any = None, overwrite_ok: bool = False, set_active: bool = False) -> None:
+    def add_adapter(
+        self, adapter_name: str, config: Any = None, overwrite_ok: bool = False, set_active: bool = False
+    ) -> None:
         """Add a new adapter; ``config`` is a name (``"lora"``), a shorthand string, a dict or a config."""
         state = self.adapters_state
         check_adapter_name(adapter_name)
@@ -143,7 +145,13 @@ class ModelAdaptersMixin:
         state.apply_setup(state.active_setup)
 
     # -- saving and loading -------------------------------------------------------------
-    def save_adapter(self, save_directory: str | os.PathLike, adapter_name: str, meta_dict: dict | None = None, use_safetensors: bool = True) -> None:
+    def save_adapter(
+        self,
+        save_directory: str | os.PathLike,
+        adapter_name: str,
+        meta_dict: dict | None = None,
+        use_safetensors: bool = True,
+    ) -> None:
         """Write ``adapter_config.json`` and the weights (safetensors by default), atomically."""
         adapter_io.save_adapter(self.adapters_state, save_directory, adapter_name, meta_dict, use_safetensors)
 
@@ -182,7 +190,9 @@ class ModelAdaptersMixin:
             raise AdapterLoadError(f"The config passed to load_adapter() differs from the one saved in {folder}.")
         saved_name = data.get("name") or folder.name
         name = check_adapter_name(load_as or saved_name)
-        tensors = adapter_io.load_weights(folder, adapter_io.fmt.ADAPTER_WEIGHTS, adapter_io.fmt.ADAPTER_WEIGHTS_LEGACY, use_safetensors)
+        tensors = adapter_io.load_weights(
+            folder, adapter_io.fmt.ADAPTER_WEIGHTS, adapter_io.fmt.ADAPTER_WEIGHTS_LEGACY, use_safetensors
+        )
         previous = None
         if name in state.configs:
             if not overwrite_ok:
@@ -242,18 +252,26 @@ class ModelAdaptersMixin:
         for name, config in state.configs.items():
             params = list(state.parameters_of(name))
             count = sum(p.numel() for _, p in params)
-            rows.append({
-                "name": name,
-                "architecture": config.architecture or "bottleneck",
-                "#param": count,
-                "%param": 100.0 * count / base_params,
-                "active": name in active,
-                "train": bool(params) and all(p.requires_grad for _, p in params),
-            })
-        rows.append({
-            "name": "Full model", "architecture": "", "#param": base_params, "%param": 100.0,
-            "active": "", "train": any(p.requires_grad for p in body),
-        })
+            rows.append(
+                {
+                    "name": name,
+                    "architecture": config.architecture or "bottleneck",
+                    "#param": count,
+                    "%param": 100.0 * count / base_params,
+                    "active": name in active,
+                    "train": bool(params) and all(p.requires_grad for _, p in params),
+                }
+            )
+        rows.append(
+            {
+                "name": "Full model",
+                "architecture": "",
+                "#param": base_params,
+                "%param": 100.0,
+                "active": "",
+                "train": any(p.requires_grad for p in body),
+            }
+        )
         if as_dict:
             return rows
         header = f"{'Name':<20}{'Architecture':<16}{'#Param':>12}{'%Param':>10}{'Active':>8}{'Train':>7}"
@@ -261,7 +279,7 @@ class ModelAdaptersMixin:
         for row in rows:
             lines.append(
                 f"{row['name']:<20}{row['architecture']:<16}{row['#param']:>12,}{row['%param']:>10.3f}"
-                f"{str(row['active']):>8}{str(row['train']):>7}"
+                f"{row['active']!s:>8}{row['train']!s:>7}"
             )
         lines.append("=" * len(header))
         return "\n".join(lines)

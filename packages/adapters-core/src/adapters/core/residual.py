@@ -42,9 +42,7 @@ class ResidualBlockHooks:
     def install(self, fn: BlockFn) -> None:
         self.remove()
         self._fn = fn
-        self._handles.append(
-            self.residual_module.register_forward_pre_hook(self._capture_residual, with_kwargs=True)
-        )
+        self._handles.append(self.residual_module.register_forward_pre_hook(self._capture_residual, with_kwargs=True))
         if self.layer_norm is not None:
             self._handles.append(self.sublayer.register_forward_hook(self._capture_sublayer_output))
             # The block's output is computed in place of the post-LN, which receives h + x.

@@ -15,7 +15,7 @@ from ..configs.registry import config_from_dict
 from ..errors import AdapterConfigError, AdapterLoadError
 from . import format as fmt
 from .atomic import atomic_directory
-from .weights import load_weights, save_weights
+from .weights import save_weights
 
 if TYPE_CHECKING:
     from ..core.state import AdapterState
@@ -45,7 +45,13 @@ def adapter_config_dict(state: AdapterState, name: str, meta: dict[str, Any] | N
     return data
 
 
-def save_adapter(state: AdapterState, directory: str | os.PathLike, name: str, meta: dict[str, Any] | None = None, use_safetensors: bool = True) -> None:
+def save_adapter(
+    state: AdapterState,
+    directory: str | os.PathLike,
+    name: str,
+    meta: dict[str, Any] | None = None,
+    use_safetensors: bool = True,
+) -> None:
     state.require(name)
     config = adapter_config_dict(state, name, meta)
     weights = adapter_state_dict(state, name)
@@ -130,8 +136,10 @@ def strip_base_prefix(state: AdapterState, tensors: dict[str, torch.Tensor]) -> 
 
 
 _LEGACY_CONTAINERS = (
-    "attention_text_task_adapters", "attention_text_lang_adapters",
-    "layer_text_task_adapters", "layer_text_lang_adapters",
+    "attention_text_task_adapters",
+    "attention_text_lang_adapters",
+    "layer_text_task_adapters",
+    "layer_text_lang_adapters",
 )
 
 

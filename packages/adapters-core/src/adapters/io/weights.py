@@ -21,7 +21,9 @@ def save_weights(tensors: dict[str, torch.Tensor], path: Path, use_safetensors: 
         torch.save(plain, path)
 
 
-def load_weights(folder: Path, safetensors_name: str, legacy_name: str, use_safetensors: bool | None = None) -> dict[str, torch.Tensor]:
+def load_weights(
+    folder: Path, safetensors_name: str, legacy_name: str, use_safetensors: bool | None = None
+) -> dict[str, torch.Tensor]:
     """Load ``safetensors_name`` (preferred) or ``legacy_name`` from ``folder`` as a flat dict."""
     candidates = []
     if use_safetensors is not False:

@@ -14,8 +14,16 @@ from .spec import ModelSpec
 # Which distribution provides which model types, for the "install X" hint of the error message.
 KNOWN_PACKAGES: Mapping[str, tuple[str, ...]] = {
     "adapters-bert": (
-        "bert", "roberta", "xlm-roberta", "distilbert", "albert", "electra", "deberta",
-        "deberta-v2", "bert-generation", "xmod",
+        "bert",
+        "roberta",
+        "xlm-roberta",
+        "distilbert",
+        "albert",
+        "electra",
+        "deberta",
+        "deberta-v2",
+        "bert-generation",
+        "xmod",
     ),
     "adapters-t5": ("t5", "mt5", "bart", "mbart", "plbart", "encoder-decoder", "whisper"),
     "adapters-gpt2": ("gpt2", "gptj", "llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text"),

@@ -45,7 +45,9 @@ class Bottleneck(nn.Module):
     def __init__(self, hidden_size: int, bottleneck_size: int, config: BnConfig) -> None:
         super().__init__()
         if config.phm_layer:
-            raise AdapterConfigError("phm_layer=True (Compacter) is not available in this release; use phm_layer=False.")
+            raise AdapterConfigError(
+                "phm_layer=True (Compacter) is not available in this release; use phm_layer=False."
+            )
         self.config = config
         self.is_parallel = config.is_parallel
         self.residual_before_ln = config.residual_before_ln
@@ -93,7 +95,9 @@ class Bottleneck(nn.Module):
                     nn.init.zeros_(linear.bias)
 
     # -- the three steps --------------------------------------------------------------------
-    def pre_forward(self, h: torch.Tensor, x: torch.Tensor, layer_norm: LayerNormFn) -> tuple[torch.Tensor, torch.Tensor]:
+    def pre_forward(
+        self, h: torch.Tensor, x: torch.Tensor, layer_norm: LayerNormFn
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (adapter input, residual to add to its output)."""
         if self.is_parallel:
             # He et al.: the adapter reads the block input, in parallel to the sub-block.
@@ -125,7 +129,9 @@ class Bottleneck(nn.Module):
             output = output + residual
         return output
 
-    def post_forward(self, hidden: torch.Tensor, h: torch.Tensor, x: torch.Tensor, layer_norm: LayerNormFn) -> torch.Tensor:
+    def post_forward(
+        self, hidden: torch.Tensor, h: torch.Tensor, x: torch.Tensor, layer_norm: LayerNormFn
+    ) -> torch.Tensor:
         """Turn the adapter output into the block output."""
         if self.is_parallel:
             hidden = hidden + h

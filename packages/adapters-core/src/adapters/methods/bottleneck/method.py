@@ -84,8 +84,13 @@ class BottleneckMethod(AdapterMethod):
             "par_bn": ParBnConfig(),
             "scaled_par_bn": ParBnConfig(scaling="learned"),
             "seq_bn_options": SeqBnConfig(
-                reduction_factor={"0": 4, "default": 8}, ln_before=True, ln_after=True,
-                residual_before_ln=False, use_gating=True, non_linearity="gelu", dropout=0.1,
+                reduction_factor={"0": 4, "default": 8},
+                ln_before=True,
+                ln_after=True,
+                residual_before_ln=False,
+                use_gating=True,
+                non_linearity="gelu",
+                dropout=0.1,
             ),
         }
 
@@ -108,7 +113,9 @@ class BottleneckMethod(AdapterMethod):
                     f"{state.base_model.config.model_type} plugin declares no {block_attr}."
                 )
         if config.inv_adapter is not None:
-            raise AdapterConfigError("Invertible adapters (inv_adapter) are not available in this release; set inv_adapter=None.")
+            raise AdapterConfigError(
+                "Invertible adapters (inv_adapter) are not available in this release; set inv_adapter=None."
+            )
         reference = next(state.base_model.parameters())
         records = state.modules_of(name)
         with seeded(config.init_weights_seed):

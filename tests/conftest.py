@@ -1,0 +1,35 @@
+"""Shared fixtures of the cross-package tests: tiny random models built in the test."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification, BertModel
+
+TINY_BERT = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=37,
+    vocab_size=100,
+    max_position_embeddings=64,
+)
+
+
+def tiny_bert(**overrides) -> BertModel:
+    torch.manual_seed(0)
+    return BertModel(BertConfig(**{**TINY_BERT, **overrides})).eval()
+
+
+def tiny_bert_classifier(**overrides) -> BertForSequenceClassification:
+    torch.manual_seed(0)
+    return BertForSequenceClassification(BertConfig(**{**TINY_BERT, "num_labels": 3, **overrides})).eval()
+
+
+@pytest.fixture
+def inputs() -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    input_ids = torch.randint(3, 100, (2, 7), generator=generator)
+    mask = torch.ones_like(input_ids)
+    mask[1, -2:] = 0
+    return {"input_ids": input_ids, "attention_mask": mask}

@@ -1,0 +1,118 @@
+"""Each method against its definition, computed independently on small tensors.
+
+Expected values use only ``torch.nn.functional`` and the model's own weights; the library's
+output comes from a full forward pass with the adapter active.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import tiny_bert
+
+import adapters
+from adapters.testing import randomize_adapter
+
+
+@pytest.fixture
+def inputs():
+    # No padding: the attention sub-blocks are recomputed here without a mask.
+    return {"input_ids": torch.randint(3, 100, (2, 7), generator=torch.Generator().manual_seed(1))}
+
+
+def _layer_input_and_attention(model, inputs):
+    """Hidden states entering the last layer and that layer's attention sub-block output."""
+    with torch.no_grad():
+        outputs = model(**inputs, output_hidden_states=True)
+    return outputs.hidden_states[-2], outputs.last_hidden_state
+
+
+def _ffn_parts(layer, attention_output):
+    inter = F.gelu(F.linear(attention_output, layer.intermediate.dense.weight, layer.intermediate.dense.bias))
+    h = F.linear(inter, layer.output.dense.weight, layer.output.dense.bias)
+    return h
+
+
+def _ln(layer_norm, t):
+    return F.layer_norm(t, layer_norm.normalized_shape, layer_norm.weight, layer_norm.bias, layer_norm.eps)
+
+
+def _attention_output(model, layer, x, inputs):
+    # The attention sub-block is untouched by FFN adapters: take it from the model itself.
+    with torch.no_grad():
+        return layer.attention(x)[0]
+
+
+def _bottleneck(adapter, t, activation):
+    down = adapter.adapter_down[0]
+    return F.linear(activation(F.linear(t, down.weight, down.bias)), adapter.adapter_up.weight, adapter.adapter_up.bias)
+
+
+def test_seq_bn_is_pfeiffer_adapter(inputs):
+    """seq_bn: out = LN(h + x + up(relu(down(LN(h + x)))))."""
+    model = tiny_bert()
+    adapters.init(model)
+    model.add_adapter("a", config="seq_bn", set_active=True)
+    randomize_adapter(model, "a")
+    layer = model.encoder.layer[-1]
+    x_layer, got = _layer_input_and_attention(model, inputs)
+    x = _attention_output(model, layer, x_layer, inputs)
+    h = _ffn_parts(layer, x)
+    adapter = layer.output.adapters["a"]
+    ln = layer.output.LayerNorm
+    expected = _ln(ln, h + x + _bottleneck(adapter, _ln(ln, h + x), F.relu))
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+def test_par_bn_is_scaled_parallel_adapter(inputs):
+    """par_bn: out = LN(h + x + 4.0 * up(relu(down(x)))) with x the FFN input."""
+    model = tiny_bert()
+    adapters.init(model)
+    model.add_adapter("a", config="par_bn", set_active=True)
+    randomize_adapter(model, "a")
+    layer = model.encoder.layer[-1]
+    x_layer, got = _layer_input_and_attention(model, inputs)
+    x = _attention_output(model, layer, x_layer, inputs)
+    h = _ffn_parts(layer, x)
+    adapter = layer.output.adapters["a"]
+    expected = _ln(layer.output.LayerNorm, h + x + 4.0 * _bottleneck(adapter, x, F.relu))
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+def test_double_seq_bn_wraps_both_sub_blocks(inputs):
+    """double_seq_bn (Houlsby): out = LN(h + swish-adapter(h) + x) after attention and after the FFN."""
+    model = tiny_bert()
+    adapters.init(model)
+    model.add_adapter("a", config="double_seq_bn", set_active=True)
+    randomize_adapter(model, "a")
+    layer = model.encoder.layer[-1]
+    x_layer, got = _layer_input_and_attention(model, inputs)
+    with torch.no_grad():
+        context = layer.attention.self(x_layer)[0]
+    attn = layer.attention.output
+    h1 = F.linear(context, attn.dense.weight, attn.dense.bias)
+    a1 = _ln(attn.LayerNorm, h1 + _bottleneck(attn.adapters["a"], h1, F.silu) + x_layer)
+    h2 = _ffn_parts(layer, a1)
+    expected = _ln(layer.output.LayerNorm, h2 + _bottleneck(layer.output.adapters["a"], h2, F.silu) + a1)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+def test_lora_adds_scaled_low_rank_update(inputs):
+    """LoRA on q and v: W x + b + (alpha / r) * B A x; checked on the query projection's output."""
+    model = tiny_bert()
+    adapters.init(model)
+    model.add_adapter("a", config="lora[r=4,alpha=12]", set_active=True)
+    randomize_adapter(model, "a")
+    query = model.encoder.layer[0].attention.self.query
+    lora = query.loras["a"]
+    x = torch.randn(2, 5, 32, generator=torch.Generator().manual_seed(3))
+    expected = x @ query.weight.T + query.bias + (12 / 4) * (x @ lora.lora_A.T @ lora.lora_B.T)
+    with torch.no_grad():
+        torch.testing.assert_close(query(x), expected, rtol=0, atol=1e-5)
+    # and the merged weight is exactly W + scaling * B A
+    merged = query.weight + 3.0 * lora.lora_B @ lora.lora_A
+    model.merge_adapter("a")
+    torch.testing.assert_close(query.weight, merged, rtol=0, atol=1e-6)
+    with torch.no_grad():
+        torch.testing.assert_close(query(x), expected, rtol=0, atol=1e-5)
