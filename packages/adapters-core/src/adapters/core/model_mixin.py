@@ -14,6 +14,7 @@ from ..configs.base import AdapterConfig
 from ..configs.registry import load_config
 from ..errors import AdapterError, AdapterLoadError, AdapterNameError
 from ..io import adapter_io
+from ..io.weights import load_weights
 from ..methods.base import check_adapter_name
 from .state import AdapterState
 
@@ -190,7 +191,7 @@ class ModelAdaptersMixin:
             raise AdapterLoadError(f"The config passed to load_adapter() differs from the one saved in {folder}.")
         saved_name = data.get("name") or folder.name
         name = check_adapter_name(load_as or saved_name)
-        tensors = adapter_io.load_weights(
+        tensors = load_weights(
             folder, adapter_io.fmt.ADAPTER_WEIGHTS, adapter_io.fmt.ADAPTER_WEIGHTS_LEGACY, use_safetensors
         )
         previous = None

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .._version import __version__
 from ..configs.base import AdapterConfig
 from ..configs.registry import config_from_dict
 from ..errors import AdapterConfigError, AdapterLoadError
@@ -38,7 +37,7 @@ def adapter_config_dict(state: AdapterState, name: str, meta: dict[str, Any] | N
         "model_name": getattr(base_config, "name_or_path", "") or None,
         "model_type": base_config.model_type,
         "name": name,
-        "version": f"{fmt.FORMAT_VERSION_PREFIX}{__version__}",
+        "version": f"{fmt.FORMAT_VERSION_PREFIX}{fmt.FORMAT_VERSION}",
     }
     if meta:
         data.update(meta)

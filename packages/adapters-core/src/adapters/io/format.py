@@ -14,5 +14,7 @@ FUSION_CONFIG = "adapter_fusion_config.json"
 FUSION_WEIGHTS = "model_adapter_fusion.safetensors"
 FUSION_WEIGHTS_LEGACY = "pytorch_model_adapter_fusion.bin"
 
-# Written into the "version" field; the reference writes "adapters.<its version>".
+# The "version" field: readers (ours and the reference's) apply compatibility fixes to files
+# older than a given release, so it names the reference format release these files follow.
 FORMAT_VERSION_PREFIX = "adapters."
+FORMAT_VERSION = "1.3.0"

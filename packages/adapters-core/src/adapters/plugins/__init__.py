@@ -2,13 +2,15 @@
 
 from .hookspecs import ENTRY_POINT_GROUP, hookimpl, hookspec
 from .manager import get_registry, register_plugin
-from .spec import LINEAR_ROLES, InputOf, ModelSpec, ResidualBlock
+from .spec import LINEAR_ROLES, FusedLinear, InputOf, ModelSpec, OutputOf, ResidualBlock
 
 __all__ = [
     "ENTRY_POINT_GROUP",
     "LINEAR_ROLES",
+    "FusedLinear",
     "InputOf",
     "ModelSpec",
+    "OutputOf",
     "ResidualBlock",
     "get_registry",
     "hookimpl",
