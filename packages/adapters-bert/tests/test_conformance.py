@@ -3,28 +3,63 @@
 from __future__ import annotations
 
 from transformers import (
+    AlbertConfig,
+    AlbertModel,
     BertConfig,
     BertGenerationConfig,
     BertGenerationEncoder,
     BertModel,
+    DebertaConfig,
+    DebertaModel,
+    DebertaV2Config,
+    DebertaV2Model,
+    DistilBertConfig,
+    DistilBertModel,
     ElectraConfig,
     ElectraModel,
     RobertaConfig,
     RobertaModel,
     XLMRobertaConfig,
     XLMRobertaModel,
+    XmodConfig,
+    XmodModel,
 )
 
 from adapters.testing import ModelConformanceSuite
 
-TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, vocab_size=100, max_position_embeddings=64)
+TINY = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=37,
+    vocab_size=100,
+    max_position_embeddings=64,
+)
+# Relative attention on, as in the published DeBERTa checkpoints.
+DEBERTA = dict(relative_attention=True, max_relative_positions=-1, position_biased_input=False, type_vocab_size=0)
 
 
 class TestBertFamily(ModelConformanceSuite):
+    # transformers' ALBERT has no gradient checkpointing (AlbertLayer is no GradientCheckpointingLayer).
+    without_gradient_checkpointing = frozenset({"albert"})
     model_factories = {
         "bert": lambda: BertModel(BertConfig(**TINY)),
         "roberta": lambda: RobertaModel(RobertaConfig(**TINY)),
         "xlm-roberta": lambda: XLMRobertaModel(XLMRobertaConfig(**TINY)),
         "electra": lambda: ElectraModel(ElectraConfig(embedding_size=16, **TINY)),
         "bert-generation": lambda: BertGenerationEncoder(BertGenerationConfig(**TINY)),
+        "distilbert": lambda: DistilBertModel(
+            DistilBertConfig(dim=32, n_layers=2, n_heads=4, hidden_dim=37, vocab_size=100, max_position_embeddings=64)
+        ),
+        # One layer group shared across depth with two distinct layers in it (inner_group_num=2):
+        # shared like every ALBERT, and with two adapter-capable layers so leave_out=[0] is meaningful.
+        "albert": lambda: AlbertModel(AlbertConfig(embedding_size=16, inner_group_num=2, **TINY)),
+        "deberta": lambda: DebertaModel(DebertaConfig(pos_att_type=["c2p", "p2c"], **DEBERTA, **TINY)),
+        "deberta-v2": lambda: DebertaV2Model(
+            DebertaV2Config(
+                pos_att_type=["p2c", "c2p"], position_buckets=16, norm_rel_ebd="layer_norm", **DEBERTA, **TINY
+            )
+        ),
+        # X-MOD keeps its own language adapters; the default language routes every input.
+        "xmod": lambda: XmodModel(XmodConfig(languages=["en_XX", "de_DE"], default_language="en_XX", **TINY)),
     }

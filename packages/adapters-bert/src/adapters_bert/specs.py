@@ -2,32 +2,131 @@
 
 from __future__ import annotations
 
-from adapters.plugins import InputOf, ModelSpec, ResidualBlock
+from collections.abc import Iterator
 
-# BERT and its copies: post-LN blocks whose output modules take (hidden_states, input_tensor).
+from torch import nn
+
+from adapters.plugins import FusedLinear, InputOf, ModelSpec, OutputOf, ResidualBlock
+
+# The two post-LN blocks of BERT and its copies: output modules take (hidden_states, input_tensor).
+_BERT_ATTENTION_BLOCK = ResidualBlock(
+    holder="attention.output",
+    residual=InputOf("attention.output", 1, "input_tensor"),
+    sublayer="attention.output.dropout",
+    layer_norm="attention.output.LayerNorm",
+)
+_BERT_FFN_BLOCK = ResidualBlock(
+    holder="output",
+    residual=InputOf("output", 1, "input_tensor"),
+    sublayer="output.dropout",
+    layer_norm="output.LayerNorm",
+)
+_BERT_FFN_LINEARS = {"attn_out": "attention.output.dense", "ffn_in": "intermediate.dense", "ffn_out": "output.dense"}
+
 BERT_LIKE = ModelSpec(
-    model_types=("bert", "roberta", "xlm-roberta", "electra", "bert-generation"),
+    # X-MOD: XmodSelfOutput adds the residual and XmodAttention applies attention.output.LayerNorm
+    # after it; XmodOutput adds the residual, then its language adapter reuses output.LayerNorm
+    # (the block's output is the first call) before the layer's final call of the same LayerNorm,
+    # so X-MOD's own language adapters keep working behind the bottleneck. Post-norm X-MOD only
+    # (pre_norm=False, as in the published checkpoints).
+    model_types=("bert", "roberta", "xlm-roberta", "electra", "bert-generation", "xmod"),
     layers="encoder.layer",
-    attention_block=ResidualBlock(
-        holder="attention.output",
-        residual=InputOf("attention.output", 1, "input_tensor"),
-        sublayer="attention.output.dropout",
-        layer_norm="attention.output.LayerNorm",
-    ),
-    ffn_block=ResidualBlock(
-        holder="output",
-        residual=InputOf("output", 1, "input_tensor"),
-        sublayer="output.dropout",
-        layer_norm="output.LayerNorm",
-    ),
+    attention_block=_BERT_ATTENTION_BLOCK,
+    ffn_block=_BERT_FFN_BLOCK,
+    linears={"q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value", **_BERT_FFN_LINEARS},
+)
+
+DEBERTA_V2 = ModelSpec(
+    model_types=("deberta-v2",),
+    layers="encoder.layer",
+    attention_block=_BERT_ATTENTION_BLOCK,
+    ffn_block=_BERT_FFN_BLOCK,
     linears={
-        "q": "attention.self.query",
-        "k": "attention.self.key",
-        "v": "attention.self.value",
-        "attn_out": "attention.output.dense",
-        "ffn_in": "intermediate.dense",
-        "ffn_out": "output.dense",
+        "q": "attention.self.query_proj",
+        "k": "attention.self.key_proj",
+        "v": "attention.self.value_proj",
+        **_BERT_FFN_LINEARS,
     },
 )
 
-SPECS = (BERT_LIKE,)
+# DeBERTa v1 computes q, k and v with one bias-less linear; LoRA sees its output as contiguous
+# thirds (q, k, v), the layout of adapters published for it.
+DEBERTA = ModelSpec(
+    model_types=("deberta",),
+    layers="encoder.layer",
+    attention_block=_BERT_ATTENTION_BLOCK,
+    ffn_block=_BERT_FFN_BLOCK,
+    linears=_BERT_FFN_LINEARS,
+    fused_linears=(FusedLinear("attention.self.in_proj", ("q", "k", "v")),),
+)
+
+# DistilBERT adds both residuals inline in TransformerBlock.forward:
+# sa_layer_norm(attention(x)[0] + x) and output_layer_norm(ffn(a) + a). The adapter containers
+# do not exist in the model; the core creates them where the reference library has them.
+DISTILBERT = ModelSpec(
+    model_types=("distilbert",),
+    layers="transformer.layer",
+    attention_block=ResidualBlock(
+        holder="attention_adapters",
+        residual=InputOf("attention", 0, "hidden_states"),
+        sublayer="attention",
+        layer_norm="sa_layer_norm",
+    ),
+    ffn_block=ResidualBlock(
+        holder="output_adapters",
+        residual=InputOf("ffn", 0, "input"),
+        sublayer="ffn",
+        layer_norm="output_layer_norm",
+    ),
+    linears={
+        "q": "attention.q_lin",
+        "k": "attention.k_lin",
+        "v": "attention.v_lin",
+        "attn_out": "attention.out_lin",
+        "ffn_in": "ffn.lin1",
+        "ffn_out": "ffn.lin2",
+    },
+)
+
+
+def _albert_layers(base_model: nn.Module) -> Iterator[tuple[int, nn.Module]]:
+    # ALBERT reuses its layer groups across depth: each distinct AlbertLayer is one "layer" here,
+    # numbered by its position within the groups (0 for the usual single shared layer).
+    index = 0
+    for group in base_model.encoder.albert_layer_groups:
+        for layer in group.albert_layers:
+            yield index, layer
+            index += 1
+
+
+# ALBERT's attention block is inline in AlbertAttention.forward: LayerNorm(x + dropout(dense(ctx))).
+# The reference library hands the attention-position adapter the layer input as the sub-block
+# output and the attention output as the residual (roles swapped compared with BERT); published
+# adapters were trained that way, so the spec reads h and x from there.
+ALBERT = ModelSpec(
+    model_types=("albert",),
+    layers="encoder.albert_layer_groups",
+    iter_layers=_albert_layers,
+    attention_block=ResidualBlock(
+        holder="attention.attention_adapters",
+        residual=OutputOf("attention.output_dropout"),
+        sublayer=InputOf("attention", 0, "hidden_states"),
+        layer_norm="attention.LayerNorm",
+    ),
+    ffn_block=ResidualBlock(
+        holder="output_adapters",
+        residual=InputOf("ffn", 0, "input"),
+        sublayer="ffn_output",
+        layer_norm="full_layer_layer_norm",
+    ),
+    linears={
+        "q": "attention.query",
+        "k": "attention.key",
+        "v": "attention.value",
+        "attn_out": "attention.dense",
+        "ffn_in": "ffn",
+        "ffn_out": "ffn_output",
+    },
+)
+
+SPECS = (BERT_LIKE, DEBERTA_V2, DEBERTA, DISTILBERT, ALBERT)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ..plugins.spec import ResidualBlock
+from ..plugins.spec import InputOf, ResidualBlock
 
 BlockFn = Callable[[torch.Tensor, torch.Tensor, Callable[[torch.Tensor], torch.Tensor] | None], torch.Tensor]
 
@@ -25,11 +25,17 @@ class ResidualBlockHooks:
     """Routes one residual block of one layer through ``fn(h, x, layer_norm)`` while installed."""
 
     def __init__(self, layer: nn.Module, block: ResidualBlock) -> None:
+        self.residual = block.residual
         self.residual_module = layer.get_submodule(block.residual.path)
-        self.residual_index = block.residual.index
-        self.residual_keyword = block.residual.keyword
-        self.sublayer = layer.get_submodule(block.sublayer)
+        # h normally leaves the sublayer; a spec may read it from a module's input instead.
+        self.h_from_input = isinstance(block.sublayer, InputOf)
+        self.h_source = block.sublayer
+        self.sublayer = layer.get_submodule(block.sublayer.path if self.h_from_input else block.sublayer)
         self.layer_norm = layer.get_submodule(block.layer_norm) if block.layer_norm else None
+        # The LayerNorm's own computation, callable while its forward is rerouted to the block.
+        self._layer_norm_fn = (
+            functools.partial(type(self.layer_norm).forward, self.layer_norm) if self.layer_norm is not None else None
+        )
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._fn: BlockFn | None = None
         self._x: torch.Tensor | None = None
@@ -42,9 +48,19 @@ class ResidualBlockHooks:
     def install(self, fn: BlockFn) -> None:
         self.remove()
         self._fn = fn
-        self._handles.append(self.residual_module.register_forward_pre_hook(self._capture_residual, with_kwargs=True))
+        if isinstance(self.residual, InputOf):
+            self._handles.append(
+                self.residual_module.register_forward_pre_hook(self._capture_residual, with_kwargs=True)
+            )
+        else:
+            self._handles.append(self.residual_module.register_forward_hook(self._capture_residual_output))
         if self.layer_norm is not None:
-            self._handles.append(self.sublayer.register_forward_hook(self._capture_sublayer_output))
+            if self.h_from_input:
+                self._handles.append(
+                    self.sublayer.register_forward_pre_hook(self._capture_sublayer_input, with_kwargs=True)
+                )
+            else:
+                self._handles.append(self.sublayer.register_forward_hook(self._capture_sublayer_output))
             # The block's output is computed in place of the post-LN, which receives h + x.
             self.layer_norm.forward = self._post_ln_forward
         else:
@@ -61,19 +77,25 @@ class ResidualBlockHooks:
 
     # -- hooks ----------------------------------------------------------------------------
     def _capture_residual(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        if len(args) > self.residual_index:
-            self._x = args[self.residual_index]
-        else:
-            self._x = kwargs[self.residual_keyword]
+        self._x = _input_of(self.residual, args, kwargs)
+
+    def _capture_residual_output(self, module: nn.Module, args: tuple, output) -> None:
+        self._x = output[0] if isinstance(output, tuple) else output
+
+    def _capture_sublayer_input(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        self._h = _input_of(self.h_source, args, kwargs)
 
     def _capture_sublayer_output(self, module: nn.Module, args: tuple, output) -> None:
         self._h = output[0] if isinstance(output, tuple) else output
 
     def _post_ln_forward(self, summed: torch.Tensor) -> torch.Tensor:
         h, x = self._h, self._x
+        if h is None or x is None:
+            # The model calls this LayerNorm somewhere else too (X-MOD reuses it around its
+            # language adapters): only the call that closes the block is the block's output.
+            return self._layer_norm_fn(summed)
         self._h = self._x = None
-        layer_norm = functools.partial(type(self.layer_norm).forward, self.layer_norm)
-        return self._fn(h, x, layer_norm)
+        return self._fn(h, x, self._layer_norm_fn)
 
     def _pre_ln_output(self, module: nn.Module, args: tuple, output):
         h = output[0] if isinstance(output, tuple) else output
@@ -81,3 +103,9 @@ class ResidualBlockHooks:
         # The model adds x itself after this module, so hand back (new block output - x).
         new_h = self._fn(h, x, None) - x
         return (new_h, *output[1:]) if isinstance(output, tuple) else new_h
+
+
+def _input_of(where: InputOf, args: tuple, kwargs: dict) -> torch.Tensor:
+    if len(args) > where.index:
+        return args[where.index]
+    return kwargs[where.keyword]

@@ -36,6 +36,11 @@ class LoRAPlace:
         if not names:
             return
         if len(names) > 1:
+            if any(module.fused for module in self._modules):
+                raise CompositionError(
+                    f"Stack of LoRA adapters {list(names)} on a fused linear layer (e.g. q/k/v in one "
+                    "projection): a stacked LoRA reads the previous LoRA's output, which has another size."
+                )
             for module in self._modules[1:]:
                 if module.lora_A.shape[1] != module.lora_B.shape[0]:
                     raise CompositionError(
@@ -85,29 +90,40 @@ class LoRAMethod(AdapterMethod):
     def add(self, state: AdapterState, name: str, config: LoRAConfig) -> None:
         roles = self.roles(config)
         if not roles:
-            raise AdapterConfigError("This LoRAConfig targets no layer: enable selfattn_lora, intermediate_lora or output_lora.")
-        missing = [r for r in roles if r not in state.spec.linears]
-        if missing:
             raise AdapterConfigError(
-                f"LoRA targets {missing} but the {state.base_model.config.model_type} plugin declares no such linear layers "
-                f"(declared: {sorted(state.spec.linears)})."
+                "This LoRAConfig targets no layer: enable selfattn_lora, intermediate_lora or output_lora."
             )
+        spec = state.spec
+        missing = [r for r in roles if r not in spec.linears and spec.fused_linear_for(r) is None]
+        if missing:
+            declared = sorted([*spec.linears, *(r for f in spec.fused_linears for r in f.roles)])
+            raise AdapterConfigError(
+                f"LoRA targets {missing} but the {state.base_model.config.model_type} plugin declares no such "
+                f"linear layers (declared: {declared})."
+            )
+        # One LoRA module per plain linear, and one per fused linear covering all its enabled roles.
+        # Each target: (place name, module path, enabled slices of a fused linear or None).
+        targets: dict[str, tuple[str, tuple[bool, ...] | None]] = {}
+        for role in roles:
+            fused = spec.fused_linear_for(role)
+            if fused is None:
+                targets[role] = (spec.linears[role], None)
+            else:
+                targets["".join(fused.roles)] = (fused.path, tuple(r in roles for r in fused.roles))
         places = self._places(state)
         records = state.modules_of(name)
         with seeded(config.init_weights_seed):
             for layer_idx, layer in state.layers:
                 if layer_idx in config.leave_out:
                     continue
-                for role in roles:
-                    linear = layer.get_submodule(state.spec.linears[role])
+                for place_name, (path, slices) in targets.items():
+                    linear = layer.get_submodule(path)
                     if not isinstance(linear, nn.Linear):
-                        raise AdapterConfigError(
-                            f"LoRA needs nn.Linear at {state.spec.linears[role]!r}, found {type(linear).__name__}."
-                        )
-                    key = (layer_idx, role)
+                        raise AdapterConfigError(f"LoRA needs nn.Linear at {path!r}, found {type(linear).__name__}.")
+                    key = (layer_idx, place_name)
                     if key not in places:
                         places[key] = LoRAPlace(linear)
-                    module = LoRA(linear.in_features, linear.out_features, config).to(
+                    module = LoRA(linear.in_features, linear.out_features, config, slices=slices).to(
                         linear.weight.device, linear.weight.dtype
                     )
                     places[key].loras[name] = module
@@ -136,4 +152,3 @@ class LoRAMethod(AdapterMethod):
             for place in places:
                 delta = place.loras[name].delta_weight().to(place.linear.weight.dtype)
                 place.linear.weight.add_(delta, alpha=sign)
-
