@@ -94,6 +94,16 @@ class Bottleneck(nn.Module):
                     nn.init.trunc_normal_(linear.weight, std=1e-2, a=-2e-2, b=2e-2)
                     nn.init.zeros_(linear.bias)
 
+    def _up(self, down: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.scaling, torch.Tensor):
+            return self.adapter_up(down) * self.scaling
+        if self.scaling == 1.0:
+            return self.adapter_up(down)
+        # A fixed scaling folds into the up-projection's multiply-add: s * (W d + b) in one kernel.
+        flat = down.reshape(-1, down.shape[-1])
+        up = torch.addmm(self.adapter_up.bias, flat, self.adapter_up.weight.t(), beta=self.scaling, alpha=self.scaling)
+        return up.view(*down.shape[:-1], up.shape[-1])
+
     # -- the three steps --------------------------------------------------------------------
     def pre_forward(
         self, h: torch.Tensor, x: torch.Tensor, layer_norm: LayerNormFn
@@ -114,7 +124,7 @@ class Bottleneck(nn.Module):
         return h, residual
 
     def forward(self, hidden: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        up = self.adapter_up(self.adapter_down(hidden)) * self.scaling
+        up = self._up(self.adapter_down(hidden))
         output = self.dropout(up)
         if self.config.use_gating:
             gate = torch.sigmoid(self.gate(hidden)).mean(dim=1, keepdim=True)

@@ -75,6 +75,20 @@ class LoRA(nn.Module):
         ]
         return torch.cat(parts, dim=-1) * self.scaling
 
+    def add_delta(self, output: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``output + delta(x)`` as one multiply-add on the rank-r product (in place without autograd)."""
+        if self.fused:
+            return output + self.delta(x)
+        low = F.linear(self.lora_dropout(x), self.lora_A)
+        flat_out = output.reshape(-1, output.shape[-1])
+        flat_low = low.reshape(-1, low.shape[-1])
+        if not output.is_contiguous() or (
+            torch.is_grad_enabled() and (output.requires_grad or self.lora_B.requires_grad)
+        ):
+            return torch.addmm(flat_out, flat_low, self.lora_B.t(), alpha=self.scaling).view_as(output)
+        flat_out.addmm_(flat_low, self.lora_B.t(), alpha=self.scaling)
+        return output
+
     def delta_weight(self) -> torch.Tensor:
         """``scaling * B @ A``, the update in weight space (out x in)."""
         if not self.fused:

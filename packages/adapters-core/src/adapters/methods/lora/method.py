@@ -51,7 +51,7 @@ class LoRAPlace:
         self._handle = self.linear.register_forward_hook(hook)
 
     def _add_single(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-        return output + self._modules[0].delta(args[0])
+        return self._modules[0].add_delta(output, args[0])
 
     def _add_stack(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
         # Stack as defined by the reference library: each LoRA reads the previous one's update.
