@@ -61,6 +61,15 @@ def method_cases() -> list[Any]:
     return cases
 
 
+def _enable_checkpointing(model: nn.Module) -> None:
+    # transformers renamed gradient to activation checkpointing during 5.x; support both names.
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 class ModelConformanceSuite:
     """Subclass in a plugin's tests; set :attr:`model_factories`.
 
@@ -244,7 +253,7 @@ class ModelConformanceSuite:
             randomize_adapter(model, ADAPTER)
             model.train_adapter(ADAPTER)
             if checkpointing:
-                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                _enable_checkpointing(model)
             torch.manual_seed(0)
             self.loss_of(self.output_of(model, inputs)).backward()
             grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
