@@ -375,3 +375,12 @@ def test_save_pretrained_and_from_pretrained_keep_working(tmp_path, inputs):
     adapters.init(reloaded)
     reloaded.add_adapter("a", "lora", set_active=True)
     assert out(reloaded, inputs).shape == plain.shape
+
+
+def test_leave_out_of_every_layer_is_refused():
+    model = tiny_bert()
+    adapters.init(model)
+    keys = set(model.state_dict())
+    with pytest.raises(adapters.AdapterConfigError, match="leave_out covers every one"):
+        model.add_adapter("a", "seq_bn[leave_out=[0,1]]")
+    assert set(model.state_dict()) == keys and not model.adapters_state.configs

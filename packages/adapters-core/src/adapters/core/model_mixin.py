@@ -12,7 +12,7 @@ from torch import nn
 from ..composition import AdapterCompositionBlock
 from ..configs.base import AdapterConfig
 from ..configs.registry import load_config
-from ..errors import AdapterError, AdapterLoadError, AdapterNameError
+from ..errors import AdapterConfigError, AdapterError, AdapterLoadError, AdapterNameError
 from ..io import adapter_io
 from ..io.weights import load_weights
 from ..methods.base import check_adapter_name
@@ -63,6 +63,11 @@ class ModelAdaptersMixin:
         try:
             for method, part in parts:
                 method.add(state, name, part)
+            if not state.modules_of(name):
+                raise AdapterConfigError(
+                    f"Adapter {name!r} would have no modules in this model: its leave_out covers every one of "
+                    f"the layers {[i for i, _ in state.layers]}. Leave out fewer layers."
+                )
         except BaseException:
             for method, _ in parts:
                 method.delete(state, name)
