@@ -49,45 +49,42 @@ def _bottleneck(adapter, t, activation):
     return F.linear(activation(F.linear(t, down.weight, down.bias)), adapter.adapter_up.weight, adapter.adapter_up.bias)
 
 
-def test_seq_bn_is_pfeiffer_adapter(inputs):
-    """seq_bn: out = LN(h + x + up(relu(down(LN(h + x)))))."""
+def _adapted_last_layer(config, inputs):
+    """Model output with adapter "a" active, and the last layer with its input."""
     model = tiny_bert()
     adapters.init(model)
-    model.add_adapter("a", config="seq_bn", set_active=True)
+    model.add_adapter("a", config=config, set_active=True)
     randomize_adapter(model, "a")
     layer = model.encoder.layer[-1]
     x_layer, got = _layer_input_and_attention(model, inputs)
+    return model, layer, x_layer, got
+
+
+def _ffn_block_case(config, inputs):
+    """(adapted output, FFN input x, FFN output h before the residual, last layer)."""
+    model, layer, x_layer, got = _adapted_last_layer(config, inputs)
     x = _attention_output(model, layer, x_layer, inputs)
-    h = _ffn_parts(layer, x)
-    adapter = layer.output.adapters["a"]
+    return got, x, _ffn_parts(layer, x), layer
+
+
+def test_seq_bn_is_pfeiffer_adapter(inputs):
+    """seq_bn: out = LN(h + x + up(relu(down(LN(h + x)))))."""
+    got, x, h, layer = _ffn_block_case("seq_bn", inputs)
     ln = layer.output.LayerNorm
-    expected = _ln(ln, h + x + _bottleneck(adapter, _ln(ln, h + x), F.relu))
+    expected = _ln(ln, h + x + _bottleneck(layer.output.adapters["a"], _ln(ln, h + x), F.relu))
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
 
 
 def test_par_bn_is_scaled_parallel_adapter(inputs):
     """par_bn: out = LN(h + x + 4.0 * up(relu(down(x)))) with x the FFN input."""
-    model = tiny_bert()
-    adapters.init(model)
-    model.add_adapter("a", config="par_bn", set_active=True)
-    randomize_adapter(model, "a")
-    layer = model.encoder.layer[-1]
-    x_layer, got = _layer_input_and_attention(model, inputs)
-    x = _attention_output(model, layer, x_layer, inputs)
-    h = _ffn_parts(layer, x)
-    adapter = layer.output.adapters["a"]
-    expected = _ln(layer.output.LayerNorm, h + x + 4.0 * _bottleneck(adapter, x, F.relu))
+    got, x, h, layer = _ffn_block_case("par_bn", inputs)
+    expected = _ln(layer.output.LayerNorm, h + x + 4.0 * _bottleneck(layer.output.adapters["a"], x, F.relu))
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
 
 
 def test_double_seq_bn_wraps_both_sub_blocks(inputs):
     """double_seq_bn (Houlsby): out = LN(h + swish-adapter(h) + x) after attention and after the FFN."""
-    model = tiny_bert()
-    adapters.init(model)
-    model.add_adapter("a", config="double_seq_bn", set_active=True)
-    randomize_adapter(model, "a")
-    layer = model.encoder.layer[-1]
-    x_layer, got = _layer_input_and_attention(model, inputs)
+    _, layer, x_layer, got = _adapted_last_layer("double_seq_bn", inputs)
     with torch.no_grad():
         context = layer.attention.self(x_layer)[0]
     attn = layer.attention.output

@@ -41,10 +41,6 @@ class ResidualBlockHooks:
         self._x: torch.Tensor | None = None
         self._h: torch.Tensor | None = None
 
-    @property
-    def installed(self) -> bool:
-        return self._fn is not None
-
     def install(self, fn: BlockFn) -> None:
         self.remove()
         self._fn = fn

@@ -29,27 +29,27 @@ class BottleneckPlace:
         self.adapters: AdapterDict = adapter_dict(holder, "adapters")
         self.container = self.adapters
         self.hooks = ResidualBlockHooks(layer, block)
-        self._names: tuple[str, ...] = ()
+        self._active: tuple[Bottleneck, ...] = ()
 
     def activate(self, names: tuple[str, ...]) -> None:
-        self._names = names
+        # Resolve the modules once here, not on every forward pass.
+        self._active = tuple(self.adapters[n] for n in names)
         if names:
             self.hooks.install(self._single if len(names) == 1 else self._stack)
         else:
             self.hooks.remove()
 
     def _single(self, h: torch.Tensor, x: torch.Tensor, layer_norm) -> torch.Tensor:
-        adapter = self.adapters[self._names[0]]
+        adapter = self._active[0]
         hidden, residual = adapter.pre_forward(h, x, layer_norm)
         return adapter.post_forward(adapter(hidden, residual), h, x, layer_norm)
 
     def _stack(self, h: torch.Tensor, x: torch.Tensor, layer_norm) -> torch.Tensor:
         hidden = h
-        for name in self._names:
-            adapter = self.adapters[name]
+        for adapter in self._active:
             hidden, residual = adapter.pre_forward(hidden, x, layer_norm)
             hidden = adapter(hidden, residual)
-        return self.adapters[self._names[-1]].post_forward(hidden, h, x, layer_norm)
+        return self._active[-1].post_forward(hidden, h, x, layer_norm)
 
 
 def _get_or_create(layer: nn.Module, path: str) -> nn.Module:
