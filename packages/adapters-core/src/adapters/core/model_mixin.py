@@ -166,6 +166,26 @@ class ModelAdaptersMixin:
         for name in self.adapters_state.configs:
             self.save_adapter(Path(save_directory) / name, name, use_safetensors=use_safetensors)
 
+    def save_pretrained(self, save_directory: str | os.PathLike, save_adapters: bool = True, **kwargs: Any) -> None:
+        """Save a plain transformers checkpoint, with each adapter beside it in ``adapters/<name>``.
+
+        The checkpoint holds the model's own weights only, so the model class it came from
+        loads it without unexpected keys; adapters keep their own format and files. A merged
+        LoRA is part of the model weights at that moment and is saved as such.
+
+        Example:
+            >>> model.save_pretrained("out")  # doctest: +SKIP
+            >>> model = BertModel.from_pretrained("out"); adapters.init(model)  # doctest: +SKIP
+            >>> model.load_adapter("out/adapters/sst2")  # doctest: +SKIP
+        """
+        state = self.adapters_state
+        if "state_dict" not in kwargs:
+            prefixes = tuple(f"{state.base_prefix}{path}." for records in state.modules.values() for path in records)
+            kwargs["state_dict"] = {k: v for k, v in self.state_dict().items() if not k.startswith(prefixes)}
+        super().save_pretrained(save_directory, **kwargs)
+        if save_adapters and state.configs:
+            self.save_all_adapters(Path(save_directory) / "adapters")
+
     def load_adapter(
         self,
         adapter_name_or_path: str | os.PathLike,

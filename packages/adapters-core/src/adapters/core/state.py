@@ -100,7 +100,17 @@ class AdapterState:
         return block
 
     def apply_setup(self, block: AdapterCompositionBlock | None) -> None:
-        """Install the hooks of ``block`` at every place (no hooks at all when ``None``)."""
-        for method in self.registry.methods:
-            method.activate(self, block)
+        """Install the hooks of ``block`` at every place (no hooks at all when ``None``).
+
+        A method may refuse the setup only once it sees its places (e.g. a Stack of LoRAs on a
+        fused projection); the previous setup is then restored, so a refused activation changes
+        nothing.
+        """
+        try:
+            for method in self.registry.methods:
+                method.activate(self, block)
+        except Exception:
+            for method in self.registry.methods:
+                method.activate(self, self.active_setup)
+            raise
         self.active_setup = block
