@@ -10,7 +10,7 @@ Example:
 """
 
 from ._version import __version__
-from .composition import Stack
+from .composition import Average, BatchSplit, Fuse, Parallel, Split, Stack
 from .configs import (
     AdapterConfig,
     BnConfig,
@@ -37,14 +37,19 @@ __all__ = [
     "AdapterLoadError",
     "AdapterNameError",
     "AdapterSetup",
+    "Average",
+    "BatchSplit",
     "BnConfig",
     "CompositionError",
     "ConfigUnion",
     "DoubleSeqBnConfig",
+    "Fuse",
     "LoRAConfig",
     "ModelAdaptersMixin",
     "ParBnConfig",
+    "Parallel",
     "SeqBnConfig",
+    "Split",
     "Stack",
     "UnsupportedModelError",
     "__version__",

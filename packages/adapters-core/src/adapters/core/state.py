@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from ..composition import AdapterCompositionBlock, Stack, parse_composition
+from ..composition import AdapterCompositionBlock, check_method_support, parse_composition, validate_nesting
 from ..configs.base import AdapterConfig
 from ..configs.union import ConfigUnion
-from ..errors import AdapterNameError, CompositionError
+from ..errors import AdapterNameError
 from ..plugins.manager import Registry
 from ..plugins.spec import ModelSpec
 
@@ -90,14 +90,14 @@ class AdapterState:
         block = parse_composition(setup)
         if block is None:
             return None
-        if not isinstance(block, Stack) or any(isinstance(c, AdapterCompositionBlock) for c in block):
-            raise CompositionError(
-                f"Cannot activate {block!r}: this release composes adapters with Stack of names only "
-                "(a name, a list of names or Stack('a', 'b'))."
-            )
+        validate_nesting(block)
         for name in block.flatten():
             self.require(name)
+        check_method_support(block, self._blocks_supported_by)
         return block
+
+    def _blocks_supported_by(self, name: str) -> list[tuple[str, frozenset[type]]]:
+        return [(method.name, method.supported_blocks) for method, _ in self.methods_of(self.configs[name])]
 
     def apply_setup(self, block: AdapterCompositionBlock | None) -> None:
         """Install the hooks of ``block`` at every place (no hooks at all when ``None``).

@@ -9,11 +9,12 @@ from typing import TYPE_CHECKING, ClassVar
 
 from torch import nn
 
+from ..composition.blocks import Stack
 from ..configs.base import AdapterConfig
 from ..errors import AdapterError, AdapterNameError
 
 if TYPE_CHECKING:
-    from ..composition import Stack
+    from ..composition.blocks import AdapterCompositionBlock
     from ..core.state import AdapterState
 
 _INVALID_NAME = re.compile(r"[.\s]")
@@ -66,6 +67,8 @@ class AdapterMethod(ABC):
     config_class: ClassVar[type[AdapterConfig]]
     config_names: ClassVar[Mapping[str, AdapterConfig]] = {}
     supports_merge: ClassVar[bool] = False
+    #: The composition blocks this method's adapters may sit in (checked at activation).
+    supported_blocks: ClassVar[frozenset[type[AdapterCompositionBlock]]] = frozenset({Stack})
 
     def conformance_configs(self) -> Mapping[str, AdapterConfig]:
         """Configs the plugin conformance suite runs for this method (all its variants)."""
@@ -80,7 +83,7 @@ class AdapterMethod(ABC):
         """Remove the adapter's modules."""
 
     @abstractmethod
-    def activate(self, state: AdapterState, setup: Stack | None) -> None:
+    def activate(self, state: AdapterState, setup: AdapterCompositionBlock | None) -> None:
         """Install the forward hooks the setup needs, and remove the others."""
 
     def merge(self, state: AdapterState, name: str) -> None:
