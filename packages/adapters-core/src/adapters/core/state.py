@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from ..composition import AdapterCompositionBlock, check_method_support, parse_composition, validate_nesting
+from ..composition import AdapterCompositionBlock, Parallel, check_method_support, parse_composition, validate_nesting
+from ..composition.parallel import ParallelRuntime
 from ..configs.base import AdapterConfig
 from ..configs.union import ConfigUnion
 from ..errors import AdapterNameError
@@ -31,6 +32,7 @@ class AdapterState:
         active_setup: the active composition, or ``None``.
         merged: the adapter whose weights are merged into the model, if any.
         method_data: per-method runtime objects (hook places), keyed by method name.
+        parallel: the batch-copying hooks while a setup with a Parallel block is active.
     """
 
     def __init__(self, model: nn.Module, base_model: nn.Module, base_prefix: str, spec: ModelSpec, registry: Registry):
@@ -46,6 +48,7 @@ class AdapterState:
         self.merged: str | None = None
         self.method_data: dict[str, Any] = {}
         self.context_stack: list[AdapterCompositionBlock | None] = []
+        self.parallel: ParallelRuntime | None = None
         self.model_class_name = type(model).__name__
 
     # -- lookups ------------------------------------------------------------------------
@@ -107,10 +110,35 @@ class AdapterState:
         nothing.
         """
         try:
-            for method in self.registry.methods:
-                method.activate(self, block)
+            self._install(block)
         except Exception:
-            for method in self.registry.methods:
-                method.activate(self, self.active_setup)
+            self._install(self.active_setup)
             raise
         self.active_setup = block
+
+    def _install(self, block: AdapterCompositionBlock | None) -> None:
+        if self.parallel is not None:
+            self.parallel.remove()
+            self.parallel = None
+        if block is not None and _has_parallel(block):
+            self.parallel = ParallelRuntime(block.parallel_channels)
+            first = self._first_layer_of(block.flatten())
+            self.parallel.install(self.base_model, [layer for idx, layer in self.layers if idx >= first])
+        for method in self.registry.methods:
+            method.activate(self, block)
+
+    def _first_layer_of(self, names: list[str]) -> int:
+        """The first layer index holding a module of these adapters (0 if one acts before the layers)."""
+        layer_paths = [(idx, self.module_path(layer) + ".") for idx, layer in self.layers]
+        first = len(layer_paths)
+        for name in names:
+            for path in self.modules.get(name, {}):
+                idx = next((i for i, prefix in layer_paths if path.startswith(prefix)), 0)
+                first = min(first, idx)
+        return first
+
+
+def _has_parallel(block: AdapterCompositionBlock) -> bool:
+    return isinstance(block, Parallel) or any(
+        isinstance(child, AdapterCompositionBlock) and _has_parallel(child) for child in block
+    )

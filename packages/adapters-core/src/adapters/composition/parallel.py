@@ -1,0 +1,69 @@
+"""Parallel: copy the batch once, where the first adapter of the setup acts.
+
+Everything below that point runs once for all branches. The copies are made at the input of the
+first layer that holds an adapter of the setup (so attention inside that layer already sees them),
+or earlier by a place that acts before the layers (e.g. on the embeddings). From there on, every
+layer's other batch-first inputs (attention masks, position ids, encoder states) are copied to
+match, so the model code needs no change. Outputs are ``copies`` times the batch, branch by branch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class ParallelRuntime:
+    """The hooks of one active Parallel setup; ``batch_size`` is the batch of the current forward."""
+
+    def __init__(self, copies: int) -> None:
+        self.copies = copies
+        self.batch_size: int | None = None
+        self.replicated = False
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def install(self, base_model: nn.Module, layers: list[nn.Module]) -> None:
+        self._handles.append(base_model.register_forward_pre_hook(self._start_forward, with_kwargs=True))
+        seen: set[int] = set()
+        for layer in layers:
+            if id(layer) not in seen:  # ALBERT runs one layer module several times
+                seen.add(id(layer))
+                self._handles.append(layer.register_forward_pre_hook(self._layer_inputs, with_kwargs=True))
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _start_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        first = next((v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)), None)
+        self.batch_size = first.shape[0] if first is not None else None
+        self.replicated = False
+
+    def _layer_inputs(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        batch = self.batch_size
+        if batch is None:
+            return args, kwargs
+        hidden = args[0] if args else kwargs.get("hidden_states")
+        if isinstance(hidden, torch.Tensor) and hidden.shape[0] == batch:
+            self.replicated = True
+        elif not self.replicated:
+            return args, kwargs
+        return _copy_batch(args, batch, self.copies), _copy_batch(kwargs, batch, self.copies)
+
+
+def _copy_batch(value: Any, batch: int, copies: int) -> Any:
+    """Copy every batch-first tensor (2-D or more, first dim == batch) ``copies`` times along dim 0."""
+    if isinstance(value, torch.Tensor):
+        if value.dim() >= 2 and value.shape[0] == batch:
+            return value.repeat(copies, *([1] * (value.dim() - 1)))
+        return value
+    if isinstance(value, tuple):
+        return tuple(_copy_batch(v, batch, copies) for v in value)
+    if isinstance(value, list):
+        return [_copy_batch(v, batch, copies) for v in value]
+    if isinstance(value, dict):
+        return {k: _copy_batch(v, batch, copies) for k, v in value.items()}
+    return value
