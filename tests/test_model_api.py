@@ -420,3 +420,23 @@ def test_refused_stack_leaves_the_previous_setup_active(inputs):
         model.set_active_adapters(Stack("a", "b", "c"))
     assert model.active_adapters == Stack("a")
     assert torch.equal(out(model, inputs), before)
+
+
+@pytest.mark.parametrize("config", ["seq_bn", "lora"])
+def test_deepcopy_gives_an_independent_adapted_model(inputs, config):
+    import copy
+
+    model = tiny_bert()
+    adapters.init(model)
+    model.add_adapter("a", config, set_active=True)
+    randomize_adapter(model, "a")
+    expected = out(model, inputs)
+    clone = copy.deepcopy(model)
+    assert torch.equal(out(clone, inputs), expected)
+    randomize_adapter(clone, "a", seed=5)
+    assert not torch.allclose(out(clone, inputs), expected)
+    assert torch.equal(out(model, inputs), expected), "changing the copy changed the original"
+    clone.delete_adapter("a")
+    clone.set_active_adapters(None)
+    assert torch.equal(out(model, inputs), expected)
+    assert "a" in model.adapters_state.configs

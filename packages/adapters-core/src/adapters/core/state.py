@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +42,13 @@ class AdapterState:
         self.base_prefix = base_prefix
         self.spec = spec
         self.registry = registry
-        self.layers: list[tuple[int, nn.Module]] = spec.layer_modules(base_model)
+        entries = spec.layer_entries(base_model)
+        self.layers: list[tuple[int, nn.Module]] = [(index, layer) for index, layer, _ in entries]
+        # Each layer's own config: the model config, or its stack's (CLIP's text_config, vision_config).
+        self._layer_configs = {
+            index: getattr(base_model.config, stack.config) if stack.config else base_model.config
+            for index, _, stack in entries
+        }
         self.configs: dict[str, AdapterConfig] = {}
         self.modules: dict[str, dict[str, nn.Module]] = {}
         self.active_setup: AdapterCompositionBlock | None = None
@@ -51,10 +58,29 @@ class AdapterState:
         self.parallel: ParallelRuntime | None = None
         self.model_class_name = type(model).__name__
 
+    def __deepcopy__(self, memo: dict) -> AdapterState:
+        # copy.deepcopy(model) copies the state with the model; the plugin registry is process-wide.
+        memo[id(self.registry)] = self.registry
+        clone = type(self).__new__(type(self))
+        memo[id(self)] = clone
+        clone.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        return clone
+
     # -- lookups ------------------------------------------------------------------------
     @property
-    def hidden_size(self) -> int:
-        return self.base_model.config.hidden_size
+    def hidden_size(self) -> int | None:
+        """The model's hidden size; ``None`` for a model of several stacks without one (CLIPModel).
+
+        Methods sizing per-layer modules use :meth:`layer_hidden_size`, which every model has.
+        """
+        return getattr(self.base_model.config, "hidden_size", None)
+
+    def layer_config(self, layer_idx: int) -> Any:
+        """The config of layer ``layer_idx``: its stack's own config in models of several stacks."""
+        return self._layer_configs[layer_idx]
+
+    def layer_hidden_size(self, layer_idx: int) -> int:
+        return self._layer_configs[layer_idx].hidden_size
 
     def module_path(self, module: nn.Module) -> str:
         """The path of a submodule relative to the base model (computed once at add time)."""
