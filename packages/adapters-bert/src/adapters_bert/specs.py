@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 from torch import nn
 
-from adapters.plugins import FusedLinear, InputOf, ModelSpec, OutputOf, ResidualBlock
+from adapters.plugins import FusedLinear, InputOf, KVProjections, ModelSpec, OutputOf, ResidualBlock, SelfAttention
 
 # The two post-LN blocks of BERT and its copies: output modules take (hidden_states, input_tensor).
 _BERT_ATTENTION_BLOCK = ResidualBlock(
@@ -21,6 +21,15 @@ _BERT_FFN_BLOCK = ResidualBlock(
     sublayer="output.dropout",
     layer_norm="output.LayerNorm",
 )
+# Self-attention modules that call transformers' attention interface (prefix tuning hooks in there).
+_BERT_SELF_ATTENTION = SelfAttention("attention.self")
+# DeBERTa's disentangled attention computes scores itself: prefix keys/values are spliced into its
+# projections, its relative-position bias covers the model's own positions only (as in the
+# reference library), and its (batch, 1, query, key) mask is extended.
+_DEBERTA_MASK = InputOf("", 1, "attention_mask")
+# DeBERTa builds its pairwise mask in the encoder from the (batch, sequence) mask.
+_DEBERTA_PADDING_MASK = InputOf("encoder", 1, "attention_mask")
+
 _BERT_FFN_LINEARS = {"attn_out": "attention.output.dense", "ffn_in": "intermediate.dense", "ffn_out": "output.dense"}
 
 BERT_LIKE = ModelSpec(
@@ -34,6 +43,7 @@ BERT_LIKE = ModelSpec(
     attention_block=_BERT_ATTENTION_BLOCK,
     ffn_block=_BERT_FFN_BLOCK,
     linears={"q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value", **_BERT_FFN_LINEARS},
+    self_attention=_BERT_SELF_ATTENTION,
 )
 
 DEBERTA_V2 = ModelSpec(
@@ -47,6 +57,16 @@ DEBERTA_V2 = ModelSpec(
         "v": "attention.self.value_proj",
         **_BERT_FFN_LINEARS,
     },
+    self_attention=SelfAttention(
+        "attention.self",
+        projections=KVProjections(
+            attention_mask=_DEBERTA_MASK,
+            key="key_proj",
+            value="value_proj",
+            position_bias="disentangled_attention_bias",
+        ),
+    ),
+    padding_mask=_DEBERTA_PADDING_MASK,
 )
 
 # DeBERTa v1 computes q, k and v with one bias-less linear; LoRA sees its output as contiguous
@@ -58,6 +78,16 @@ DEBERTA = ModelSpec(
     ffn_block=_BERT_FFN_BLOCK,
     linears=_BERT_FFN_LINEARS,
     fused_linears=(FusedLinear("attention.self.in_proj", ("q", "k", "v")),),
+    self_attention=SelfAttention(
+        "attention.self",
+        projections=KVProjections(
+            attention_mask=_DEBERTA_MASK,
+            fused_qkv="in_proj",
+            position_bias="disentangled_att_bias",
+            value_bias="v_bias",
+        ),
+    ),
+    padding_mask=_DEBERTA_PADDING_MASK,
 )
 
 # DistilBERT adds both residuals inline in TransformerBlock.forward:
@@ -86,6 +116,8 @@ DISTILBERT = ModelSpec(
         "ffn_in": "ffn.lin1",
         "ffn_out": "ffn.lin2",
     },
+    # The reference library keys DistilBERT's prefixes "self", not "self_prefix".
+    self_attention=SelfAttention("attention", prefix_key="self"),
 )
 
 
@@ -127,6 +159,7 @@ ALBERT = ModelSpec(
         "ffn_in": "ffn",
         "ffn_out": "ffn_output",
     },
+    self_attention=SelfAttention("attention"),
 )
 
 SPECS = (BERT_LIKE, DEBERTA_V2, DEBERTA, DISTILBERT, ALBERT)

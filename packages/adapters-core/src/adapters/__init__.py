@@ -13,12 +13,27 @@ from ._version import __version__
 from .composition import Average, BatchSplit, Fuse, Parallel, Split, Stack
 from .configs import (
     AdapterConfig,
+    AdapterPlusConfig,
     BnConfig,
+    CompacterConfig,
+    CompacterPlusPlusConfig,
     ConfigUnion,
+    DiReftConfig,
+    DoRAConfig,
     DoubleSeqBnConfig,
+    DoubleSeqBnInvConfig,
+    DvoRAConfig,
+    IA3Config,
     LoRAConfig,
+    LoReftConfig,
+    NoReftConfig,
     ParBnConfig,
+    PrefixTuningConfig,
+    PromptTuningConfig,
+    ReftConfig,
     SeqBnConfig,
+    SeqBnInvConfig,
+    VeraConfig,
 )
 from .core import AdapterSetup, ModelAdaptersMixin, init
 from .errors import (
@@ -35,23 +50,69 @@ __all__ = [
     "AdapterConfigError",
     "AdapterError",
     "AdapterLoadError",
+    "AdapterModelBase",
     "AdapterNameError",
+    "AdapterPlusConfig",
     "AdapterSetup",
+    "AdapterTrainer",
+    "AutoAdapterModel",
     "Average",
     "BatchSplit",
     "BnConfig",
+    "CompacterConfig",
+    "CompacterPlusPlusConfig",
     "CompositionError",
     "ConfigUnion",
+    "DiReftConfig",
+    "DoRAConfig",
     "DoubleSeqBnConfig",
+    "DoubleSeqBnInvConfig",
+    "DvoRAConfig",
     "Fuse",
+    "IA3Config",
     "LoRAConfig",
+    "LoReftConfig",
     "ModelAdaptersMixin",
+    "MultiHeadOutput",
+    "NoReftConfig",
     "ParBnConfig",
     "Parallel",
+    "PredictionHead",
+    "PrefixTuningConfig",
+    "PromptTuningConfig",
+    "ReftConfig",
+    "Seq2SeqAdapterTrainer",
     "SeqBnConfig",
+    "SeqBnInvConfig",
     "Split",
     "Stack",
     "UnsupportedModelError",
+    "VeraConfig",
     "__version__",
     "init",
+    "register_head",
 ]
+
+
+# Heads import transformers' output classes; loaded on first use like the trainers.
+_HEAD_NAMES = ("AdapterModelBase", "AutoAdapterModel", "MultiHeadOutput", "PredictionHead", "register_head")
+
+
+def __getattr__(name: str) -> object:
+    # The trainers import transformers.Trainer (seconds); load them only when asked for.
+    if name in ("AdapterTrainer", "Seq2SeqAdapterTrainer"):
+        from . import training
+
+        return getattr(training, name)
+    if name in _HEAD_NAMES:
+        from . import heads
+
+        return getattr(heads, name)
+    if name.endswith("AdapterModel"):
+        # ``from adapters import BertAdapterModel``: the classes live in the model plugins.
+        from .heads.auto import adapter_model_class_by_name
+
+        found = adapter_model_class_by_name(name)
+        if found is not None:
+            return found
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""Bottleneck adapter configs (Houlsby, Pfeiffer, He et al. parallel adapters)."""
+"""Bottleneck adapter configs: Houlsby, Pfeiffer, He et al. (parallel), Compacter, AdapterPlus, MAD-X."""
 
 from __future__ import annotations
 
@@ -11,6 +11,9 @@ from .base import AdapterConfig
 
 _INIT_MODES = ("bert", "mam_adapter", "houlsby")
 _RESIDUAL_MODES = (True, False, "post_add")
+_INV_ADAPTERS = (None, "nice", "glow")
+_PHM_W_INITS = ("phm", "glorot-normal", "glorot-uniform", "normal")
+_PHM_C_INITS = ("normal", "uniform")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,8 +23,12 @@ class BnConfig(AdapterConfig):
     Placement (``mh_adapter`` after attention, ``output_adapter`` after the FFN), how the layer's
     own LayerNorm is used (``original_ln_before``/``original_ln_after``), where the residual is
     taken (``residual_before_ln``), extra LayerNorms (``ln_before``/``ln_after``), sequential or
-    parallel (``is_parallel``) and a fixed or learned output ``scaling``. ``reduction_factor``
-    may differ per layer: ``{"0": 8, "default": 16}``.
+    parallel (``is_parallel``) and a fixed, ``"learned"`` (one scalar) or ``"channel"`` (one per
+    hidden unit) output ``scaling``. ``reduction_factor`` may differ per layer:
+    ``{"0": 8, "default": 16}``. ``phm_layer`` makes both projections parameterized hypercomplex
+    multiplications (Compacter; the ``phm_*`` options), ``inv_adapter`` adds an invertible adapter
+    after the embeddings (MAD-X) and ``stochastic_depth`` drops the adapter branch per example
+    while training (AdapterPlus).
 
     Example:
         >>> from adapters import BnConfig
@@ -72,12 +79,56 @@ class BnConfig(AdapterConfig):
             raise AdapterConfigError(
                 f"residual_before_ln={self.residual_before_ln!r}; choose True, False or 'post_add'."
             )
-        if not (isinstance(self.scaling, (int, float)) or self.scaling == "learned"):
-            raise AdapterConfigError(f"scaling={self.scaling!r}; use a number or 'learned'.")
+        if not (isinstance(self.scaling, (int, float)) or self.scaling in ("learned", "channel")):
+            raise AdapterConfigError(f"scaling={self.scaling!r}; use a number, 'learned' or 'channel'.")
         if isinstance(self.reduction_factor, Mapping) and "default" not in self.reduction_factor:
             keys = [k for k in self.reduction_factor if not str(k).isdigit()]
             if keys:
                 raise AdapterConfigError(f"reduction_factor keys must be layer indices or 'default', got {keys}.")
+        if not 0.0 <= (self.stochastic_depth or 0.0) <= 1.0:
+            raise AdapterConfigError(f"stochastic_depth={self.stochastic_depth!r}; use a probability in [0, 1].")
+        self._check_inv_adapter()
+        if self.phm_layer:
+            self._check_phm()
+
+    def _check_inv_adapter(self) -> None:
+        if self.inv_adapter not in _INV_ADAPTERS:
+            raise AdapterConfigError(f"inv_adapter={self.inv_adapter!r}; choose 'nice', 'glow' or None.")
+        factor = self.inv_adapter_reduction_factor
+        if self.inv_adapter is not None and not (isinstance(factor, (int, float)) and factor > 0):
+            raise AdapterConfigError(
+                f"inv_adapter={self.inv_adapter!r} needs a positive inv_adapter_reduction_factor (e.g. 2), "
+                f"got {factor!r}."
+            )
+
+    def _check_phm(self) -> None:
+        if not (isinstance(self.phm_dim, int) and self.phm_dim >= 1):
+            raise AdapterConfigError(f"phm_dim={self.phm_dim!r}; use a positive integer (e.g. 4).")
+        if self.hypercomplex_nonlinearity not in _PHM_W_INITS:
+            raise AdapterConfigError(
+                f"hypercomplex_nonlinearity={self.hypercomplex_nonlinearity!r}; choose one of {_PHM_W_INITS}."
+            )
+        if self.phm_c_init not in _PHM_C_INITS:
+            raise AdapterConfigError(f"phm_c_init={self.phm_c_init!r}; choose one of {_PHM_C_INITS}.")
+        if self.factorized_phm_W and not (isinstance(self.phm_rank, int) and self.phm_rank >= 1):
+            raise AdapterConfigError(f"phm_rank={self.phm_rank!r}; factorized_phm_W needs a positive integer rank.")
+        if self.init_weights != "bert":
+            # PHM layers take their initialisation from hypercomplex_nonlinearity and phm_c_init; the
+            # reference library fails on these modes too (its PHM layers have no .weight to initialise).
+            raise AdapterConfigError(
+                f"phm_layer=True works with init_weights='bert' only (got {self.init_weights!r}); PHM weights are "
+                "initialised by hypercomplex_nonlinearity and phm_c_init."
+            )
+
+    @classmethod
+    def from_dict(cls, config: Mapping[str, Any]) -> AdapterConfig:
+        """Also reads version-1 files, which nest the invertible adapter as ``invertible_adapter``."""
+        values = dict(config)
+        legacy = values.pop("invertible_adapter", None)
+        if legacy:
+            values["inv_adapter"] = legacy.get("block_type")
+            values["inv_adapter_reduction_factor"] = legacy.get("reduction_factor")
+        return super().from_dict(values)
 
     def reduction_for_layer(self, layer_idx: int) -> float:
         """The reduction factor of one layer (per-layer dicts fall back to ``default``)."""
@@ -131,3 +182,89 @@ class ParBnConfig(BnConfig):
     init_weights: str = "mam_adapter"
     is_parallel: bool = True
     scaling: float | str = 4.0
+
+
+@dataclasses.dataclass(frozen=True)
+class SeqBnInvConfig(SeqBnConfig):
+    """Pfeiffer et al. (2020, MAD-X): ``seq_bn`` plus a NICE invertible adapter after the embeddings.
+
+    Example:
+        >>> from adapters import SeqBnInvConfig
+        >>> SeqBnInvConfig().inv_adapter, SeqBnInvConfig(inv_adapter="glow").inv_adapter_reduction_factor
+        ('nice', 2)
+    """
+
+    inv_adapter: str | None = "nice"
+    inv_adapter_reduction_factor: float | None = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class DoubleSeqBnInvConfig(DoubleSeqBnConfig):
+    """``double_seq_bn`` plus a NICE invertible adapter after the embeddings.
+
+    Example:
+        >>> from adapters import DoubleSeqBnInvConfig
+        >>> DoubleSeqBnInvConfig().mh_adapter, DoubleSeqBnInvConfig().inv_adapter
+        (True, 'nice')
+    """
+
+    inv_adapter: str | None = "nice"
+    inv_adapter_reduction_factor: float | None = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class CompacterConfig(DoubleSeqBnConfig):
+    """Mahabadi et al. (2021), Compacter: PHM projections after attention and after the FFN.
+
+    Example:
+        >>> from adapters import CompacterConfig
+        >>> config = CompacterConfig()
+        >>> config.phm_layer, config.phm_dim, config.reduction_factor, config.non_linearity
+        (True, 4, 32, 'gelu')
+    """
+
+    phm_layer: bool = True
+    reduction_factor: float | Mapping[str, float] = 32
+    non_linearity: str = "gelu"
+
+
+@dataclasses.dataclass(frozen=True)
+class CompacterPlusPlusConfig(SeqBnConfig):
+    """Mahabadi et al. (2021), Compacter++: one PHM bottleneck after the FFN.
+
+    Example:
+        >>> from adapters import CompacterPlusPlusConfig
+        >>> CompacterPlusPlusConfig().mh_adapter, CompacterPlusPlusConfig().output_adapter
+        (False, True)
+    """
+
+    phm_layer: bool = True
+    reduction_factor: float | Mapping[str, float] = 32
+    non_linearity: str = "gelu"
+
+
+@dataclasses.dataclass(frozen=True)
+class AdapterPlusConfig(BnConfig):
+    """Steitz & Roth (2024), AdapterPlus: channel-wise scaling, Houlsby init, stochastic depth.
+
+    One bottleneck after the FFN reading the LayerNorm-ed FFN output, with its residual taken
+    after that LayerNorm and no LayerNorm after it; the adapter branch is scaled per hidden unit
+    and, while training, dropped for a whole example with probability ``stochastic_depth``.
+
+    Example:
+        >>> from adapters import AdapterPlusConfig
+        >>> config = AdapterPlusConfig()
+        >>> config.scaling, config.stochastic_depth, config.reduction_factor
+        ('channel', 0.1, 96)
+    """
+
+    mh_adapter: bool = False
+    output_adapter: bool = True
+    reduction_factor: float | Mapping[str, float] = 96
+    non_linearity: str = "gelu"
+    original_ln_before: bool = True
+    original_ln_after: bool = False
+    residual_before_ln: bool | str = False
+    init_weights: str = "houlsby"
+    scaling: float | str = "channel"
+    stochastic_depth: float | None = 0.1

@@ -1,4 +1,9 @@
-"""LoRA config (Hu et al., 2021)."""
+"""LoRA-family configs: LoRA (Hu et al., 2021), (IA)^3, VeRA, DoRA and DoRA on VeRA.
+
+All of them are one config class in the on-disk format (``"architecture": "lora"``); the
+variants differ in field values only, so a reference ``IA3Config`` file loads as a
+:class:`LoRAConfig` with ``composition_mode="scale"``.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,8 @@ from ..errors import AdapterConfigError
 from .base import AdapterConfig
 
 _ATTN_MATRICES = ("q", "k", "v")
+_COMPOSITION_MODES = ("add", "scale")
+_INIT_MODES = ("lora", "bert", "ia3", "vera")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -16,7 +23,10 @@ class LoRAConfig(AdapterConfig):
     """Low-rank update ``W + (alpha / r) * B @ A`` on selected linear layers.
 
     ``selfattn_lora`` with ``attn_matrices`` picks the attention projections, ``intermediate_lora``
-    the FFN input and ``output_lora`` the FFN output projection.
+    the FFN input and ``output_lora`` the FFN output projection. ``composition_mode="scale"``
+    turns the update into a learned output scaling (IA)^3, ``use_dora`` into DoRA and
+    ``vera_d``/``vera_b`` into VeRA; ``use_gating`` replaces ``alpha / r`` by a learned,
+    input-dependent gate (UniPELT).
 
     Example:
         >>> from adapters import LoRAConfig
@@ -50,18 +60,122 @@ class LoRAConfig(AdapterConfig):
         bad = [m for m in self.attn_matrices if m not in _ATTN_MATRICES]
         if bad:
             raise AdapterConfigError(f"attn_matrices {bad} unknown; choose from {_ATTN_MATRICES}.")
-        if self.composition_mode != "add":
+        if self.composition_mode not in _COMPOSITION_MODES:
             raise AdapterConfigError(
-                f"composition_mode={self.composition_mode!r} is IA3's mode; this release implements "
-                "LoRA's additive mode only ('add')."
+                f"composition_mode={self.composition_mode!r}; choose 'add' (LoRA) or 'scale' ((IA)^3)."
             )
-        if self.init_weights not in ("lora", "bert"):
-            raise AdapterConfigError(f"init_weights={self.init_weights!r}; choose 'lora' or 'bert'.")
-        if self.use_dora or self.vera_d is not None or self.vera_b is not None:
-            raise AdapterConfigError("DoRA and VeRA variants of LoRAConfig are not available in this release.")
-        if self.use_gating:
-            raise AdapterConfigError("LoRA gating (use_gating=True) belongs to UniPELT, which is not available yet.")
+        if self.init_weights not in _INIT_MODES:
+            raise AdapterConfigError(f"init_weights={self.init_weights!r}; choose from {_INIT_MODES}.")
+        if (self.vera_d is None) != (self.vera_b is None):
+            raise AdapterConfigError(
+                f"VeRA needs both vera_d and vera_b (got vera_d={self.vera_d}, vera_b={self.vera_b}); "
+                "set both (VeraConfig uses 0.1 and 0.0) or neither."
+            )
+        if self.is_vera:
+            # JSON and shorthands may give ints; the values initialise float vectors.
+            object.__setattr__(self, "vera_d", float(self.vera_d))
+            object.__setattr__(self, "vera_b", float(self.vera_b))
+        if self.composition_mode == "scale":
+            self._check_scale_mode()
+
+    def _check_scale_mode(self) -> None:
+        problems = []
+        if self.r != 1:
+            problems.append(f"r must be 1 (got {self.r})")
+        if self.dropout > 0:
+            problems.append(f"dropout must be 0 (got {self.dropout})")
+        if self.use_dora:
+            problems.append("use_dora must be False")
+        if self.is_vera:
+            problems.append("vera_d/vera_b must be None")
+        if self.init_weights == "vera":
+            problems.append("init_weights must not be 'vera'")
+        if problems:
+            raise AdapterConfigError(
+                "composition_mode='scale' ((IA)^3) learns one scaling vector per layer, so "
+                + "; ".join(problems)
+                + ". Use IA3Config() for the defaults."
+            )
+
+    @property
+    def is_vera(self) -> bool:
+        """VeRA: frozen random ``A``/``B`` shared by all layers, trainable vectors ``d``/``b`` per layer."""
+        return self.vera_d is not None
 
     @property
     def scaling(self) -> float:
-        return self.alpha / self.r
+        """The update's fixed factor: ``alpha`` for (IA)^3, ``alpha / r`` otherwise."""
+        return float(self.alpha) if self.composition_mode == "scale" else self.alpha / self.r
+
+
+@dataclasses.dataclass(frozen=True)
+class IA3Config(LoRAConfig):
+    """(IA)^3 (Liu et al., 2022): learned vectors that rescale the outputs of k, v and the FFN input.
+
+    The output ``y = W x + b`` of each targeted linear becomes ``y * (alpha * l)`` with ``l``
+    initialised to ones (stored as ``lora_B``, shape out x 1, as in the reference format).
+
+    Example:
+        >>> from adapters import IA3Config
+        >>> c = IA3Config()
+        >>> c.composition_mode, c.attn_matrices, c.intermediate_lora, c.r
+        ('scale', ('k', 'v'), True, 1)
+    """
+
+    intermediate_lora: bool = True
+    r: int = 1
+    alpha: int = 1
+    attn_matrices: tuple[str, ...] = ("k", "v")
+    composition_mode: str = "scale"
+    init_weights: str = "ia3"
+
+
+@dataclasses.dataclass(frozen=True)
+class VeraConfig(LoRAConfig):
+    """VeRA (Kopiczko et al., 2024): ``delta W = (alpha / r) * diag(b) B diag(d) A``.
+
+    ``A`` (r x in) and ``B`` (out x r) are random, frozen and shared by every layer of the
+    adapter; each layer trains only ``d`` (r values, initialised to ``vera_d``) and ``b`` (out
+    values, initialised to ``vera_b``).
+
+    Example:
+        >>> from adapters import VeraConfig
+        >>> VeraConfig().vera_d, VeraConfig().vera_b
+        (0.1, 0.0)
+    """
+
+    vera_d: float | None = 0.1
+    vera_b: float | None = 0.0
+    init_weights: str = "vera"
+
+
+@dataclasses.dataclass(frozen=True)
+class DoRAConfig(LoRAConfig):
+    """DoRA (Liu et al., 2024): LoRA plus a learned magnitude ``m`` per output row.
+
+    The adapted output is ``m / ||W + B A||_row * (W x + b + (alpha / r) * B A x)``, as in
+    the reference library; ``m`` starts at the row norms of ``W``, so a new adapter is a no-op.
+
+    Example:
+        >>> from adapters import DoRAConfig
+        >>> DoRAConfig().use_dora
+        True
+    """
+
+    use_dora: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class DvoRAConfig(LoRAConfig):
+    """DoRA on top of VeRA: VeRA's shared random update with a learned magnitude per output row.
+
+    Example:
+        >>> from adapters import DvoRAConfig
+        >>> DvoRAConfig().use_dora, DvoRAConfig().is_vera
+        (True, True)
+    """
+
+    vera_d: float | None = 0.1
+    vera_b: float | None = 0.0
+    init_weights: str = "vera"
+    use_dora: bool = True

@@ -37,6 +37,14 @@ def init(model: nn.Module) -> None:
     """
     if isinstance(model, ModelAdaptersMixin):
         return
+    attach_adapters(model, mix_in=True)
+
+
+def attach_adapters(model: nn.Module, mix_in: bool = False) -> None:
+    """Build the adapter state of ``model``; ``mix_in`` also adds the API to its class.
+
+    Classes that inherit the API already (the AdapterModel classes) call this in ``__init__``.
+    """
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
     if model_type is None:
@@ -48,7 +56,8 @@ def init(model: nn.Module) -> None:
     base_model = getattr(model, "base_model", model)
     base_prefix = "" if base_model is model else f"{model.base_model_prefix}."
     state = AdapterState(model, base_model, base_prefix, spec, registry)
-    model.__class__ = _with_mixin(type(model))
+    if mix_in:
+        model.__class__ = _with_mixin(type(model))
     model.__dict__["adapters_state"] = state
     registry.plugin_manager.hook.adapters_post_init(model=model, spec=spec)
     context.track(model)

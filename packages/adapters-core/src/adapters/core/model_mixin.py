@@ -13,9 +13,10 @@ from ..composition import AdapterCompositionBlock
 from ..configs.base import AdapterConfig
 from ..configs.registry import load_config
 from ..errors import AdapterConfigError, AdapterError, AdapterLoadError, AdapterNameError
-from ..io import adapter_io
+from ..io import adapter_io, hub
 from ..io.weights import load_weights
 from ..methods.base import check_adapter_name
+from .averaging import average_adapter as _average_adapter
 from .state import AdapterState
 
 DEFAULT_CONFIG = "seq_bn"
@@ -124,7 +125,40 @@ class ModelAdaptersMixin:
             self.get_input_embeddings().weight.requires_grad = True
         state.apply_setup(block)
 
-    # -- merging ------------------------------------------------------------------------
+    # -- averaging and merging ------------------------------------------------------------
+    def average_adapter(
+        self,
+        adapter_name: str,
+        adapter_list: list[str] | dict[str, float],
+        weights: list[float] | None = None,
+        combine_strategy: str = "linear",
+        normalize_weights: bool = True,
+        overwrite_ok: bool = False,
+        set_active: bool = False,
+        svd_rank: int | None = None,
+    ) -> None:
+        """Add a new adapter whose parameters are the weighted average of existing adapters' parameters.
+
+        ``combine_strategy`` is ``"linear"`` (any method; equal configs required),
+        ``"lora_linear_only_negate_b"`` or ``"lora_delta_w_svd"`` (plain LoRA; the latter with
+        ``svd_rank``). ``adapter_list`` may also map names to weights. See
+        :func:`adapters.core.averaging.average_adapter`.
+
+        Example:
+            >>> model.average_adapter("avg", ["a", "b"], weights=[0.7, 0.3])  # doctest: +SKIP
+        """
+        _average_adapter(
+            self,
+            adapter_name,
+            adapter_list,
+            weights,
+            combine_strategy,
+            normalize_weights,
+            overwrite_ok,
+            set_active,
+            svd_rank,
+        )
+
     def merge_adapter(self, name: str) -> None:
         """Merge an adapter's update into the model weights (no cost at inference afterwards)."""
         state = self.adapters_state
@@ -149,6 +183,18 @@ class ModelAdaptersMixin:
         for method, _ in state.methods_of(state.configs[name]):
             method.unmerge(state, name)
         state.apply_setup(state.active_setup)
+
+    def eject_prefix_tuning(self, name: str) -> None:
+        """Turn prefix tuning ``name`` from its MLP-reparametrized form into flat prefixes (same outputs).
+
+        The MLP is needed for training only; afterwards the adapter holds just the prefixes and its
+        config says ``flat=True``, so it saves and loads in the flat form.
+        """
+        state = self.adapters_state
+        method = next((m for m in state.registry.methods if m.name == "prefix_tuning"), None)
+        if method is None:
+            raise AdapterError("No prefix-tuning method is installed.")
+        method.eject(state, name)
 
     # -- saving and loading -------------------------------------------------------------
     def save_adapter(
@@ -199,16 +245,16 @@ class ModelAdaptersMixin:
         """Load an adapter folder written by this library or the reference library; return its name.
 
         Any error (missing or corrupt file, other model type or hidden size, mismatching weights)
-        leaves the model exactly as it was.
+        leaves the model exactly as it was. A string that is not a local folder is a Hugging Face
+        Hub id (``"org/name"``), downloaded through the hub cache; ``revision`` (or ``version``),
+        ``cache_dir``, ``token``, ``local_files_only`` and ``force_download`` apply to it, and
+        ``HF_HUB_OFFLINE=1`` loads from the cache only.
         """
+        hub_options = {key: kwargs.pop(key) for key in hub.HUB_OPTIONS if key in kwargs}
         if kwargs:
             raise TypeError(f"load_adapter() got unsupported arguments {sorted(kwargs)}.")
         state = self.adapters_state
-        folder = Path(adapter_name_or_path)
-        if not folder.is_dir():
-            raise AdapterLoadError(
-                f"{adapter_name_or_path!s} is not a folder. Pass the folder that save_adapter() wrote."
-            )
+        folder = hub.resolve_adapter_folder(adapter_name_or_path, **hub_options)
         data = adapter_io.read_adapter_config(folder)
         adapter_io.check_compatible(state, data, folder)
         saved_config = adapter_io.parse_saved_config(data, folder)
@@ -237,6 +283,48 @@ class ModelAdaptersMixin:
         if set_active:
             self.set_active_adapters(name)
         return name
+
+    def push_adapter_to_hub(
+        self,
+        repo_id: str,
+        adapter_name: str,
+        datasets_tag: str | None = None,
+        local_path: str | os.PathLike | None = None,
+        commit_message: str | None = None,
+        private: bool | None = None,
+        token: str | bool | None = None,
+        overwrite_adapter_card: bool = False,
+        create_pr: bool = False,
+        revision: str | None = None,
+        commit_description: str | None = None,
+        adapter_card_kwargs: dict[str, Any] | None = None,
+    ) -> str:
+        """Upload an adapter (its folder and a generated ``README.md`` card) to the Hugging Face Hub.
+
+        The card names the library (``adapters``), the base model (``config._name_or_path``), the
+        method and config, tags, datasets and metrics (``adapter_card_kwargs``: ``tags``,
+        ``language``, ``license``, ``metrics``, ``architecture_training``, ``results``,
+        ``citation``). Returns the commit URL; ``load_adapter(repo_id)`` loads it back.
+
+        Example:
+            >>> model.push_adapter_to_hub("me/bert-sst2", "sst2", datasets_tag="glue",
+            ...                           adapter_card_kwargs={"metrics": {"accuracy": 0.91}})  # doctest: +SKIP
+        """
+        return hub.push_adapter_to_hub(
+            self,
+            repo_id,
+            adapter_name,
+            datasets_tag=datasets_tag,
+            local_path=local_path,
+            commit_message=commit_message,
+            private=private,
+            token=token,
+            overwrite_adapter_card=overwrite_adapter_card,
+            create_pr=create_pr,
+            revision=revision,
+            commit_description=commit_description,
+            adapter_card_kwargs=adapter_card_kwargs,
+        )
 
     def _rename_adapter(self, old: str, new: str) -> None:
         state = self.adapters_state

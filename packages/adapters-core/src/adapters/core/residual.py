@@ -25,8 +25,12 @@ class ResidualBlockHooks:
     """Routes one residual block of one layer through ``fn(h, x, layer_norm)`` while installed."""
 
     def __init__(self, layer: nn.Module, block: ResidualBlock) -> None:
-        self.residual = block.residual
-        self.residual_module = layer.get_submodule(block.residual.path)
+        # x is read at one place, or summed from several (parallel blocks such as GPT-J's).
+        sources = block.residual if isinstance(block.residual, tuple) else (block.residual,)
+        self._layer = layer
+        self.residual_sources = [(source, layer.get_submodule(source.path)) for source in sources]
+        self._first_source = sources[0]
+        self._parts: list[torch.Tensor | None] = [None] * len(sources)
         # h normally leaves the sublayer; a spec may read it from a module's input instead.
         self.h_from_input = isinstance(block.sublayer, InputOf)
         self.h_source = block.sublayer
@@ -44,12 +48,20 @@ class ResidualBlockHooks:
     def install(self, fn: BlockFn) -> None:
         self.remove()
         self._fn = fn
-        if isinstance(self.residual, InputOf):
-            self._handles.append(
-                self.residual_module.register_forward_pre_hook(self._capture_residual, with_kwargs=True)
-            )
-        else:
-            self._handles.append(self.residual_module.register_forward_hook(self._capture_residual_output))
+        # Each layer call starts afresh: a forward pass that stopped midway (an exception) must not
+        # leave an x or h behind that a later call would take for its own.
+        self._handles.append(self._layer.register_forward_pre_hook(self._forget))
+        for index, (source, module) in enumerate(self.residual_sources):
+            if len(self.residual_sources) == 1:
+                capture = self._capture_residual if isinstance(source, InputOf) else self._capture_residual_output
+            else:
+                capture = functools.partial(
+                    self._capture_part_input if isinstance(source, InputOf) else self._capture_part_output, index
+                )
+            if isinstance(source, InputOf):
+                self._handles.append(module.register_forward_pre_hook(capture, with_kwargs=True))
+            else:
+                self._handles.append(module.register_forward_hook(capture))
         if self.layer_norm is not None:
             if self.h_from_input:
                 self._handles.append(
@@ -60,7 +72,9 @@ class ResidualBlockHooks:
             # The block's output is computed in place of the post-LN, which receives h + x.
             self.layer_norm.forward = self._post_ln_forward
         else:
-            self._handles.append(self.sublayer.register_forward_hook(self._pre_ln_output))
+            # First among the module's forward hooks, so that an OutputOf source of another block
+            # (GPT-J's FFN reads the attention output) sees the output this block hands back.
+            self._handles.append(self.sublayer.register_forward_hook(self._pre_ln_output, prepend=True))
 
     def remove(self) -> None:
         for handle in self._handles:
@@ -70,13 +84,33 @@ class ResidualBlockHooks:
             self.layer_norm.__dict__.pop("forward", None)
         self._fn = None
         self._x = self._h = None
+        self._parts = [None] * len(self._parts)
 
     # -- hooks ----------------------------------------------------------------------------
+    def _forget(self, module: nn.Module, args: tuple) -> None:
+        self._x = self._h = None
+        if len(self._parts) > 1:
+            self._parts = [None] * len(self._parts)
+
     def _capture_residual(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        self._x = _input_of(self.residual, args, kwargs)
+        self._x = _input_of(self._first_source, args, kwargs)
 
     def _capture_residual_output(self, module: nn.Module, args: tuple, output) -> None:
         self._x = output[0] if isinstance(output, tuple) else output
+
+    def _capture_part_input(self, index: int, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        self._parts[index] = _input_of(self.residual_sources[index][0], args, kwargs)
+        self._sum_parts()
+
+    def _capture_part_output(self, index: int, module: nn.Module, args: tuple, output) -> None:
+        self._parts[index] = output[0] if isinstance(output, tuple) else output
+        self._sum_parts()
+
+    def _sum_parts(self) -> None:
+        # x is ready once every source was seen in this forward pass.
+        if all(part is not None for part in self._parts):
+            self._x = sum(self._parts[1:], self._parts[0])
+            self._parts = [None] * len(self._parts)
 
     def _capture_sublayer_input(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         self._h = _input_of(self.h_source, args, kwargs)
@@ -94,8 +128,12 @@ class ResidualBlockHooks:
         return self._fn(h, x, self._layer_norm_fn)
 
     def _pre_ln_output(self, module: nn.Module, args: tuple, output):
-        h = output[0] if isinstance(output, tuple) else output
         x, self._x = self._x, None
+        if x is None:
+            # One module closes both blocks of the layer (ViT's shared dropout, BEiT's drop_path):
+            # only the call after this block's x was captured is this block's output.
+            return None
+        h = output[0] if isinstance(output, tuple) else output
         # The model adds x itself after this module, so hand back (new block output - x).
         new_h = self._fn(h, x, None) - x
         return (new_h, *output[1:]) if isinstance(output, tuple) else new_h

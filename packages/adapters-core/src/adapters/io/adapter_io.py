@@ -20,11 +20,21 @@ if TYPE_CHECKING:
     from ..core.state import AdapterState
 
 
+def _bare_prefix(state: AdapterState) -> str:
+    names = state.spec.reference_names
+    return names.bare_prefix if names is not None else ""
+
+
 def adapter_state_dict(state: AdapterState, name: str) -> dict[str, torch.Tensor]:
-    """The adapter's tensors, keyed by the model's own module paths (reference key names)."""
+    """The adapter's tensors, keyed by module paths as the reference library names them.
+
+    These are the model's own module paths, except where the model plugin maps paths that
+    transformers 5 renamed to their 4.x names (``ModelSpec.reference_names``).
+    """
     tensors: dict[str, torch.Tensor] = {}
+    prefix = state.base_prefix or _bare_prefix(state)
     for path, module in state.modules_of(name).items():
-        tensors.update(module.state_dict(prefix=f"{state.base_prefix}{path}."))
+        tensors.update(module.state_dict(prefix=f"{prefix}{state.spec.reference_path(path)}."))
     return tensors
 
 
@@ -86,7 +96,8 @@ def check_compatible(state: AdapterState, data: dict[str, Any], folder: Path) ->
             f"The adapter in {folder} was saved for model_type {saved_type!r}; this model is {model_type!r}."
         )
     saved_size = data.get("hidden_size")
-    if saved_size is not None and saved_size != state.hidden_size:
+    # Models of several stacks (CLIPModel) have no single hidden size; the file says null then.
+    if saved_size is not None and state.hidden_size is not None and saved_size != state.hidden_size:
         raise AdapterLoadError(
             f"The adapter in {folder} was saved for hidden_size {saved_size}; this model has {state.hidden_size}."
         )
@@ -127,10 +138,14 @@ def parse_saved_config(data: dict[str, Any], folder: Path) -> AdapterConfig:
 
 
 def strip_base_prefix(state: AdapterState, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Keys saved from a model with a head carry the body's prefix (``bert.``); drop it."""
-    prefix = f"{state.base_model.base_model_prefix}."
-    if tensors and all(k.startswith(prefix) for k in tensors):
-        return {k[len(prefix) :]: v for k, v in tensors.items()}
+    """Keys saved from a model with a head carry the body's prefix (``bert.``); drop it.
+
+    So do the reference's keys of bare models whose 4.x class wrapped the body in a submodule
+    (``text_model.`` of ``CLIPTextModel``, see ``ReferenceNames.bare_prefix``).
+    """
+    for prefix in (f"{state.base_model.base_model_prefix}.", _bare_prefix(state)):
+        if prefix and tensors and all(k.startswith(prefix) for k in tensors):
+            return {k[len(prefix) :]: v for k, v in tensors.items()}
     return tensors
 
 
@@ -156,7 +171,8 @@ def expected_keys(state: AdapterState, name: str, saved_name: str) -> dict[str, 
     """Map keys as saved (with ``saved_name``, no base prefix) to our keys (with ``name``)."""
     mapping = {}
     for path, module in state.modules_of(name).items():
-        saved_path = path[: -len(name)] + saved_name if path.endswith(name) else path
+        saved_path = state.spec.reference_path(path)
+        saved_path = saved_path[: -len(name)] + saved_name if saved_path.endswith(name) else saved_path
         for key in module.state_dict():
             mapping[f"{saved_path}.{key}"] = f"{path}.{key}"
     return mapping
@@ -166,6 +182,8 @@ def load_into(state: AdapterState, name: str, saved_name: str, tensors: dict[str
     """Copy loaded tensors into the freshly added adapter ``name``; raise on any mismatch."""
     mapping = expected_keys(state, name, saved_name)
     tensors = strip_base_prefix(state, _rename_legacy_keys(tensors))
+    for method, _ in state.methods_of(state.configs[name]):
+        tensors = method.convert_saved_weights(state, name, saved_name, tensors)
     params = {}
     for path, module in state.modules_of(name).items():
         for key, value in module.state_dict(keep_vars=True).items():

@@ -7,6 +7,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, ClassVar
 
+import torch
 from torch import nn
 
 from ..composition.blocks import Stack
@@ -69,10 +70,22 @@ class AdapterMethod(ABC):
     supports_merge: ClassVar[bool] = False
     #: The composition blocks this method's adapters may sit in (checked at activation).
     supported_blocks: ClassVar[frozenset[type[AdapterCompositionBlock]]] = frozenset({Stack})
+    #: False for methods that act once per model rather than in each layer (prompt tuning): their
+    #: configs have no ``leave_out``, and the conformance suite checks that instead.
+    layer_wise: ClassVar[bool] = True
 
     def conformance_configs(self) -> Mapping[str, AdapterConfig]:
         """Configs the plugin conformance suite runs for this method (all its variants)."""
         return self.config_names
+
+    def input_positions(self, config: AdapterConfig, seq_len: int) -> torch.Tensor | None:
+        """Where the input's ``seq_len`` positions are in the output, for methods that add positions.
+
+        ``None`` (the default) means the output has the input's positions only. Prompt tuning
+        inserts prompt positions and returns the indices of the input tokens among them; the
+        conformance suite compares those positions.
+        """
+        return None
 
     @abstractmethod
     def add(self, state: AdapterState, name: str, config: AdapterConfig) -> None:
@@ -88,6 +101,16 @@ class AdapterMethod(ABC):
 
     def merge(self, state: AdapterState, name: str) -> None:
         raise AdapterError(f"{self.name} adapters cannot be merged into the model weights.")
+
+    def convert_saved_weights(
+        self, state: AdapterState, name: str, saved_name: str, tensors: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """Turn loaded weights of another layout (e.g. the reference's) into this method's; default: as is.
+
+        ``tensors`` are keyed as saved (with ``saved_name``, without the head model's prefix);
+        the adapter ``name`` has just been added and is about to receive them.
+        """
+        return tensors
 
     def unmerge(self, state: AdapterState, name: str) -> None:
         raise AdapterError(f"{self.name} adapters cannot be merged into the model weights.")

@@ -6,8 +6,11 @@ from ..plugins.hookspecs import hookimpl
 from .base import AdapterMethod
 from .bottleneck import BottleneckMethod
 from .lora import LoRAMethod
+from .prefix_tuning import PrefixTuningMethod
+from .prompt_tuning import PromptTuningMethod
+from .reft import ReftMethod
 
 
 @hookimpl
 def adapters_methods() -> list[AdapterMethod]:
-    return [BottleneckMethod(), LoRAMethod()]
+    return [BottleneckMethod(), LoRAMethod(), ReftMethod(), PrefixTuningMethod(), PromptTuningMethod()]

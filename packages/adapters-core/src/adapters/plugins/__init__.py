@@ -2,16 +2,31 @@
 
 from .hookspecs import ENTRY_POINT_GROUP, hookimpl, hookspec
 from .manager import get_registry, register_plugin
-from .spec import LINEAR_ROLES, FusedLinear, InputOf, ModelSpec, OutputOf, ResidualBlock
+from .spec import (
+    LINEAR_ROLES,
+    FusedLinear,
+    InputOf,
+    KVProjections,
+    LayerStack,
+    ModelSpec,
+    OutputOf,
+    ReferenceNames,
+    ResidualBlock,
+    SelfAttention,
+)
 
 __all__ = [
     "ENTRY_POINT_GROUP",
     "LINEAR_ROLES",
     "FusedLinear",
     "InputOf",
+    "KVProjections",
+    "LayerStack",
     "ModelSpec",
     "OutputOf",
+    "ReferenceNames",
     "ResidualBlock",
+    "SelfAttention",
     "get_registry",
     "hookimpl",
     "hookspec",

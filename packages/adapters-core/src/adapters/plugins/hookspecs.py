@@ -11,8 +11,11 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from torch import nn
 
+    from ..heads.conversion import StaticHead
     from ..methods.base import AdapterMethod
     from .spec import ModelSpec
 
@@ -36,3 +39,17 @@ def adapters_methods() -> list[AdapterMethod]:
 @hookspec
 def adapters_post_init(model: nn.Module, spec: ModelSpec) -> None:
     """Adjust a model right after ``adapters.init`` (model-specific cases)."""
+
+
+@hookspec
+def adapters_adapter_models() -> Mapping[str, str | type]:
+    """Return ``{model_type: AdapterModel class}`` for ``AutoAdapterModel``.
+
+    A class may be given as ``"package.module:ClassName"``, imported only when first used.
+    """
+
+
+@hookspec
+def adapters_static_heads() -> Mapping[str, StaticHead]:
+    """Return ``{static model class name: StaticHead}``: how checkpoints of such classes (e.g.
+    ``LlamaForCausalLM``) convert to flexible heads, beyond the core's built-in table."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 from collections.abc import Mapping
 
 import pluggy
@@ -48,6 +49,13 @@ class Registry:
         for method in self.methods:
             self.config_names.update(method.config_names)
             self.config_architectures[method.config_class.architecture] = method.config_class
+        # AutoAdapterModel's classes and static-head conversions (adapters.heads).
+        self.adapter_models: dict[str, str | type] = {}
+        for mapping in plugin_manager.hook.adapters_adapter_models():
+            self.adapter_models.update(mapping)
+        self.static_heads: dict[str, object] = {}
+        for mapping in plugin_manager.hook.adapters_static_heads():
+            self.static_heads.update(mapping)
 
     def plugin_names(self) -> list[str]:
         return sorted(name for name, _ in self.plugin_manager.list_name_plugin() if name)
@@ -56,11 +64,13 @@ class Registry:
         if model_type in self.model_specs:
             return self.model_specs[model_type]
         hint = next((pkg for pkg, types in KNOWN_PACKAGES.items() if model_type in types), None)
-        install = (
-            f"Install the plugin package `{hint}` (pip install {hint})."
-            if hint
-            else "No known plugin covers it; write one (docs/writing-a-model-plugin.md)."
-        )
+        if hint and _is_installed(hint):
+            # The family's package is there but does not cover this type yet (GPT-2 in adapters-gpt2).
+            install = f"The installed `{hint}` does not support it yet; a newer release may."
+        elif hint:
+            install = f"Install the plugin package `{hint}` (pip install {hint})."
+        else:
+            install = "No known plugin covers it; write one (docs/writing-a-model-plugin.md)."
         raise UnsupportedModelError(
             f"No installed adapters plugin supports model_type {model_type!r}. Installed plugins: "
             f"{self.plugin_names()} (model types: {sorted(self.model_specs)}). {install}"
@@ -74,6 +84,14 @@ class Registry:
             f"No installed adapter method handles {type(config).__name__}; known methods: "
             f"{[m.name for m in self.methods]}."
         )
+
+
+def _is_installed(distribution: str) -> bool:
+    try:
+        importlib.metadata.distribution(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
 
 
 def create_plugin_manager(load_entry_points: bool = True) -> pluggy.PluginManager:

@@ -54,24 +54,148 @@ class ResidualBlock:
             weight keys match the reference format (e.g. ``attention.output``). Created as an empty
             container module when the model has no module there.
         residual: where ``x``, the residual stream entering the block, is read: the input of a
-            module (:class:`InputOf`) or, rarely, the output of one (:class:`OutputOf`).
+            module (:class:`InputOf`) or, rarely, the output of one (:class:`OutputOf`). A tuple of
+            these is summed: in a parallel block (GPT-J: ``x + attn(ln(x)) + mlp(ln(x))``) the FFN's
+            residual stream is the layer input plus the attention block's (adapted) output. An
+            :class:`OutputOf` source sees the output as changed by another block's adapters.
         sublayer: module whose output (or first output) is ``h``, the block's output before the
             residual addition (e.g. ``attention.output.dropout``). An :class:`InputOf` reads ``h``
             from a module's input instead; this lets a spec swap the roles of ``h`` and ``x``
             where the reference library does (ALBERT's attention block). Post-LN blocks only.
+            In a pre-LN block the layer may call the same module for both blocks (ViT's one
+            dropout, BEiT's drop_path): each block takes the first call after its ``x`` was read.
         layer_norm: the post-LN module that normalizes ``h + x``; ``None`` for pre-LN blocks. If
             the model also calls this module elsewhere in the layer, only the first call after
             ``h`` and ``x`` were captured is taken as the block's output; other calls run as usual.
     """
 
     holder: str
-    residual: InputOf | OutputOf
+    residual: InputOf | OutputOf | tuple[InputOf | OutputOf, ...]
     sublayer: str | InputOf
     layer_norm: str | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.residual, tuple) and not self.residual:
+            raise ValueError("ResidualBlock.residual needs at least one source.")
         if isinstance(self.sublayer, InputOf) and self.layer_norm is None:
             raise ValueError("ResidualBlock.sublayer may be an InputOf only for post-LN blocks (layer_norm set).")
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerStack:
+    """One stack of transformer layers in a model with several (CLIP's text and vision towers).
+
+    Layers are numbered across the stacks in the order the spec lists them (text ``0..n-1``, then
+    vision ``n..``), as the reference library numbers them for ``leave_out``, per-layer reduction
+    factors and ``get_adapter``; weight keys keep each layer's own module path.
+
+    Attributes:
+        path: module path of the layer list, relative to the base model.
+        config: attribute of the model config holding this stack's own config (its hidden size),
+            e.g. ``"text_config"``; ``None`` for the model config itself.
+    """
+
+    path: str
+    config: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ReferenceNames:
+    """Module names of the reference library's weight keys, where transformers 5 renamed modules.
+
+    The reference library runs on transformers 4.x and keys adapter weights by the module paths of
+    the 4.x classes. Where transformers 5 renamed modules (ViT's ``encoder.layer.0.attention.
+    attention.query`` is ``layers.0.attention.q_proj`` now), a spec maps its paths to the old
+    names, so that files load in both directions. Paths match by whole dotted segments, longest
+    first; paths not listed keep their names.
+
+    Example (ViT):
+        >>> names = ReferenceNames(layers={"layers": "encoder.layer"},
+        ...                        layer_modules={"attention.q_proj": "attention.attention.query"})
+
+    Attributes:
+        layers: path of a layer stack (as in the spec) to the reference's path of it.
+        layer_modules: path relative to a layer to the reference's; may also move an adapter holder
+            to where the reference keeps it (``{"output_adapters": "output.output_adapters"}``).
+        bare_prefix: prefix of the reference's keys for the bare base model, where the 4.x class
+            wrapped its body in a submodule that 5.x dropped (``CLIPTextModel``: ``"text_model."``).
+            Models with a head keep their own base prefix.
+    """
+
+    layers: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    layer_modules: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    bare_prefix: str = ""
+
+    def __post_init__(self) -> None:
+        for label, mapping in (("layers", self.layers), ("layer_modules", self.layer_modules)):
+            if len(set(mapping.values())) != len(mapping):
+                raise ValueError(f"ReferenceNames.{label} maps two paths to one name; renames must be one-to-one.")
+        if self.bare_prefix and not self.bare_prefix.endswith("."):
+            raise ValueError("ReferenceNames.bare_prefix must end with '.'.")
+
+
+def _rename_prefix(path: str, mapping: Mapping[str, str]) -> str:
+    """Replace the longest key of ``mapping`` that is a whole-segment prefix of ``path``."""
+    for old in sorted(mapping, key=len, reverse=True):
+        if path == old or path.startswith(old + "."):
+            return mapping[old] + path[len(old) :]
+    return path
+
+
+@dataclasses.dataclass(frozen=True)
+class KVProjections:
+    """The key/value projections of a self-attention module that does not call transformers' attention interface.
+
+    Most transformers 5 attention modules hand query, key and value to
+    ``ALL_ATTENTION_FUNCTIONS``, where the core adds prefix keys/values for every such model alike.
+    Modules with their own attention code (DeBERTa's disentangled attention) declare instead where
+    keys and values are computed: the core then splices the prefix positions into the outputs of
+    these projections (sequence axis 1) and extends the module's attention mask. All paths are
+    relative to the attention module ("" is the module itself).
+
+    Attributes:
+        key, value: the separate key and value projections (DeBERTa-v2's ``key_proj``, ``value_proj``).
+        fused_qkv: one projection computing q, k and v, its output read per head as
+            ``[q | k | v]`` (DeBERTa's ``in_proj``). Its prefix rows also yield query rows,
+            which the core drops from the module's output again.
+        attention_mask: where the module receives its attention mask, of shape
+            ``(batch, 1, queries, keys)`` with nonzero meaning "may attend".
+        position_bias: name of the module's method that computes the relative-position bias from
+            the query and key layers (its first two arguments); prefix positions get no bias, so
+            the core calls it with the model's own positions and pads its result with zeros.
+        value_bias: name of a parameter the module adds to the value layer after the projection
+            (DeBERTa's ``v_bias``); prefix values are taken as they are, without it.
+    """
+
+    attention_mask: InputOf
+    key: str | None = None
+    value: str | None = None
+    fused_qkv: str | None = None
+    position_bias: str | None = None
+    value_bias: str | None = None
+
+    def __post_init__(self) -> None:
+        separate = self.key is not None and self.value is not None
+        if separate == (self.fused_qkv is not None) or (not separate and (self.key or self.value)):
+            raise ValueError("KVProjections needs either fused_qkv or both key and value.")
+
+
+@dataclasses.dataclass(frozen=True)
+class SelfAttention:
+    """The self-attention module of a layer, where prefix tuning adds keys and values.
+
+    Attributes:
+        path: module path relative to a layer (``attention.self``).
+        prefix_key: the reference library's name for this place in prefix-tuning weight keys
+            (``prefix_tunings.NAME.<prefix_key>.…``): ``"self_prefix"``, or ``"self"`` for DistilBERT.
+        hidden_states: where the module receives its input hidden states (read by prefix gates).
+        projections: only for modules that do not call transformers' attention interface.
+    """
+
+    path: str
+    prefix_key: str = "self_prefix"
+    hidden_states: InputOf = InputOf("", 0, "hidden_states")
+    projections: KVProjections | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +222,9 @@ class ModelSpec:
     """
 
     model_types: tuple[str, ...]
-    layers: str
+    # Path of the layer list (relative to the base model); or, for models with several stacks,
+    # ``layer_stacks`` instead (exactly one of the two).
+    layers: str = ""
     attention_block: ResidualBlock | None = None
     ffn_block: ResidualBlock | None = None
     linears: Mapping[str, str] = dataclasses.field(default_factory=dict)
@@ -109,8 +235,21 @@ class ModelSpec:
     # Linear layers that serve several roles at once (paths relative to a layer); a role is
     # declared either in ``linears`` or in one fused linear, not both.
     fused_linears: tuple[FusedLinear, ...] = ()
+    # Several layer stacks (CLIP's two towers), numbered across in this order; see LayerStack.
+    layer_stacks: tuple[LayerStack, ...] = ()
+    # Where the reference library's weight keys use the module names of transformers 4.x.
+    reference_names: ReferenceNames | None = None
+    # The self-attention module of each layer (prefix tuning); None if the plugin declares none.
+    self_attention: SelfAttention | None = None
+    # Where the (batch, sequence) padding mask enters the module that first uses it after the
+    # embeddings, relative to the base model ("" is the base model's own forward); prompt tuning
+    # extends it for the prompt positions. The keyword is looked up in that forward's signature.
+    # None for models that take no padding mask (ViT).
+    padding_mask: InputOf | None = InputOf("", 1, "attention_mask")
 
     def __post_init__(self) -> None:
+        if bool(self.layers) == bool(self.layer_stacks) and self.iter_layers is None:
+            raise ValueError("ModelSpec needs exactly one of layers (one stack) and layer_stacks (several).")
         fused_roles = [role for fused in self.fused_linears for role in fused.roles]
         unknown = sorted((set(self.linears) | set(fused_roles)) - set(LINEAR_ROLES))
         if unknown:
@@ -123,7 +262,46 @@ class ModelSpec:
         """The fused linear that computes ``role``, if the role is a slice of one."""
         return next((fused for fused in self.fused_linears if role in fused.roles), None)
 
+    @property
+    def stacks(self) -> tuple[LayerStack, ...]:
+        """The layer stacks, one for a spec that names ``layers``."""
+        return self.layer_stacks or (LayerStack(self.layers),)
+
     def layer_modules(self, base_model: nn.Module) -> list[tuple[int, nn.Module]]:
+        return [(index, layer) for index, layer, _ in self.layer_entries(base_model)]
+
+    def layer_entries(self, base_model: nn.Module) -> list[tuple[int, nn.Module, LayerStack]]:
+        """(layer index, layer module, its stack) for every layer, numbered across the stacks."""
         if self.iter_layers is not None:
-            return list(self.iter_layers(base_model))
-        return list(enumerate(base_model.get_submodule(self.layers)))
+            return [(index, layer, self.stacks[0]) for index, layer in self.iter_layers(base_model)]
+        entries: list[tuple[int, nn.Module, LayerStack]] = []
+        for stack in self.stacks:
+            for layer in base_model.get_submodule(stack.path):
+                entries.append((len(entries), layer, stack))
+        return entries
+
+    # -- weight-key names of the reference library ----------------------------------------
+    def reference_path(self, path: str) -> str:
+        """Our module path (relative to the base model) as the reference library names it."""
+        names = self.reference_names
+        return path if names is None else self._translate(path, names.layers, names.layer_modules)
+
+    def path_from_reference(self, path: str) -> str:
+        """Inverse of :meth:`reference_path`."""
+        names = self.reference_names
+        if names is None:
+            return path
+        layers = {new: old for old, new in names.layers.items()}
+        modules = {new: old for old, new in names.layer_modules.items()}
+        return self._translate(path, layers, modules)
+
+    def _translate(self, path: str, layers: Mapping[str, str], modules: Mapping[str, str]) -> str:
+        # A layer's module path is "<stack>.<index>.<inner>": rename the stack and the inner part.
+        for stack in sorted({*layers, *(s.path for s in self.stacks)}, key=len, reverse=True):
+            if not path.startswith(stack + "."):
+                continue
+            index, _, inner = path[len(stack) + 1 :].partition(".")
+            if index.isdigit():
+                inner = _rename_prefix(inner, modules) if inner else inner
+                return ".".join(part for part in (layers.get(stack, stack), index, inner) if part)
+        return _rename_prefix(path, layers)

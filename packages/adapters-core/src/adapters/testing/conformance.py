@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import copy
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import pytest
@@ -81,10 +81,15 @@ class ModelConformanceSuite:
         without_gradient_checkpointing: model types whose transformers classes do not support
             gradient checkpointing at all (e.g. ALBERT); the suite checks that this is still so
             and skips the gradient-checkpointing check for them instead of failing it.
+        refused: combinations a model refuses on purpose: ``model_type`` to method names
+            (``"prompt_tuning"``) or case ids as in the test ids (``"bottleneck-seq_bn_inv"``). For
+            these the suite checks that ``add_adapter`` raises an ``AdapterConfigError`` and leaves
+            the model unchanged, then skips the other checks (and fails if the adapter is accepted).
     """
 
     model_factories: Mapping[str, Callable[[], nn.Module]] = {}
     without_gradient_checkpointing: frozenset[str] = frozenset()
+    refused: Mapping[str, Collection[str]] = {}
     seq_len: int = 7
     batch_size: int = 2
 
@@ -94,19 +99,58 @@ class ModelConformanceSuite:
         if "case" in metafunc.fixturenames:
             metafunc.parametrize("case", method_cases())
 
+    @pytest.fixture(autouse=True)
+    def _refused_combination(self, request: pytest.FixtureRequest) -> None:
+        params = request.node.callspec.params if hasattr(request.node, "callspec") else {}
+        if "model_type" not in params or "case" not in params:
+            return
+        model_type, (method, config) = params["model_type"], params["case"]
+        names = {f"{method.name}-{n}" for n, c in method.conformance_configs().items() if c == config}
+        if not ({method.name} | names) & set(self.refused.get(model_type, ())):
+            return
+        model = self.make_model(model_type)
+        adapters.init(model)
+        keys = set(model.state_dict())
+        with pytest.raises(adapters.AdapterConfigError) as refusal:
+            model.add_adapter(ADAPTER, config=config)
+        assert set(model.state_dict()) == keys and not model.adapters_state.configs, "a refused adapter left modules"
+        pytest.skip(f"{model_type} refuses {sorted(names)[0] if names else method.name} on purpose: {refusal.value}")
+
     # -- helpers a plugin may override ----------------------------------------------------
     def make_model(self, model_type: str) -> nn.Module:
         torch.manual_seed(0)
         model = self.model_factories[model_type]()
         return model.eval()
 
-    def make_inputs(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        generator = torch.Generator().manual_seed(1)
-        vocab = model.config.vocab_size
-        input_ids = torch.randint(3, vocab, (self.batch_size, self.seq_len), generator=generator)
+    def make_inputs(self, model_type: str, model: nn.Module, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """The keyword arguments of one forward pass of ``model``; override for other input kinds.
+
+        The default builds what ``model.main_input_name`` asks for: token ids with a padded
+        attention mask (:meth:`text_inputs`) or images (:meth:`image_inputs`). A model taking
+        both (CLIPModel) overrides this, e.g.
+        ``{**self.text_inputs(model.config.text_config, generator),
+        **self.image_inputs(model.config.vision_config, generator)}``.
+        """
+        if getattr(model, "main_input_name", "input_ids") == "pixel_values":
+            return self.image_inputs(model.config, generator)
+        return self.text_inputs(model.config, generator)
+
+    def text_inputs(self, config: Any, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """``input_ids`` (``batch_size`` x ``seq_len``, ids from 3) and an attention mask with padding."""
+        input_ids = torch.randint(3, config.vocab_size, (self.batch_size, self.seq_len), generator=generator)
         attention_mask = torch.ones_like(input_ids)
         attention_mask[-1, -2:] = 0
         return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+    def image_inputs(self, config: Any, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """``pixel_values`` of the config's image size and channel count."""
+        size = config.image_size
+        height, width = (size, size) if isinstance(size, int) else tuple(size)
+        shape = (self.batch_size, config.num_channels, height, width)
+        return {"pixel_values": torch.randn(shape, generator=generator)}
+
+    def _inputs(self, model_type: str, model: nn.Module) -> dict[str, torch.Tensor]:
+        return self.make_inputs(model_type, model, torch.Generator().manual_seed(1))
 
     def output_of(self, model: nn.Module, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         outputs = model(**inputs)
@@ -120,12 +164,12 @@ class ModelConformanceSuite:
     def _setup(self, model_type: str, case: Any) -> tuple[nn.Module, dict, AdapterConfig]:
         model = self.make_model(model_type)
         adapters.init(model)
-        return model, self.make_inputs(model), case[1]
+        return model, self._inputs(model_type, model), case[1]
 
     # -- the checks -------------------------------------------------------------------------
     def test_no_active_adapter_is_bit_identical(self, model_type: str, case: Any) -> None:
         model = self.make_model(model_type)
-        inputs = self.make_inputs(model)
+        inputs = self._inputs(model_type, model)
         with torch.no_grad():
             plain = self.output_of(model, inputs)
             adapters.init(model)
@@ -155,6 +199,11 @@ class ModelConformanceSuite:
             model.add_adapter(ADAPTER, config=config, set_active=True)
             randomize_adapter(model, ADAPTER)
             adapted = self.output_of(model, inputs)
+            positions = case[0].input_positions(config, plain.shape[1])
+            if positions is not None:
+                # The method adds positions (prompt tuning, see AdapterMethod.input_positions): compare the input's.
+                assert adapted.shape[1] > plain.shape[1], "input_positions is set but the output has no added positions"
+                adapted = adapted[:, positions]
             assert not torch.allclose(adapted, plain, atol=1e-4), "the active adapter does not change the output"
             assert torch.isfinite(adapted).all(), "the adapter produced non-finite values"
             model.set_active_adapters(None)
@@ -230,6 +279,10 @@ class ModelConformanceSuite:
 
     def test_leave_out_is_respected(self, model_type: str, case: Any) -> None:
         model, _, config = self._setup(model_type, case)
+        if not case[0].layer_wise:
+            # Declared by the method (AdapterMethod.layer_wise): it acts once per model, so it has no layers to skip.
+            assert "leave_out" not in set(config), f"{type(config).__name__} has leave_out but is not layer-wise"
+            pytest.skip(f"{case[0].name} acts once per model (layer_wise=False): no leave_out to check")
         if "leave_out" not in {f for f in config}:
             pytest.fail(f"{type(config).__name__} has no leave_out option")
         model.add_adapter(ADAPTER, config=config.replace(leave_out=[0]))

@@ -10,6 +10,7 @@ from torch import nn
 
 from ...configs.bottleneck import BnConfig
 from ...errors import AdapterConfigError
+from .phm import PHMLayer, SharedPHMParameters
 
 LayerNormFn = Callable[[torch.Tensor], torch.Tensor] | None
 
@@ -27,6 +28,16 @@ _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
 }
 
 
+def drop_path(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Stochastic depth (Huang et al., 2016) per example: zero the whole branch of an example with
+    probability ``p``, scale the kept ones by ``1 / (1 - p)`` (torchvision's ``mode="row"``)."""
+    keep = 1.0 - p
+    mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+    if keep > 0.0:
+        mask.div_(keep)
+    return x * mask
+
+
 def activation(name: str) -> nn.Module:
     key = name.lower()
     if key not in _ACTIVATIONS:
@@ -37,17 +48,20 @@ def activation(name: str) -> nn.Module:
 class Bottleneck(nn.Module):
     """``up(act(down(x))) * scaling`` with the residual and LayerNorm placement of its config.
 
+    ``down``/``up`` are linears, or PHM layers with ``phm_layer`` (Compacter; tensors shared
+    across layers come in ``shared_phm``). ``scaling`` is a number, one learned scalar or one
+    learned value per hidden unit ("channel", AdapterPlus); with ``stochastic_depth`` the branch
+    is dropped per example while training.
+
     The block around it hands over ``h`` (the sub-block output before the residual addition),
     ``x`` (the residual input) and the block's own LayerNorm; see :meth:`pre_forward`,
     :meth:`forward` and :meth:`post_forward`.
     """
 
-    def __init__(self, hidden_size: int, bottleneck_size: int, config: BnConfig) -> None:
+    def __init__(
+        self, hidden_size: int, bottleneck_size: int, config: BnConfig, shared_phm: SharedPHMParameters | None = None
+    ) -> None:
         super().__init__()
-        if config.phm_layer:
-            raise AdapterConfigError(
-                "phm_layer=True (Compacter) is not available in this release; use phm_layer=False."
-            )
         self.config = config
         self.is_parallel = config.is_parallel
         self.residual_before_ln = config.residual_before_ln
@@ -55,18 +69,27 @@ class Bottleneck(nn.Module):
         if config.ln_before:
             self.adapter_norm_before = nn.LayerNorm(hidden_size)
             layers.append(self.adapter_norm_before)
-        layers += [nn.Linear(hidden_size, bottleneck_size), activation(config.non_linearity)]
-        self.adapter_down = nn.Sequential(*layers)
-        self.adapter_up = nn.Linear(bottleneck_size, hidden_size)
+        if config.phm_layer:
+            down: nn.Module = PHMLayer(hidden_size, bottleneck_size, config, "down", shared_phm)
+            self.adapter_up: nn.Module = PHMLayer(bottleneck_size, hidden_size, config, "up", shared_phm)
+        else:
+            down = nn.Linear(hidden_size, bottleneck_size)
+            self.adapter_up = nn.Linear(bottleneck_size, hidden_size)
+        self.adapter_down = nn.Sequential(*layers, down, activation(config.non_linearity))
         if config.scaling == "learned":
             self.scaling = nn.Parameter(torch.ones(1))
+        elif config.scaling == "channel":
+            self.scaling = nn.Parameter(torch.ones(hidden_size))
         else:
             self.scaling = float(config.scaling)
+        # Only plain linears with a fixed scaling fold it into the up-projection's multiply-add.
+        self._fold_scaling = isinstance(self.adapter_up, nn.Linear) and not isinstance(self.scaling, torch.Tensor)
         if config.ln_after:
             self.adapter_norm_after = nn.LayerNorm(hidden_size)
         if config.use_gating:
             self.gate = nn.Linear(hidden_size, 1)
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        self.drop_path = float(config.stochastic_depth or 0.0)
         self.reset_parameters()
 
     @property
@@ -75,7 +98,10 @@ class Bottleneck(nn.Module):
 
     def reset_parameters(self) -> None:
         mode = self.config.init_weights
-        linears = [self.down_proj, self.adapter_up] + ([self.gate] if self.config.use_gating else [])
+        # PHM projections initialise themselves (hypercomplex_nonlinearity, phm_c_init); the config
+        # allows them only with mode "bert", which leaves them as they are, like the reference.
+        projections = [] if self.config.phm_layer else [self.down_proj, self.adapter_up]
+        linears = projections + ([self.gate] if self.config.use_gating else [])
         with torch.no_grad():
             if mode == "bert":
                 for linear in linears:
@@ -95,8 +121,9 @@ class Bottleneck(nn.Module):
                     nn.init.zeros_(linear.bias)
 
     def _up(self, down: torch.Tensor) -> torch.Tensor:
-        if isinstance(self.scaling, torch.Tensor):
-            return self.adapter_up(down) * self.scaling
+        if not self._fold_scaling:
+            up = self.adapter_up(down)
+            return up if isinstance(self.scaling, float) and self.scaling == 1.0 else up * self.scaling
         if self.scaling == 1.0:
             return self.adapter_up(down)
         # A fixed scaling folds into the up-projection's multiply-add: s * (W d + b) in one kernel.
@@ -125,6 +152,8 @@ class Bottleneck(nn.Module):
 
     def forward(self, hidden: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         up = self._up(self.adapter_down(hidden))
+        if self.drop_path and self.training:
+            up = drop_path(up, self.drop_path)
         output = self.dropout(up)
         if self.config.use_gating:
             gate = torch.sigmoid(self.gate(hidden)).mean(dim=1, keepdim=True)

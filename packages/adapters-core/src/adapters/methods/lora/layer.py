@@ -1,4 +1,4 @@
-"""The LoRA module: ``delta(x) = (alpha / r) * B @ A @ dropout(x)``."""
+"""Additive updates of a linear layer: LoRA, and the DoRA rescaling any additive update may carry."""
 
 from __future__ import annotations
 
@@ -9,76 +9,150 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...configs.lora import LoRAConfig
+from .base import LoRAFamilyModule
 
 
-class LoRA(nn.Module):
-    """Low-rank update of one linear layer; ``lora_A`` is (r x in), ``lora_B`` (out x r).
+class Magnitude(nn.Module):
+    """DoRA's magnitude vector, stored as the reference does: ``m.weight`` of shape (rows x 1)."""
 
-    On a fused linear (``slices`` given: one flag per contiguous, equal output slice, e.g. q/k/v)
-    there is one low-rank pair per enabled slice, stored as in the reference library: ``lora_A``
-    is (r * n_enabled x in) and ``lora_B`` (slice_size * n_enabled x r); pair ``g`` is
-    ``lora_B[g*d:(g+1)*d] @ lora_A[g*r:(g+1)*r]`` and updates the g-th enabled slice only.
+    def __init__(self, row_norms: torch.Tensor) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(row_norms.detach().clone().unsqueeze(1))
+
+
+class AdditiveModule(LoRAFamilyModule):
+    """An update ``delta(x)`` added to the linear's output; with DoRA (``m``) the sum is rescaled.
+
+    Subclasses define the raw update (``raw_update``) and its weight-space form per enabled
+    slice (``pair_weights``), both without ``scaling``. DoRA follows the reference library:
+    ``y = m / ||W + dW||_row * (W x + b + scaling * dW x)`` with ``dW`` the unscaled update and
+    the norm not detached (so the bias is rescaled too, and the norm uses ``dW`` without
+    ``scaling``; both matter only when a bias exists or ``alpha != r``).
+    """
+
+    composition_mode = "add"
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        config: LoRAConfig,
+        slices: tuple[bool, ...] | None = None,
+        weight: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__(in_features, out_features, config, slices)
+        self.m: Magnitude | None = None
+        if config.use_dora:
+            if weight is None:
+                raise ValueError("DoRA needs the linear layer's weight to initialise its magnitude")
+            # m starts at ||W||_row, so with a zero update the adapter is a no-op.
+            self.m = Magnitude(torch.linalg.norm(self.select_rows(weight.detach().float()), dim=1).to(weight.dtype))
+
+    # -- to define in subclasses -------------------------------------------------------------
+    def raw_update(self, x: torch.Tensor) -> torch.Tensor:
+        """The unscaled update of the enabled rows (last dim ``rows``)."""
+        raise NotImplementedError
+
+    def pair_weights(self) -> list[torch.Tensor]:
+        """The unscaled weight update of each enabled slice (``slice_size x in`` each)."""
+        raise NotImplementedError
+
+    # -- shared ---------------------------------------------------------------------------
+    def select_rows(self, full: torch.Tensor) -> torch.Tensor:
+        """The enabled slices' rows of a (out x ...) tensor."""
+        if not self.fused:
+            return full
+        size = self.slice_size
+        return torch.cat([full[i * size : (i + 1) * size] for i, on in enumerate(self.slices) if on], dim=0)
+
+    def delta(self, x: torch.Tensor, layer_input: torch.Tensor | None = None) -> torch.Tensor:
+        """The update to add to the linear layer's output (``scaling`` or gate included).
+
+        ``layer_input`` is the linear's own input, which drives the gate; in a Stack ``x`` is
+        the previous adapter's update instead.
+        """
+        update = self.expand_rows(self.raw_update(self.lora_dropout(x)), fill=0.0)
+        return update * self.factor(x if layer_input is None else layer_input)
+
+    def delta_weight(self, scaled: bool = True) -> torch.Tensor:
+        """The update in weight space (out x in; zero rows for disabled slices)."""
+        rows = torch.cat(self.pair_weights(), dim=0)
+        full = self.expand_rows(rows.t(), fill=0.0).t()
+        return full * self.scaling if scaled else full
+
+    def dora_scale(self, weight: torch.Tensor) -> torch.Tensor:
+        """``m / ||W + dW||_row`` for every output row (1 for rows of disabled slices)."""
+        norm = torch.linalg.norm(self.select_rows(weight) + torch.cat(self.pair_weights(), dim=0), dim=1)
+        return self.expand_rows(self.m.weight.view(-1) / norm, fill=1.0)
+
+    def apply(self, output: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """The adapted output of the linear layer, given its plain output, input and weight."""
+        if self.m is not None:
+            return (output + self.delta(x)) * self.dora_scale(weight)
+        return output + self.delta(x)
+
+
+class LoRA(AdditiveModule):
+    """Low-rank update ``scaling * B @ A``; ``lora_A`` is (r x in), ``lora_B`` (out x r).
+
+    On a fused linear there is one low-rank pair per enabled slice, stored as in the reference
+    library: ``lora_A`` is (r * n_enabled x in) and ``lora_B`` (slice_size * n_enabled x r);
+    pair ``g`` is ``lora_B[g*d:(g+1)*d] @ lora_A[g*r:(g+1)*r]``.
+
+    Example:
+        >>> from adapters import LoRAConfig
+        >>> lora = LoRA(16, 8, LoRAConfig(r=2))
+        >>> lora.lora_A.shape, lora.lora_B.shape, lora.delta_weight().shape
+        (torch.Size([2, 16]), torch.Size([8, 2]), torch.Size([8, 16]))
     """
 
     def __init__(
-        self, in_features: int, out_features: int, config: LoRAConfig, slices: tuple[bool, ...] | None = None
+        self,
+        in_features: int,
+        out_features: int,
+        config: LoRAConfig,
+        slices: tuple[bool, ...] | None = None,
+        weight: torch.Tensor | None = None,
     ) -> None:
-        super().__init__()
-        self.config = config
-        self.scaling = config.alpha / config.r
-        self.slices = tuple(slices) if slices is not None else None
-        n_pairs, out_rows = 1, out_features
-        if self.slices is not None:
-            if out_features % len(self.slices) or not any(self.slices):
-                raise ValueError(f"cannot split {out_features} outputs into slices {self.slices}")
-            self.slice_size = out_features // len(self.slices)
-            n_pairs, out_rows = sum(self.slices), self.slice_size * sum(self.slices)
-        self.out_features = out_features
-        self.lora_A = nn.Parameter(torch.empty(config.r * n_pairs, in_features))
-        self.lora_B = nn.Parameter(torch.empty(out_rows, config.r))
-        self.lora_dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        super().__init__(in_features, out_features, config, slices, weight)
+        self.lora_A = nn.Parameter(torch.empty(config.r * self.n_pairs, in_features))
+        self.lora_B = nn.Parameter(torch.empty(self.rows, config.r))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         with torch.no_grad():
-            if self.config.init_weights == "lora":
+            init = self.config.init_weights
+            if init == "lora":
                 nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
                 nn.init.zeros_(self.lora_B)
-            else:  # "bert"
+            elif init == "bert":
                 nn.init.normal_(self.lora_A, std=0.02)
                 nn.init.normal_(self.lora_B, std=0.02)
+            elif init == "ia3":
+                nn.init.ones_(self.lora_A)
+                nn.init.ones_(self.lora_B)
+            else:  # "vera": both random, as the reference initialises them
+                nn.init.kaiming_uniform_(self.lora_A)
+                nn.init.kaiming_uniform_(self.lora_B)
 
-    @property
-    def fused(self) -> bool:
-        return self.slices is not None
-
-    def _pairs(self) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
-        """(A_g, B_g) for each output slice of a fused linear, None where the slice is disabled."""
+    def _pairs(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         r, d = self.config.r, self.slice_size
-        pairs, g = [], 0
-        for enabled in self.slices:
-            if enabled:
-                pairs.append((self.lora_A[g * r : (g + 1) * r], self.lora_B[g * d : (g + 1) * d]))
-                g += 1
-            else:
-                pairs.append(None)
-        return pairs
+        return [(self.lora_A[g * r : (g + 1) * r], self.lora_B[g * d : (g + 1) * d]) for g in range(self.n_pairs)]
 
-    def delta(self, x: torch.Tensor) -> torch.Tensor:
-        """The update to add to the linear layer's output (scaling included)."""
-        x = self.lora_dropout(x)
-        if not self.fused:
-            return F.linear(F.linear(x, self.lora_A), self.lora_B) * self.scaling
-        parts = [
-            F.linear(F.linear(x, pair[0]), pair[1]) if pair is not None else x.new_zeros(*x.shape[:-1], self.slice_size)
-            for pair in self._pairs()
-        ]
-        return torch.cat(parts, dim=-1) * self.scaling
+    def raw_update(self, x: torch.Tensor) -> torch.Tensor:
+        if self.n_pairs == 1:
+            return F.linear(F.linear(x, self.lora_A), self.lora_B)
+        return torch.cat([F.linear(F.linear(x, a), b) for a, b in self._pairs()], dim=-1)
 
-    def add_delta(self, output: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """``output + delta(x)`` as one multiply-add on the rank-r product (in place without autograd)."""
-        if self.fused:
-            return output + self.delta(x)
+    def pair_weights(self) -> list[torch.Tensor]:
+        if self.n_pairs == 1:
+            return [self.lora_B @ self.lora_A]
+        return [b @ a for a, b in self._pairs()]
+
+    def apply(self, output: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        if self.fused or self.m is not None or self.gate is not None:
+            return super().apply(output, x, weight)
+        # Plain LoRA: one multiply-add on the rank-r product (in place when autograd is off).
         low = F.linear(self.lora_dropout(x), self.lora_A)
         flat_out = output.reshape(-1, output.shape[-1])
         flat_low = low.reshape(-1, low.shape[-1])
@@ -88,14 +162,3 @@ class LoRA(nn.Module):
             return torch.addmm(flat_out, flat_low, self.lora_B.t(), alpha=self.scaling).view_as(output)
         flat_out.addmm_(flat_low, self.lora_B.t(), alpha=self.scaling)
         return output
-
-    def delta_weight(self) -> torch.Tensor:
-        """``scaling * B @ A``, the update in weight space (out x in)."""
-        if not self.fused:
-            return (self.lora_B @ self.lora_A) * self.scaling
-        in_features = self.lora_A.shape[1]
-        parts = [
-            pair[1] @ pair[0] if pair is not None else self.lora_A.new_zeros(self.slice_size, in_features)
-            for pair in self._pairs()
-        ]
-        return torch.cat(parts, dim=0) * self.scaling

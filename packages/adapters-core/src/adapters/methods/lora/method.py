@@ -1,4 +1,4 @@
-"""LoRA on the attention projections and the FFN linears, unmerged (hooks) or merged."""
+"""The LoRA family (LoRA, (IA)^3, VeRA, DoRA) on attention projections and FFN linears."""
 
 from __future__ import annotations
 
@@ -7,65 +7,47 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from ...composition import AdapterCompositionBlock
-from ...configs.lora import LoRAConfig
-from ...errors import AdapterConfigError, AdapterError, CompositionError
-from ..base import AdapterDict, AdapterMethod, adapter_dict
+from ...composition import AdapterCompositionBlock, Average, BatchSplit, Parallel, Split, Stack
+from ...configs.lora import DoRAConfig, DvoRAConfig, IA3Config, LoRAConfig, VeraConfig
+from ...errors import AdapterConfigError, AdapterError, AdapterLoadError, CompositionError
+from ..base import AdapterMethod, adapter_dict
 from ..init import seeded
+from .base import LoRAFamilyModule
+from .ia3 import IA3
 from .layer import LoRA
+from .place import LoRAPlace
+from .vera import SHARED_CONTAINER, VeRA, VeRAShared, diagonal_to_vector
 
 if TYPE_CHECKING:
     from ...core.state import AdapterState
 
+# (place name, module path inside the layer, enabled slices of a fused linear or None)
+Target = tuple[str, str, "tuple[bool, ...] | None"]
 
-class LoRAPlace:
-    """The LoRA modules of one linear layer, and the forward hook that adds their update."""
 
-    def __init__(self, linear: nn.Linear) -> None:
-        self.linear = linear
-        self.loras: AdapterDict = adapter_dict(linear, "loras")
-        self.container = self.loras
-        self._handle = None
-        self._modules: tuple[LoRA, ...] = ()
-
-    def activate(self, names: tuple[str, ...]) -> None:
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
-        self._modules = tuple(self.loras[n] for n in names)
-        if not names:
-            return
-        if len(names) > 1:
-            if any(module.fused for module in self._modules):
-                raise CompositionError(
-                    f"Stack of LoRA adapters {list(names)} on a fused linear layer (e.g. q/k/v in one "
-                    "projection): a stacked LoRA reads the previous LoRA's output, which has another size."
-                )
-            for module in self._modules[1:]:
-                if module.lora_A.shape[1] != module.lora_B.shape[0]:
-                    raise CompositionError(
-                        f"Stack of LoRA adapters {list(names)} on a non-square linear layer: a stacked LoRA "
-                        "reads the previous LoRA's output, which needs in_features == out_features."
-                    )
-        hook = self._add_single if len(names) == 1 else self._add_stack
-        self._handle = self.linear.register_forward_hook(hook)
-
-    def _add_single(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-        return self._modules[0].add_delta(output, args[0])
-
-    def _add_stack(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-        # Stack as defined by the reference library: each LoRA reads the previous one's update.
-        hidden = args[0]
-        for lora in self._modules:
-            hidden = lora.delta(hidden)
-        return output + hidden
+def build_module(
+    config: LoRAConfig, linear: nn.Linear, slices: tuple[bool, ...] | None, shared: VeRAShared | None
+) -> LoRAFamilyModule:
+    """The module of the config's variant for one linear layer."""
+    if config.composition_mode == "scale":
+        return IA3(linear.in_features, linear.out_features, config, slices)
+    if config.is_vera:
+        return VeRA(linear.in_features, linear.out_features, config, shared, slices, weight=linear.weight)
+    return LoRA(linear.in_features, linear.out_features, config, slices, weight=linear.weight)
 
 
 class LoRAMethod(AdapterMethod):
     name = "lora"
     config_class = LoRAConfig
-    config_names = {"lora": LoRAConfig()}
+    config_names = {
+        "lora": LoRAConfig(),
+        "ia3": IA3Config(),
+        "vera": VeraConfig(),
+        "dora": DoRAConfig(),
+        "dvora": DvoRAConfig(),
+    }
     supports_merge = True
+    supported_blocks = frozenset({Stack, Split, BatchSplit, Parallel, Average})
 
     def conformance_configs(self) -> dict[str, LoRAConfig]:
         return {
@@ -73,6 +55,10 @@ class LoRAMethod(AdapterMethod):
             "lora_all_linears": LoRAConfig(
                 r=4, alpha=16, attn_matrices=("q", "k", "v"), intermediate_lora=True, output_lora=True
             ),
+            "ia3": IA3Config(),
+            # q and v (a partial fused projection on DeBERTa), non-square FFN linears, alpha != r.
+            "dora": DoRAConfig(r=4, alpha=16, intermediate_lora=True, output_lora=True),
+            "vera": VeraConfig(intermediate_lora=True, output_lora=True),
         }
 
     def _places(self, state: AdapterState) -> dict[tuple[int, str], LoRAPlace]:
@@ -87,7 +73,7 @@ class LoRAMethod(AdapterMethod):
             roles.append("ffn_out")
         return roles
 
-    def add(self, state: AdapterState, name: str, config: LoRAConfig) -> None:
+    def _targets(self, state: AdapterState, config: LoRAConfig) -> list[Target]:
         roles = self.roles(config)
         if not roles:
             raise AdapterConfigError(
@@ -101,54 +87,132 @@ class LoRAMethod(AdapterMethod):
                 f"LoRA targets {missing} but the {state.base_model.config.model_type} plugin declares no such "
                 f"linear layers (declared: {declared})."
             )
-        # One LoRA module per plain linear, and one per fused linear covering all its enabled roles.
-        # Each target: (place name, module path, enabled slices of a fused linear or None).
-        targets: dict[str, tuple[str, tuple[bool, ...] | None]] = {}
+        # One module per plain linear, and one per fused linear covering all its enabled roles.
+        targets: dict[str, Target] = {}
         for role in roles:
             fused = spec.fused_linear_for(role)
             if fused is None:
-                targets[role] = (spec.linears[role], None)
+                targets[role] = (role, spec.linears[role], None)
             else:
-                targets["".join(fused.roles)] = (fused.path, tuple(r in roles for r in fused.roles))
-        places = self._places(state)
+                place = "".join(fused.roles)
+                targets[place] = (place, fused.path, tuple(r in roles for r in fused.roles))
+        return list(targets.values())
+
+    def add(self, state: AdapterState, name: str, config: LoRAConfig) -> None:
+        linears: dict[tuple[int, str], tuple[nn.Linear, tuple[bool, ...] | None]] = {}
+        targets = self._targets(state, config)
+        for layer_idx, layer in state.layers:
+            if layer_idx in config.leave_out:
+                continue
+            for place_name, path, slices in targets:
+                linear = layer.get_submodule(path)
+                if not isinstance(linear, nn.Linear):
+                    raise AdapterConfigError(f"LoRA needs nn.Linear at {path!r}, found {type(linear).__name__}.")
+                linears[(layer_idx, place_name)] = (linear, slices)
+        if not linears:
+            return
         records = state.modules_of(name)
+        shared = self._add_shared(state, name, config, linears) if config.is_vera else None
+        places = self._places(state)
         with seeded(config.init_weights_seed):
-            for layer_idx, layer in state.layers:
-                if layer_idx in config.leave_out:
-                    continue
-                for place_name, (path, slices) in targets.items():
-                    linear = layer.get_submodule(path)
-                    if not isinstance(linear, nn.Linear):
-                        raise AdapterConfigError(f"LoRA needs nn.Linear at {path!r}, found {type(linear).__name__}.")
-                    key = (layer_idx, place_name)
-                    if key not in places:
-                        places[key] = LoRAPlace(linear)
-                    module = LoRA(linear.in_features, linear.out_features, config, slices=slices).to(
-                        linear.weight.device, linear.weight.dtype
-                    )
-                    places[key].loras[name] = module
-                    records[state.module_path(module)] = module
+            for key, (linear, slices) in linears.items():
+                if key not in places:
+                    places[key] = LoRAPlace(linear)
+                module = build_module(config, linear, slices, shared).to(linear.weight.device, linear.weight.dtype)
+                places[key].loras[name] = module
+                records[state.module_path(module)] = module
+
+    def _add_shared(self, state: AdapterState, name: str, config: LoRAConfig, linears: dict) -> VeRAShared:
+        """VeRA's random matrices, sized for the largest targeted linear (smaller ones use a corner)."""
+        max_in = max(linear.in_features for linear, _ in linears.values())
+        max_out = max(linear.out_features // (len(slices) if slices else 1) for linear, slices in linears.values())
+        # Seeded on their own, first, as the reference draws them: a seeded reference adapter is rebuilt exactly.
+        with seeded(config.init_weights_seed):
+            shared = VeRAShared(config.r, max_in, max_out, config.init_weights)
+        first = next(iter(linears.values()))[0].weight
+        shared = shared.to(first.device, first.dtype)
+        container = adapter_dict(state.base_model, SHARED_CONTAINER)
+        if name in container._modules:
+            raise AdapterConfigError(
+                f"Adapter {name!r} has shared parameters already; use one VeRA config per adapter."
+            )
+        container[name] = shared
+        state.modules_of(name)[state.module_path(shared)] = shared
+        return shared
 
     def delete(self, state: AdapterState, name: str) -> None:
         for place in self._places(state).values():
             place.loras._modules.pop(name, None)
+        container = state.base_model._modules.get(SHARED_CONTAINER)
+        if container is not None and isinstance(container._modules.get(name), VeRAShared):
+            del container._modules[name]
 
     def activate(self, state: AdapterState, setup: AdapterCompositionBlock | None) -> None:
         names = [n for n in (setup.flatten() if setup is not None else []) if n != state.merged]
+        block = None
+        if setup is not None and not (isinstance(setup, Stack) and all(isinstance(c, str) for c in setup)):
+            if state.merged in setup.flatten():
+                raise CompositionError(
+                    f"{setup!r} uses {state.merged!r}, which is merged into the weights; a composition block "
+                    "needs it unmerged: call reset_adapter() first."
+                )
+            block = setup
         for place in self._places(state).values():
-            place.activate(tuple(n for n in names if n in place.loras._modules))
+            place.activate(tuple(n for n in names if n in place.loras._modules), block, state.parallel)
 
-    def merge(self, state: AdapterState, name: str) -> None:
-        self._apply_delta(state, name, sign=1.0)
-
-    def unmerge(self, state: AdapterState, name: str) -> None:
-        self._apply_delta(state, name, sign=-1.0)
-
-    def _apply_delta(self, state: AdapterState, name: str, sign: float) -> None:
+    # -- merging --------------------------------------------------------------------------
+    def _places_of(self, state: AdapterState, name: str) -> list[LoRAPlace]:
         places = [p for p in self._places(state).values() if name in p.loras._modules]
         if not places:
             raise AdapterError(f"LoRA adapter {name!r} has no modules to merge.")
+        return places
+
+    def merge(self, state: AdapterState, name: str) -> None:
+        places = self._places_of(state, name)
+        # Every place is checked before any weight changes, so a refused merge changes nothing.
         with torch.no_grad():
-            for place in places:
-                delta = place.loras[name].delta_weight().to(place.linear.weight.dtype)
-                place.linear.weight.add_(delta, alpha=sign)
+            scales = [place.merge_scale(name) for place in places]
+        for place, scale in zip(places, scales, strict=True):
+            place.merge(name, scale)
+
+    def unmerge(self, state: AdapterState, name: str) -> None:
+        for place in self._places_of(state, name):
+            place.unmerge(name)
+
+    # -- loading ---------------------------------------------------------------------------
+    def convert_saved_weights(
+        self, state: AdapterState, name: str, saved_name: str, tensors: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """Read VeRA adapters saved by the reference library.
+
+        The reference stores ``d`` and ``b`` as square matrices (converted here when diagonal)
+        and does not save the shared random matrices; those are rebuilt from the config's
+        ``init_weights_seed`` (drawn as the reference draws them), and without a seed the
+        adapter cannot be reproduced, which raises a clear error.
+        """
+        from ...io.adapter_io import expected_keys
+
+        saved_key = {ours: saved for saved, ours in expected_keys(state, name, saved_name).items()}
+        tensors = dict(tensors)
+        for path, module in state.modules_of(name).items():
+            if isinstance(module, VeRA):
+                for key in (saved_key[f"{path}.vera_D"], saved_key[f"{path}.vera_B"]):
+                    value = tensors.get(key)
+                    if value is not None and value.dim() == 2:
+                        try:
+                            tensors[key] = diagonal_to_vector(value, key)
+                        except ValueError as error:
+                            raise AdapterLoadError(f"Cannot load VeRA adapter {saved_name!r}: {error}") from None
+            elif isinstance(module, VeRAShared):
+                keys = [saved_key[f"{path}.lora_A"], saved_key[f"{path}.lora_B"]]
+                if all(k not in tensors for k in keys):
+                    seed = state.configs[name].init_weights_seed
+                    if not seed:  # the reference ignores a seed of 0 too
+                        raise AdapterLoadError(
+                            f"The VeRA adapter {saved_name!r} was saved without its shared random matrices A and B "
+                            "(the reference library does not save them) and without init_weights_seed, so they "
+                            "cannot be rebuilt and its outputs cannot be reproduced. Retrain it with "
+                            "init_weights_seed set, or with this library, which saves them."
+                        )
+                    tensors.update({k: v.clone() for k, v in zip(keys, (module.lora_A, module.lora_B), strict=True)})
+        return tensors

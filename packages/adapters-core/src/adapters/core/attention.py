@@ -1,0 +1,290 @@
+"""Prepend extra key/value positions to a layer's self-attention, from the outside.
+
+Prefix tuning gives every self-attention layer extra keys and values that every query attends to.
+transformers 5 attention modules compute q, k and v themselves and hand them, split into heads,
+to ``ALL_ATTENTION_FUNCTIONS[config._attn_implementation]``. While prefixes are installed at a
+module, :class:`AttentionPrefixHooks` gives that one module a view of its config whose
+``_attn_implementation`` names :func:`_attention_with_prefix` (registered below); that function
+prepends the prefix keys/values, extends the mask and calls the implementation the model chose
+(sdpa, eager, ...). Modules with their own attention code (DeBERTa) declare their projections
+instead (:class:`~adapters.plugins.KVProjections`): the prefix positions are spliced into the
+projections' outputs. Nothing is installed while no prefix is active at a module.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AttentionInterface
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from ..errors import AdapterConfigError, AdapterError
+from ..plugins.spec import InputOf, SelfAttention
+
+ATTENTION_FUNCTION_NAME = "adapters_kv_prefix"
+
+#: ``fn(hidden_states or None, batch_size) -> (keys, values)``, each ``(batch or 1, heads, n, head_dim)``.
+PrefixFn = Callable[[torch.Tensor | None, int], tuple[torch.Tensor, torch.Tensor]]
+
+
+class _ConfigView:
+    """An attention module's config, except that it names the prefix attention function."""
+
+    _attn_implementation = ATTENTION_FUNCTION_NAME
+
+    def __init__(self, config: Any, hooks: AttentionPrefixHooks) -> None:
+        self.__dict__["_config"] = config
+        self.__dict__["_hooks"] = hooks
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            config = self.__dict__["_config"]
+        except KeyError:  # during copy/unpickling, before __init__ ran
+            raise AttributeError(name) from None
+        return getattr(config, name)
+
+
+def _attention_with_prefix(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    return module.config._hooks.attend(module, query, key, value, attention_mask, **kwargs)
+
+
+AttentionInterface.register(ATTENTION_FUNCTION_NAME, _attention_with_prefix)
+
+
+class AttentionPrefixHooks:
+    """Prepends the keys/values of ``fn`` to one self-attention module's own, while installed.
+
+    Example:
+        >>> hooks = AttentionPrefixHooks(layer, spec.self_attention)  # doctest: +SKIP
+        >>> hooks.install(lambda hidden, batch: (prefix_keys, prefix_values), needs_hidden=False)  # doctest: +SKIP
+    """
+
+    def __init__(self, layer: nn.Module, spec: SelfAttention) -> None:
+        self.module = layer.get_submodule(spec.path)
+        self.spec = spec
+        self._fn: PrefixFn | None = None
+        self._needs_hidden = False
+        self._hidden: torch.Tensor | None = None
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._config: Any = None
+        projections = spec.projections
+        if projections is None:
+            if "config" not in self.module.__dict__:
+                raise AdapterConfigError(
+                    f"{type(self.module).__name__} at {spec.path!r} has no config attribute, so it does not call "
+                    "transformers' attention interface; the model plugin must declare its KVProjections."
+                )
+            # The model's own eager function, which get_interface falls back to for "eager".
+            self._eager = getattr(sys.modules.get(type(self.module).__module__), "eager_attention_forward", None)
+        else:
+            self._mask_index = positional_index(self.module, projections.attention_mask)
+            self._fused = projections.fused_qkv is not None
+            self._projections = [
+                self.module.get_submodule(path)
+                for path in ((projections.fused_qkv,) if self._fused else (projections.key, projections.value))
+            ]
+            self._pending: list[torch.Tensor | None] = [None, None]
+
+    @property
+    def installed(self) -> bool:
+        return self._fn is not None
+
+    def install(self, fn: PrefixFn, needs_hidden: bool) -> None:
+        """Route the module's attention through ``fn``'s prefixes (``needs_hidden``: pass it the input)."""
+        self.remove()
+        self._fn, self._needs_hidden = fn, needs_hidden
+        if self.spec.projections is None:
+            if needs_hidden:
+                self._handles.append(self.module.register_forward_pre_hook(self._capture_hidden, with_kwargs=True))
+            self._config = self.module.__dict__["config"]
+            self.module.__dict__["config"] = _ConfigView(self._config, self)
+            return
+        projections = self.spec.projections
+        self._handles.append(self.module.register_forward_pre_hook(self._before_projections, with_kwargs=True))
+        for slot, projection in enumerate(self._projections):
+            self._handles.append(projection.register_forward_hook(self._splice_hook(slot)))
+        if projections.position_bias is not None:
+            original = getattr(type(self.module), projections.position_bias)
+            self.module.__dict__[projections.position_bias] = self._bias_without_prefix(original)
+        if self._fused:
+            self._handles.append(self.module.register_forward_hook(self._drop_prefix_queries))
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        if self._config is not None:
+            self.module.__dict__["config"] = self._config
+            self._config = None
+        if self.spec.projections is not None:
+            if self.spec.projections.position_bias is not None:
+                self.module.__dict__.pop(self.spec.projections.position_bias, None)
+            self._pending = [None, None]
+        self._fn = None
+        self._hidden = None
+
+    # -- transformers' attention interface ----------------------------------------------------
+    def _capture_hidden(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        self._hidden = _input_of(self.spec.hidden_states, args, kwargs)
+
+    def attend(
+        self,
+        module: nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Prepend the prefix to ``key``/``value`` (batch, heads, seq, dim), then attend as the model would."""
+        hidden, self._hidden = self._hidden, None
+        batch = key.shape[0]
+        prefix_keys, prefix_values = self._fn(hidden, batch)
+        n = prefix_keys.shape[2]
+        key = torch.cat([prefix_keys.to(key.dtype).expand(batch, -1, -1, -1), key], dim=2)
+        value = torch.cat([prefix_values.to(value.dtype).expand(batch, -1, -1, -1), value], dim=2)
+        causal = kwargs.get("is_causal")
+        causal = getattr(module, "is_causal", False) if causal is None else causal
+        attention_mask = _mask_with_prefix(attention_mask, n, query, key, causal)
+        bias = kwargs.get("position_bias")
+        if isinstance(bias, torch.Tensor):
+            kwargs["position_bias"] = F.pad(bias, (n, 0))  # prefix positions carry no position bias
+        implementation = ALL_ATTENTION_FUNCTIONS.get_interface(self._config._attn_implementation, self._eager)
+        if implementation is None:
+            raise AdapterError(
+                f"{type(module).__name__} uses eager attention but its module defines no eager_attention_forward; "
+                "set attn_implementation='sdpa' on the model."
+            )
+        return implementation(module, query, key, value, attention_mask, **kwargs)
+
+    # -- modules with their own attention code (KVProjections) -----------------------------
+    def _before_projections(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        hidden = _input_of(self.spec.hidden_states, args, kwargs)
+        batch = hidden.shape[0]
+        keys, values = self._fn(hidden if self._needs_hidden else None, batch)
+        heads, n = keys.shape[1], keys.shape[2]
+        keys = keys.expand(batch, -1, -1, -1).transpose(1, 2)  # (batch, n, heads, dim): projection rows
+        values = values.expand(batch, -1, -1, -1)
+        value_bias = self.spec.projections.value_bias
+        if value_bias is not None:
+            # The module adds this bias to every value row after the projection; prefix values exclude it.
+            values = values - getattr(module, value_bias).view(heads, 1, -1)
+        values = values.transpose(1, 2)
+        if self._fused:
+            # The fused projection's output is read per head as [q | k | v]; prefix query rows are dropped later.
+            rows = torch.cat([torch.zeros_like(keys), keys, values], dim=-1)
+            self._pending = [rows.reshape(batch, n, -1), None]
+        else:
+            self._pending = [keys.reshape(batch, n, -1), values.reshape(batch, n, -1)]
+        self._n = n
+        where = self.spec.projections.attention_mask
+        mask = input_at(self._mask_index, where.keyword, args, kwargs)
+        if mask is None:
+            return args, kwargs
+        mask = pad_front(mask, n, -1, 1)  # every query sees the prefix
+        if self._fused:
+            mask = pad_front(mask, n, -2, 1)  # the prefix query rows (dropped afterwards) see everything
+        return replace_input(self._mask_index, where.keyword, mask, args, kwargs)
+
+    def _splice_hook(self, slot: int) -> Callable:
+        def splice(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+            rows, self._pending[slot] = self._pending[slot], None
+            if rows is None:  # another call of the same projection (e.g. on position embeddings)
+                return output
+            return torch.cat([rows.to(output.dtype), output], dim=1)
+
+        return splice
+
+    def _bias_without_prefix(self, original: Callable) -> Callable:
+        def bias(query: torch.Tensor, key: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            n = self._n
+            rows = n if self._fused else 0
+            result = original(self.module, query[..., rows:, :], key[..., n:, :], *args, **kwargs)
+            if not isinstance(result, torch.Tensor):
+                return result
+            return F.pad(result, (n, 0, rows, 0))  # no relative-position bias to or from prefix positions
+
+        return bias
+
+    def _drop_prefix_queries(self, module: nn.Module, args: tuple, output: tuple) -> tuple:
+        n = self._n
+        context, *rest = output
+        rest = [r[..., n:, :] if isinstance(r, torch.Tensor) and r.dim() == 4 else r for r in rest]
+        return (context[:, n:], *rest)
+
+
+def _mask_with_prefix(
+    mask: torch.Tensor | None, n: int, query: torch.Tensor, key: torch.Tensor, causal: bool
+) -> torch.Tensor | None:
+    """The attention mask over ``n`` prefix positions (always visible) followed by the model's keys."""
+    if mask is None:
+        q_len, k_len = query.shape[2], key.shape[2]
+        if not causal or q_len == 1:
+            return None
+        # Without a mask, sdpa would apply a top-left-aligned causal mask over the prefix too.
+        offset = k_len - q_len
+        positions = torch.arange(k_len, device=query.device)
+        visible = positions[None, :] <= torch.arange(q_len, device=query.device)[:, None] + offset
+        visible[:, :n] = True
+        return visible[None, None]
+    if not isinstance(mask, torch.Tensor):
+        raise AdapterError(
+            f"Prefix tuning needs the attention mask as a tensor, got {type(mask).__name__} (flex attention's "
+            "BlockMask?); load the model with attn_implementation='sdpa' or 'eager'."
+        )
+    # Boolean masks mark visible positions True, additive float masks with 0, 2-D integer masks with 1.
+    visible = True if mask.dtype == torch.bool else (0.0 if mask.is_floating_point() else 1)
+    return pad_front(mask, n, -1, visible)
+
+
+def pad_front(tensor: torch.Tensor, n: int, dim: int, value: Any) -> torch.Tensor:
+    """``tensor`` with ``n`` entries of ``value`` put before its own along ``dim``."""
+    shape = list(tensor.shape)
+    shape[dim] = n
+    return torch.cat([torch.full(shape, value, dtype=tensor.dtype, device=tensor.device), tensor], dim=dim)
+
+
+def _input_of(where: InputOf, args: tuple, kwargs: dict) -> Any:
+    return input_at(where.index, where.keyword, args, kwargs)
+
+
+def input_at(index: int, keyword: str | None, args: tuple, kwargs: dict) -> Any:
+    """A forward argument given by keyword, else positionally at ``index`` (``None`` if not given)."""
+    if keyword is not None and keyword in kwargs:
+        return kwargs[keyword]
+    return args[index] if len(args) > index else None
+
+
+def positional_index(module: nn.Module, where: InputOf) -> int:
+    """The positional index of ``where.keyword`` in ``module.forward`` (``where.index`` if not named)."""
+    try:
+        names = [
+            p.name
+            for p in inspect.signature(module.forward).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+    except (TypeError, ValueError):
+        return where.index
+    return names.index(where.keyword) if where.keyword in names else where.index
+
+
+def replace_input(index: int, keyword: str | None, value: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """``(args, kwargs)`` of a forward pre-hook with one argument replaced, wherever the caller passed it."""
+    if keyword is not None and keyword in kwargs:
+        return args, {**kwargs, keyword: value}
+    if len(args) > index:
+        return (*args[:index], value, *args[index + 1 :]), kwargs
+    return args, {**kwargs, keyword: value}

@@ -1,0 +1,52 @@
+"""Flexible prediction heads and the AdapterModel classes' head API.
+
+Heads are named modules in ``model.heads`` (weight keys ``heads.<name>.<layer>.<param>``, as in the
+reference library); ``head_config.json`` + ``model_head.safetensors`` store one head.
+"""
+
+from .auto import AutoAdapterModel, adapter_model_class
+from .base import MultiHeadOutput, PredictionHead
+from .classification import (
+    ClassificationHead,
+    ImageClassificationHead,
+    MultiLabelClassificationHead,
+    MultipleChoiceHead,
+    QuestionAnsweringHead,
+    TaggingHead,
+)
+from .conversion import STATIC_HEADS, StaticHead, static_head
+from .dependency_parsing import Biaffine, BiaffineParsingHead, DependencyParsingOutput
+from .language_modeling import BertStyleMaskedLMHead, CausalLMHead, MaskedLMHead, Seq2SeqLMHead
+from .mixin import ModelWithFlexibleHeadsAdaptersMixin, heads_of_setup
+from .model import DEFAULT_HEAD, ENCODER_HEAD_TYPES, AdapterModelBase
+from .registry import BUILTIN_HEADS, register_head
+
+__all__ = [
+    "BUILTIN_HEADS",
+    "DEFAULT_HEAD",
+    "ENCODER_HEAD_TYPES",
+    "STATIC_HEADS",
+    "AdapterModelBase",
+    "AutoAdapterModel",
+    "BertStyleMaskedLMHead",
+    "Biaffine",
+    "BiaffineParsingHead",
+    "CausalLMHead",
+    "ClassificationHead",
+    "DependencyParsingOutput",
+    "ImageClassificationHead",
+    "MaskedLMHead",
+    "ModelWithFlexibleHeadsAdaptersMixin",
+    "MultiHeadOutput",
+    "MultiLabelClassificationHead",
+    "MultipleChoiceHead",
+    "PredictionHead",
+    "QuestionAnsweringHead",
+    "Seq2SeqLMHead",
+    "StaticHead",
+    "TaggingHead",
+    "adapter_model_class",
+    "heads_of_setup",
+    "register_head",
+    "static_head",
+]

@@ -1,0 +1,87 @@
+"""Bottleneck adapters under any composition block (Split, BatchSplit, Parallel, Average, Fuse).
+
+The state at a residual block is the running hidden state plus the sub-block output ``h`` and
+the residual input ``x`` that every adapter's ``pre_forward`` reads. One adapter is
+``pre_forward`` then ``forward``; after the whole block the last adapter's ``post_forward``
+closes the residual block, as in the reference library. Because that closing step runs once for
+all slices, the adapters of a slicing or averaging block must agree on where the residual and
+the LayerNorm sit (checked at activation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import torch
+
+from ...composition.blocks import AdapterCompositionBlock, Fuse
+from ...composition.engine import ComposablePlace, cat_states, compose, slice_state
+from ...errors import CompositionError
+from ..base import AdapterDict
+
+# Fields that decide how the block output is formed around the adapters.
+PLACEMENT_FIELDS = ("is_parallel", "original_ln_before", "original_ln_after", "residual_before_ln")
+
+
+class BottleneckState(NamedTuple):
+    hidden: torch.Tensor
+    h: torch.Tensor
+    x: torch.Tensor
+
+
+class ComposedBottlenecks(ComposablePlace[BottleneckState]):
+    """Runs one composition block over the bottleneck adapters of one residual block."""
+
+    def __init__(self, adapters: AdapterDict, block: AdapterCompositionBlock, fuser=None) -> None:
+        present = [n for n in block.flatten() if n in adapters._modules]
+        placements = {tuple(adapters[n].config[f] for f in PLACEMENT_FIELDS) for n in present}
+        if len(placements) > 1:
+            raise CompositionError(
+                f"{block!r} combines bottleneck adapters with different residual/LayerNorm placement "
+                f"({', '.join(PLACEMENT_FIELDS)}); their outputs cannot share one block output. "
+                "Compose adapters of the same kind (e.g. all seq_bn or all par_bn)."
+            )
+        self.adapters = adapters
+        self.block = block
+        self.names = frozenset(present)
+        self.last = adapters[present[-1]]
+        self.fuser = fuser
+        self._layer_norm: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def __call__(self, h: torch.Tensor, x: torch.Tensor, layer_norm) -> torch.Tensor:
+        self._layer_norm = layer_norm
+        state = compose(self.block, BottleneckState(h, h, x), self)
+        return self.last.post_forward(state.hidden, state.h, state.x, layer_norm)
+
+    # -- ComposablePlace ----------------------------------------------------------------
+    def has(self, name: str) -> bool:
+        return name in self.names
+
+    def single(self, name: str, state: BottleneckState) -> BottleneckState:
+        adapter = self.adapters[name]
+        hidden, residual = adapter.pre_forward(state.hidden, state.x, self._layer_norm)
+        return state._replace(hidden=adapter(hidden, residual))
+
+    def batch_size(self, state: BottleneckState) -> int:
+        return state.hidden.shape[0]
+
+    def seq_len(self, state: BottleneckState) -> int:
+        return state.hidden.shape[1]
+
+    def slice(self, state: BottleneckState, dim: int, index: slice) -> BottleneckState:
+        return slice_state(state, dim, index)
+
+    def cat(self, states: Sequence[BottleneckState], dim: int) -> BottleneckState:
+        return cat_states(states, dim)
+
+    def average(self, states: Sequence[BottleneckState], weights: Sequence[float]) -> BottleneckState:
+        hidden = torch.stack([s.hidden for s in states]).mul_(
+            torch.tensor(weights, dtype=states[0].hidden.dtype, device=states[0].hidden.device).view(-1, 1, 1, 1)
+        )
+        return states[0]._replace(hidden=hidden.sum(0))
+
+    def fuse(self, block: Fuse, state: BottleneckState) -> BottleneckState:
+        if self.fuser is None:
+            return super().fuse(block, state)
+        return self.fuser(self, block, state)

@@ -1,0 +1,244 @@
+"""Prefix tuning (``prefix_tuning``, ``prefix_tuning_flat``): learned keys/values in every self-attention layer.
+
+Weights live where the reference library keeps them: each adapter's prefix module in the pool
+``base_model.prefix_tuning.prefix_tunings.NAME.<prefix_key>`` and, with ``use_gating``, one gate
+per layer at ``<self-attention>.prefix_tuning.prefix_gates.NAME``. At activation every layer with
+an active prefix gets :class:`~adapters.core.attention.AttentionPrefixHooks`; each forward pass
+computes that layer's slice of the prefix (``PrefixTuning.layer_key_values``), so no state is
+carried between forward passes and gradient checkpointing recomputes it like any activation.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from ...composition import AdapterCompositionBlock
+from ...configs.prefix_tuning import PrefixTuningConfig
+from ...configs.union import ConfigUnion
+from ...core.attention import AttentionPrefixHooks
+from ...errors import AdapterConfigError, AdapterError
+from ..base import AdapterDict, AdapterMethod, adapter_dict
+from ..init import seeded
+from .layer import FlatPrefixTuning, PrefixTuning, PrefixTuningGroup, PrefixTuningPool
+
+if TYPE_CHECKING:
+    from ...core.state import AdapterState
+
+POOL = "prefix_tuning"  # base_model.<POOL>, and the per-layer holder of the gates
+GATES = "prefix_gates"
+# Reference files repeat the pool's tensors under every layer that links to it.
+_LAYER_POOL_KEY = re.compile(r"^.+\.prefix_tuning\.pool\.(prefix_tunings\..+)$")
+
+
+class PrefixPlace:
+    """The self-attention of one layer: the active prefixes there, and the hooks that add them."""
+
+    def __init__(self, layer_idx: int, layer: nn.Module, state: AdapterState) -> None:
+        spec = state.spec.self_attention
+        self.layer_idx = layer_idx
+        self.prefix_key = spec.prefix_key
+        self.attention = layer.get_submodule(spec.path)
+        self.hooks = AttentionPrefixHooks(layer, spec)
+        self._state = state
+        self._entries: tuple[tuple[nn.Module, int, nn.Module | None], ...] = ()
+
+    def gates(self, create: bool = False) -> AdapterDict | None:
+        holder = self.attention._modules.get(POOL)
+        if holder is None:
+            if not create:
+                return None
+            holder = nn.Module()
+            self.attention.add_module(POOL, holder)
+        return adapter_dict(holder, GATES)
+
+    def drop_gate(self, name: str) -> None:
+        gates = self.gates()
+        if gates is not None:
+            gates._modules.pop(name, None)
+            if not gates._modules:  # leave the model's module tree as it was
+                del self.attention._modules[POOL]
+
+    @property
+    def container(self) -> AdapterDict:
+        """Adapter name to ``{"prefix": its prefix module, "gate": its gate here}`` (for ``get_adapter``)."""
+        found = AdapterDict()
+        pool = _pool(self._state)
+        gates = self.gates()
+        for name, group in pool.prefix_tunings._modules.items() if pool is not None else ():
+            if self.layer_idx in group.layer_ids:
+                parts = nn.ModuleDict({"prefix": group[self.prefix_key]})
+                if gates is not None and name in gates._modules:
+                    parts["gate"] = gates[name]
+                found[name] = parts
+        return found
+
+    def activate(self, names: list[str]) -> None:
+        pool, gates = _pool(self._state), self.gates()
+        entries = []
+        for name in names:
+            group = pool.prefix_tunings._modules.get(name) if pool is not None else None
+            if group is None or self.layer_idx not in group.layer_ids:
+                continue
+            gate = gates._modules.get(name) if gates is not None else None
+            entries.append((group[self.prefix_key], group.layer_ids.index(self.layer_idx), gate))
+        self._entries = tuple(entries)
+        if entries:
+            self.hooks.install(self._prefix, needs_hidden=any(gate is not None for *_, gate in entries))
+        else:
+            self.hooks.remove()
+
+    def _prefix(self, hidden: torch.Tensor | None, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        keys, values = [], []
+        for prefix, index, gate in self._entries:
+            key, value = prefix.layer_key_values(index)
+            key, value = key.unsqueeze(0), value.unsqueeze(0)
+            if prefix.dropout.training and prefix.dropout.p > 0:
+                # One dropout mask per example, as the reference draws it over the batch.
+                key = prefix.dropout(key.expand(batch, -1, -1, -1))
+                value = prefix.dropout(value.expand(batch, -1, -1, -1))
+            if gate is not None:
+                # UniPELT's gate: the mean over positions of sigmoid(W h + b); one for keys and values, or one each.
+                scores = torch.sigmoid(gate(hidden)).mean(dim=1)
+                key = key * scores[:, 0].view(-1, 1, 1, 1)
+                value = value * scores[:, -1].view(-1, 1, 1, 1)
+            keys.append(key)
+            values.append(value)
+        if len(keys) == 1:
+            return keys[0], values[0]
+        # A Stack puts each adapter's prefix in front of the previous ones, as the reference composes it.
+        keys = [k.expand(batch, -1, -1, -1) for k in reversed(keys)]
+        values = [v.expand(batch, -1, -1, -1) for v in reversed(values)]
+        return torch.cat(keys, dim=2), torch.cat(values, dim=2)
+
+
+def _pool(state: AdapterState) -> PrefixTuningPool | None:
+    pool = state.base_model._modules.get(POOL)
+    return pool if isinstance(pool, PrefixTuningPool) else None
+
+
+def _attention_shape(config) -> tuple[int, int, int]:
+    """(key/value heads, head size, hidden size) as the reference library sizes prefixes."""
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "d_kv", None) or config.hidden_size // config.num_attention_heads
+    return heads, head_dim, config.hidden_size
+
+
+class PrefixTuningMethod(AdapterMethod):
+    name = "prefix_tuning"
+    config_class = PrefixTuningConfig
+    config_names = {"prefix_tuning": PrefixTuningConfig(), "prefix_tuning_flat": PrefixTuningConfig(flat=True)}
+
+    def conformance_configs(self) -> dict[str, PrefixTuningConfig]:
+        return {
+            "prefix_tuning": PrefixTuningConfig(),
+            "prefix_tuning_flat": PrefixTuningConfig(flat=True),
+            "prefix_tuning_gated": PrefixTuningConfig(
+                prefix_length=6, bottleneck_size=16, use_gating=True, shared_gating=False, dropout=0.1
+            ),
+        }
+
+    def _places(self, state: AdapterState) -> dict[tuple[int, str], PrefixPlace]:
+        return state.method_data.setdefault(self.name, {})
+
+    def add(self, state: AdapterState, name: str, config: PrefixTuningConfig) -> None:
+        spec = state.spec.self_attention
+        if spec is None:
+            raise AdapterConfigError(
+                f"Prefix tuning needs the self-attention modules of the model, but the "
+                f"{state.base_model.config.model_type} plugin declares none (ModelSpec.self_attention)."
+            )
+        layers = [(idx, layer) for idx, layer in state.layers if idx not in config.leave_out]
+        if not layers:
+            return  # the core reports an adapter without modules
+        shapes = {_attention_shape(state.layer_config(idx)) for idx, _ in layers}
+        if len(shapes) > 1:
+            raise AdapterConfigError(f"Prefix tuning needs layers of one attention shape; found {sorted(shapes)}.")
+        heads, head_dim, hidden = shapes.pop()
+        pool = _pool(state)
+        if pool is None:
+            if POOL in state.base_model._modules or hasattr(state.base_model, POOL):
+                raise AdapterError(f"{type(state.base_model).__name__} has an attribute {POOL!r} of its own.")
+            pool = PrefixTuningPool()
+            state.base_model.add_module(POOL, pool)
+        prefixes = adapter_dict(pool, "prefix_tunings")
+        reference = next(state.base_model.parameters())
+        records = state.modules_of(name)
+        places = self._places(state)
+        with seeded(config.init_weights_seed):
+            group = PrefixTuningGroup(tuple(idx for idx, _ in layers))
+            prefix_class = FlatPrefixTuning if config.flat else PrefixTuning
+            group[spec.prefix_key] = prefix_class(len(layers), heads, hidden, head_dim, config)
+            group.to(reference.device, reference.dtype)
+            prefixes[name] = group
+            records[state.module_path(group)] = group
+            for idx, layer in layers:
+                key = (idx, spec.prefix_key)
+                if key not in places:
+                    places[key] = PrefixPlace(idx, layer, state)
+                if config.use_gating:
+                    gate = nn.Linear(hidden, 1 if config.shared_gating else 2)
+                    nn.init.normal_(gate.weight, mean=0.0, std=0.02)
+                    gate.to(reference.device, reference.dtype)
+                    places[key].gates(create=True)[name] = gate
+                    records[state.module_path(gate)] = gate
+
+    def delete(self, state: AdapterState, name: str) -> None:
+        for place in self._places(state).values():
+            place.drop_gate(name)
+        pool = _pool(state)
+        if pool is not None:
+            pool.prefix_tunings._modules.pop(name, None)
+            if not pool.prefix_tunings._modules:
+                del state.base_model._modules[POOL]
+
+    def activate(self, state: AdapterState, setup: AdapterCompositionBlock | None) -> None:
+        names = setup.flatten() if setup is not None else []
+        for place in self._places(state).values():
+            place.activate(names)
+
+    def convert_saved_weights(
+        self, state: AdapterState, name: str, saved_name: str, tensors: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """Drop the copies of the pool that reference files repeat under every layer."""
+        converted = {}
+        for key, value in tensors.items():
+            match = _LAYER_POOL_KEY.match(key)
+            if match is None:
+                converted[key] = value
+                continue
+            pool_key = f"{POOL}.{match.group(1)}"
+            if pool_key in tensors and not torch.equal(tensors[pool_key], value):
+                raise AdapterError(f"{key} differs from {pool_key}; the file holds two versions of one prefix.")
+            converted.setdefault(pool_key, value)
+        return converted
+
+    def eject(self, state: AdapterState, name: str) -> None:
+        """Replace adapter ``name``'s MLP-reparametrized prefixes by the flat prefixes they compute."""
+        config = state.require(name)
+        pool = _pool(state)
+        group = pool.prefix_tunings._modules.get(name) if pool is not None else None
+        if group is None:
+            raise AdapterError(f"Adapter {name!r} has no prefix tuning to eject.")
+        for place_key, prefix in list(group.items()):
+            if not isinstance(prefix, PrefixTuning):
+                continue
+            flat = FlatPrefixTuning(
+                prefix.n_layers, prefix.n_heads, prefix.input_size, prefix.head_dim, prefix.config.replace(flat=True)
+            )
+            with torch.no_grad():
+                weights = prefix.flat_weights().detach().clone()
+            flat.control_trans = nn.Parameter(weights, requires_grad=prefix.wte.weight.requires_grad)
+            flat.train(prefix.training)
+            group[place_key] = flat
+        state.configs[name] = _flat_config(config)
+        state.apply_setup(state.active_setup)  # places hold the old modules
+
+
+def _flat_config(config):
+    if isinstance(config, ConfigUnion):
+        return ConfigUnion(*(_flat_config(c) for c in config.configs))
+    return config.replace(flat=True) if isinstance(config, PrefixTuningConfig) else config

@@ -1,0 +1,133 @@
+"""ReFT (``loreft``, ``noreft``, ``direft``): interventions on the hidden states leaving each layer."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from ...composition import AdapterCompositionBlock
+from ...configs.reft import DiReftConfig, LoReftConfig, NoReftConfig, ReftConfig
+from ...errors import AdapterConfigError
+from ..base import AdapterDict, AdapterMethod, adapter_dict
+from .layer import ReftModule
+from .positions import InterventionPositions
+
+if TYPE_CHECKING:
+    from ...core.state import AdapterState
+
+# The module each layer gets for its interventions, named as in the reference format:
+# "encoder.layer.0.reft_layer.refts.NAME.units.0.learned_source.weight".
+HOLDER = "reft_layer"
+POSITIONS_KEY = "reft.positions"
+
+
+class ReftPlace:
+    """The ReFT modules after one layer, and the forward hook that applies the active ones."""
+
+    def __init__(self, layer: nn.Module, positions: InterventionPositions) -> None:
+        holder = layer._modules.get(HOLDER)
+        if holder is None:
+            holder = nn.Module()
+            layer.add_module(HOLDER, holder)
+        self.refts: AdapterDict = adapter_dict(holder, "refts")
+        self.container = self.refts
+        self.layer = layer
+        self.positions = positions
+        self._active: tuple[ReftModule, ...] = ()
+        self._handle = None
+
+    def activate(self, names: tuple[str, ...]) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+        # Resolved once here, not on every forward pass.
+        self._active = tuple(self.refts[n] for n in names)
+        if names:
+            # First among the layer's hooks: transformers records hidden states with a forward hook
+            # on the layer, which must see the intervened output that the next layer receives.
+            self._handle = self.layer.register_forward_hook(self._intervene, prepend=True)
+
+    def _intervene(self, module: nn.Module, args: tuple, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        # A Stack applies its ReFT adapters in order, each to the previous one's output.
+        for reft in self._active:
+            hidden = reft(hidden, self.positions)
+        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+
+class ReftMethod(AdapterMethod):
+    name = "reft"
+    config_class = ReftConfig
+    config_names = {"loreft": LoReftConfig(), "noreft": NoReftConfig(), "direft": DiReftConfig()}
+
+    def conformance_configs(self) -> dict[str, ReftConfig]:
+        return {
+            "loreft": LoReftConfig(),
+            "noreft": NoReftConfig(),
+            "direft": DiReftConfig(),
+            # Both position ranges (the suffix respects padding), one shared unit, rank 2, an activation.
+            "loreft_prefix_suffix_tied": LoReftConfig(
+                prefix_positions=2, suffix_positions=2, tied_weights=True, r=2, non_linearity="tanh", dropout=0.1
+            ),
+            "noreft_suffix_layers": NoReftConfig(prefix_positions=0, suffix_positions=3, layers=[0, 1]),
+        }
+
+    def _places(self, state: AdapterState) -> dict[tuple[int, str], ReftPlace]:
+        return state.method_data.setdefault(self.name, {})
+
+    def _positions(self, state: AdapterState) -> InterventionPositions:
+        if POSITIONS_KEY not in state.method_data:
+            state.method_data[POSITIONS_KEY] = InterventionPositions(state.base_model)
+        return state.method_data[POSITIONS_KEY]
+
+    def add(self, state: AdapterState, name: str, config: ReftConfig) -> None:
+        indices = [i for i, _ in state.layers]
+        if config.layers != "all":
+            unknown = sorted(set(config.layers) - set(indices))
+            if unknown:
+                raise AdapterConfigError(
+                    f"ReFT layers {unknown} do not exist in this {state.base_model.config.model_type} model; "
+                    f"its layers are {indices}."
+                )
+        chosen = [(i, layer) for i, layer in state.layers if config.uses_layer(i)]
+        if not chosen:
+            raise AdapterConfigError(
+                f"This ReFT config selects no layer of the model (layers={config.layers!r}, "
+                f"leave_out={list(config.leave_out)}, model layers {indices}); select at least one."
+            )
+        if config.orthogonality and config.r > state.hidden_size:
+            raise AdapterConfigError(
+                f"LoReFT's R has r={config.r} orthonormal rows, at most the hidden size {state.hidden_size}; "
+                "lower r or set orthogonality=False."
+            )
+        reference = next(state.base_model.parameters())
+        dtype = getattr(torch, config.dtype) if config.dtype else reference.dtype
+        positions = self._positions(state)
+        # The mask capture lives as long as the model has a ReFT adapter: an adapter activated by
+        # AdapterSetup inside the forward pass itself needs this forward's mask.
+        positions.attach()
+        places = self._places(state)
+        records = state.modules_of(name)
+        for layer_idx, layer in chosen:
+            key = (layer_idx, "reft")
+            if key not in places:
+                places[key] = ReftPlace(layer, positions)
+            module = ReftModule(state.hidden_size, config, dtype).to(reference.device)
+            # Follow the model's train/eval mode, so that dropout is off in a model in eval mode.
+            module.train(layer.training)
+            places[key].refts[name] = module
+            records[state.module_path(module)] = module
+
+    def delete(self, state: AdapterState, name: str) -> None:
+        places = self._places(state)
+        for place in places.values():
+            place.refts._modules.pop(name, None)
+        if not any(place.refts._modules for place in places.values()) and POSITIONS_KEY in state.method_data:
+            state.method_data[POSITIONS_KEY].detach()
+
+    def activate(self, state: AdapterState, setup: AdapterCompositionBlock | None) -> None:
+        names = setup.flatten() if setup is not None else []
+        for place in self._places(state).values():
+            place.activate(tuple(n for n in names if n in place.refts._modules))

@@ -1,0 +1,90 @@
+"""Which sequence positions ReFT intervenes on: the first and last non-padding tokens.
+
+The attention mask is only visible to the base model's forward; a pre-hook there keeps it for the
+layers, and the gather indices are computed once per forward pass and shared by all layers.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from torch import nn
+
+from ...errors import AdapterError
+
+
+class InterventionPositions:
+    """Prefix and suffix indices of the current forward pass of one model.
+
+    For sequence ``b`` with its first real token at ``offset[b]`` and ``length[b]`` real tokens
+    (from the attention mask; no mask means no padding), the prefix positions are
+    ``offset[b] + [0, p)`` and the suffix positions ``offset[b] + length[b] + [-s, 0)``, so left
+    and right padding are both respected. Positions are clipped to the sequence.
+    """
+
+    def __init__(self, base_model: nn.Module) -> None:
+        self.base_model = base_model
+        parameters = list(inspect.signature(base_model.forward).parameters)
+        self._mask_index = parameters.index("attention_mask") if "attention_mask" in parameters else None
+        self._mask: torch.Tensor | None = None
+        self._cache: dict[tuple, tuple[torch.Tensor | None, torch.Tensor | None]] = {}
+        self._handle = None
+
+    # -- the hook on the base model (installed while the model has ReFT adapters) ----------------
+    def attach(self) -> None:
+        if self._handle is None:
+            self._handle = self.base_model.register_forward_pre_hook(self._capture, with_kwargs=True)
+
+    def detach(self) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+        self._mask = None
+        self._cache.clear()
+
+    def _capture(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        mask = kwargs.get("attention_mask")
+        if mask is None and self._mask_index is not None and len(args) > self._mask_index:
+            mask = args[self._mask_index]
+        self._mask = mask
+        self._cache.clear()
+
+    # -- indices ----------------------------------------------------------------------------
+    def indices(
+        self, prefix: int, suffix: int, hidden: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Gather/scatter indices (batch x n x hidden) for ``prefix`` and ``suffix`` positions."""
+        key = (prefix, suffix, *hidden.shape, hidden.device)
+        cached = self._cache.get(key)
+        if cached is None:
+            cached = self._cache[key] = self._compute(prefix, suffix, hidden)
+        return cached
+
+    def _compute(self, prefix: int, suffix: int, hidden: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        batch, length, width = hidden.shape
+        device = hidden.device
+        mask = self._mask
+        if mask is None:
+            offsets = torch.zeros(batch, dtype=torch.long, device=device)
+            ends = torch.full((batch,), length, dtype=torch.long, device=device)
+        else:
+            if mask.dim() != 2 or tuple(mask.shape) != (batch, length):
+                raise AdapterError(
+                    f"ReFT finds padding from a (batch x sequence) attention mask; got a mask of shape "
+                    f"{tuple(mask.shape)} for hidden states of shape {(batch, length)}. Pass the tokenizer's "
+                    "2-D attention_mask to the model."
+                )
+            valid = (mask != 0).to(device)
+            offsets = valid.int().argmax(dim=1)
+            ends = offsets + valid.sum(dim=1)
+        out = []
+        for count, start, first in ((prefix, offsets, 0), (suffix, ends, -min(suffix, length))):
+            count = min(count, length)
+            if count == 0:
+                out.append(None)
+                continue
+            steps = torch.arange(first, first + count, device=device)
+            index = (start.unsqueeze(1) + steps).clamp_(0, length - 1)
+            out.append(index.unsqueeze(-1).expand(batch, count, width))
+        return tuple(out)

@@ -1,0 +1,76 @@
+"""Generation with the KV cache equals a cache-free greedy decode, with adapters active.
+
+``generate`` runs the prompt once and then one token per step against the cache, so an adapter hook
+sees sequences of length 1 with the earlier positions' keys and values cached. Recomputing every
+step as a full forward over the growing sequence must give the same logits and the same tokens.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny_decoders import CONFIGS, causal_lm
+
+import adapters
+from adapters import LoRAConfig
+from adapters.testing import randomize_adapter
+
+NEW_TOKENS = 5
+# LoRA on every projection: on k and v (grouped-query attention: half the size of q) its output
+# goes into the cache.
+LORA = LoRAConfig(r=4, alpha=8, attn_matrices=("q", "k", "v"), intermediate_lora=True, output_lora=True)
+SETUPS = {"seq_bn": [("bn", "seq_bn")], "lora": [("lora", LORA)], "seq_bn+lora": [("bn", "seq_bn"), ("lora", LORA)]}
+
+
+def _prompt() -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(3)
+    input_ids = torch.randint(3, 100, (2, 6), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, :2] = 0  # the second prompt is left-padded, as for batched generation
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+def _adapted_model(model_type: str, setup: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = causal_lm(model_type).eval()
+    # Never stop early, so that both decodes run NEW_TOKENS steps.
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = 0
+    adapters.init(model)
+    for seed, (name, config) in enumerate(SETUPS[setup]):
+        model.add_adapter(name, config=config)
+        randomize_adapter(model, name, seed=seed)
+    return model
+
+
+@pytest.mark.parametrize("setup", sorted(SETUPS))
+@pytest.mark.parametrize("model_type", sorted(CONFIGS))
+@torch.no_grad()
+def test_cached_generation_matches_cache_free_greedy_decode(model_type: str, setup: str) -> None:
+    model = _adapted_model(model_type, setup)
+    prompt = _prompt()
+    plain_first = model(**prompt).logits[:, -1]
+    model.set_active_adapters([name for name, _ in SETUPS[setup]])
+
+    out = model.generate(
+        **prompt,
+        max_new_tokens=NEW_TOKENS,
+        do_sample=False,
+        use_cache=True,
+        output_logits=True,
+        return_dict_in_generate=True,
+    )
+
+    input_ids, attention_mask = prompt["input_ids"], prompt["attention_mask"]
+    for step in range(NEW_TOKENS):
+        # generate numbers the positions of a left-padded row from its first token; so does this.
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        logits = model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).logits[:, -1]
+        torch.testing.assert_close(out.logits[step], logits, rtol=0, atol=1e-5, msg=f"logits of step {step}")
+        next_token = logits.argmax(-1, keepdim=True)
+        input_ids = torch.cat([input_ids, next_token], dim=1)
+        attention_mask = torch.cat([attention_mask, torch.ones_like(next_token)], dim=1)
+    assert torch.equal(out.sequences, input_ids), "cached generate and cache-free greedy decode chose other tokens"
+    assert not torch.allclose(out.logits[0], plain_first, atol=1e-3), "the adapters did not act during generate"

@@ -1,0 +1,92 @@
+"""Where adapters attach in ViT, BEiT and DINOv2 (transformers 5.x).
+
+All three are pre-LN encoders: each layer computes ``x + f(LN(x))`` twice, adding the residual
+inline in the layer's forward. A block's ``x`` is read where it enters the LayerNorm that opens
+the block, and ``h`` leaves the last module before the addition, so a bottleneck adapter sees
+exactly what the reference library hands its ``attention_adapters`` / ``output_adapters``:
+
+* ViT: ``dropout(attention(...))`` and ``dropout(mlp(...))``; the layer calls one dropout module
+  for both blocks, and each block takes the call that follows its own LayerNorm.
+* BEiT: ``drop_path(lambda_1 * dropout(attention(...)))``, i.e. after LayerScale, as in the
+  reference (its adapters receive the scaled output); same for the FFN with ``lambda_2``.
+* DINOv2 (no reference support): by analogy with BEiT, after LayerScale and drop path,
+  ``drop_path(layer_scale1(attention(...)))``. An adapter placed before LayerScale would have its
+  output shrunk by the tiny LayerScale values (1e-5 in the published checkpoints) and learn
+  nothing; after it, the adapter acts on the residual stream at its own scale.
+
+Weight keys: transformers 5 renamed ViT's and BEiT's modules (``encoder.layer.N.attention.
+attention.query`` became ``layers.N.attention.q_proj``); the specs map them back to the names
+the reference library writes, so published adapters load here and ours load there. DINOv2 keeps
+the transformers 5 names (there is no reference file format for it).
+"""
+
+from __future__ import annotations
+
+from adapters.plugins import InputOf, ModelSpec, ReferenceNames, ResidualBlock, SelfAttention
+
+_LINEARS = {
+    "q": "attention.q_proj",
+    "k": "attention.k_proj",
+    "v": "attention.v_proj",
+    "attn_out": "attention.o_proj",
+    "ffn_in": "mlp.fc1",
+    "ffn_out": "mlp.fc2",
+}
+
+
+def _layer(ln_attention: str, ln_ffn: str, closing: str) -> dict:
+    """The ModelSpec fields every layer of the three shares (they differ in module names only)."""
+    return {
+        "attention_block": ResidualBlock(
+            holder="attention_adapters", residual=InputOf(ln_attention, 0, "input"), sublayer=closing
+        ),
+        "ffn_block": ResidualBlock(holder="output_adapters", residual=InputOf(ln_ffn, 0, "input"), sublayer=closing),
+        "linears": _LINEARS,
+        # The attention modules call transformers' attention interface (prefix keys/values go there).
+        "self_attention": SelfAttention("attention"),
+        # Images have no padding: the models take no attention mask.
+        "padding_mask": None,
+    }
+
+
+# The transformers 4.x names of ViT's and BEiT's modules, which the reference's weight keys use.
+_V4_LINEAR_NAMES = {
+    "attention.q_proj": "attention.attention.query",
+    "attention.k_proj": "attention.attention.key",
+    "attention.v_proj": "attention.attention.value",
+    "attention.o_proj": "attention.output.dense",
+    "mlp.fc1": "intermediate.dense",
+    "mlp.fc2": "output.dense",
+}
+
+VIT = ModelSpec(
+    model_types=("vit",),
+    layers="layers",
+    **_layer("layernorm_before", "layernorm_after", "dropout"),
+    reference_names=ReferenceNames(
+        layers={"layers": "encoder.layer"},
+        # The reference keeps the FFN adapters in ViTOutput (``output.output_adapters``), a module
+        # transformers 5 no longer has: they live in the layer and are renamed in weight keys.
+        layer_modules={**_V4_LINEAR_NAMES, "output_adapters": "output.output_adapters"},
+    ),
+)
+
+BEIT = ModelSpec(
+    model_types=("beit",),
+    layers="layers",
+    **_layer("layernorm_before", "layernorm_after", "drop_path"),
+    reference_names=ReferenceNames(layers={"layers": "encoder.layer"}, layer_modules=_V4_LINEAR_NAMES),
+)
+
+DINOV2 = ModelSpec(
+    model_types=("dinov2", "dinov2_with_registers"),
+    layers="encoder.layer",
+    **_layer("norm1", "norm2", "drop_path"),
+)
+
+# DINOv2 giant has a SwiGLU FFN, ``down(silu(gate(x)) * up(x))``: its intermediate linear is
+# up_proj and its output linear down_proj, the roles the reference library's plugin interface
+# gives these linears in gated MLPs (Llama and others).
+DINOV2_SWIGLU_LINEARS = {**_LINEARS, "ffn_in": "mlp.up_proj", "ffn_out": "mlp.down_proj"}
+
+SPECS = (VIT, BEIT, DINOV2)

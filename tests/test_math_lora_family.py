@@ -1,0 +1,297 @@
+"""(IA)^3, DoRA, VeRA and gated LoRA against their definitions, on small tensors.
+
+Expected values use plain torch ops on the layer's own weights and the adapter's tensors; the
+library's value comes from calling the adapted linear layer (its forward hook applies the adapter).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import tiny_bert
+
+import adapters
+from adapters import AdapterConfigError, AdapterError, CompositionError, Stack
+from adapters.testing import randomize_adapter
+
+X = torch.randn(2, 5, 32, generator=torch.Generator().manual_seed(3))
+
+
+def _model_with(config, name: str = "a", seed: int = 0):
+    model = tiny_bert()
+    adapters.init(model)
+    model.add_adapter(name, config=config, set_active=True)
+    randomize_adapter(model, name, seed=seed)
+    return model
+
+
+def _assert_merge_is_exact(model, name: str, linear: torch.nn.Module, x: torch.Tensor, expected_weight=None) -> None:
+    """Merged output equals the unmerged one; reset_adapter restores the weights (1e-6)."""
+    before = copy.deepcopy(model.state_dict())
+    with torch.no_grad():
+        unmerged = linear(x)
+        model.merge_adapter(name)
+        if expected_weight is not None:
+            torch.testing.assert_close(linear.weight, expected_weight, rtol=0, atol=1e-6)
+        torch.testing.assert_close(linear(x), unmerged, rtol=0, atol=1e-5)
+    model.reset_adapter()
+    for key, value in before.items():
+        torch.testing.assert_close(model.state_dict()[key], value, rtol=0, atol=1e-6)
+
+
+# -- (IA)^3 ----------------------------------------------------------------------------------
+def test_ia3_config_matches_reference_defaults():
+    config = adapters.IA3Config()
+    assert config.to_dict() == {
+        "architecture": "lora",
+        "selfattn_lora": True,
+        "intermediate_lora": True,
+        "output_lora": False,
+        "leave_out": [],
+        "r": 1,
+        "alpha": 1,
+        "dropout": 0.0,
+        "attn_matrices": ["k", "v"],
+        "composition_mode": "scale",
+        "init_weights": "ia3",
+        "use_gating": False,
+        "use_dora": False,
+        "vera_d": None,
+        "vera_b": None,
+        "dtype": None,
+        "init_weights_seed": None,
+    }
+
+
+def test_ia3_scales_outputs_of_k_v_and_ffn_input():
+    """(IA)^3: y = (W x + b) * alpha * l on key, value and the intermediate dense; query untouched."""
+    model = _model_with("ia3[alpha=2]")
+    layer = model.encoder.layer[0]
+    for linear in (layer.attention.self.key, layer.attention.self.value):
+        vector = linear.loras["a"].lora_B.view(-1)
+        with torch.no_grad():
+            torch.testing.assert_close(linear(X), F.linear(X, linear.weight, linear.bias) * 2 * vector)
+    dense = layer.intermediate.dense
+    x_ffn = torch.randn(2, 5, 32)
+    with torch.no_grad():
+        expected = F.linear(x_ffn, dense.weight, dense.bias) * 2 * dense.loras["a"].lora_B.view(-1)
+        torch.testing.assert_close(dense(x_ffn), expected)
+    assert not hasattr(layer.attention.self.query, "loras")
+    assert model.adapter_summary(as_dict=True)[0]["#param"] == 2 * (32 + 32 + 37)
+
+
+def test_ia3_starts_as_identity():
+    model = tiny_bert()
+    adapters.init(model)
+    key = model.encoder.layer[0].attention.self.key
+    with torch.no_grad():
+        plain = key(X)
+        model.add_adapter("a", "ia3", set_active=True)
+        assert torch.equal(key(X), plain)
+
+
+def test_ia3_merge_scales_weight_and_bias_and_reset_is_exact():
+    model = _model_with("ia3[alpha=2]")
+    key = model.encoder.layer[0].attention.self.key
+    scale = 2 * key.loras["a"].lora_B.detach().view(-1)
+    expected_bias = key.bias.detach() * scale
+    _assert_merge_is_exact(model, "a", key, X, expected_weight=key.weight.detach() * scale[:, None])
+    model.merge_adapter("a")
+    torch.testing.assert_close(key.bias, expected_bias, rtol=0, atol=1e-6)
+
+
+def test_ia3_stack_multiplies_the_vectors():
+    model = _model_with("ia3")
+    model.add_adapter("b", "ia3[alpha=3]")
+    randomize_adapter(model, "b", seed=1)
+    model.set_active_adapters(Stack("a", "b"))
+    key = model.encoder.layer[1].attention.self.key
+    l_a, l_b = key.loras["a"].lora_B.view(-1), key.loras["b"].lora_B.view(-1)
+    with torch.no_grad():
+        torch.testing.assert_close(key(X), F.linear(X, key.weight, key.bias) * l_a * (3 * l_b))
+
+
+def test_stack_mixing_ia3_and_lora_is_refused():
+    model = _model_with("ia3")
+    model.add_adapter("b", "lora[attn_matrices=['k']]")
+    with pytest.raises(CompositionError, match="mixes additive"):
+        model.set_active_adapters(Stack("a", "b"))
+    assert model.active_adapters == Stack("a")
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        ({"r": 2}, "r must be 1"),
+        ({"dropout": 0.1}, "dropout must be 0"),
+        ({"use_dora": True}, "use_dora"),
+        ({"vera_d": 0.1, "vera_b": 0.0}, "vera_d"),
+    ],
+)
+def test_ia3_refuses_what_scaling_cannot_do(overrides, match):
+    with pytest.raises(AdapterConfigError, match=match):
+        adapters.IA3Config(**overrides)
+
+
+def test_lora_config_refusals():
+    with pytest.raises(AdapterConfigError, match="composition_mode"):
+        adapters.LoRAConfig(composition_mode="mul")
+    with pytest.raises(AdapterConfigError, match="both vera_d and vera_b"):
+        adapters.LoRAConfig(vera_d=0.1)
+    assert adapters.AdapterConfig.load({"architecture": "lora", "vera_d": 1, "vera_b": 0}).vera_d == 1.0
+
+
+# -- DoRA ------------------------------------------------------------------------------------
+def _dora_expected(linear, lora, x, scaling):
+    """m / ||W + B A||_row * (W x + b + scaling * B A x), the reference library's DoRA."""
+    delta = lora.lora_B @ lora.lora_A
+    norm = torch.linalg.norm(linear.weight + delta, dim=1)
+    return lora.m.weight.view(-1) / norm * (F.linear(x, linear.weight, linear.bias) + scaling * F.linear(x, delta))
+
+
+def test_dora_rescales_by_magnitude_over_row_norm():
+    model = _model_with("dora[r=4,alpha=12]")
+    query = model.encoder.layer[0].attention.self.query
+    lora = query.loras["a"]
+    assert lora.m.weight.shape == (32, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(query(X), _dora_expected(query, lora, X, 3.0))
+
+
+def test_dora_starts_as_identity_with_magnitude_of_w():
+    model = tiny_bert()
+    adapters.init(model)
+    value = model.encoder.layer[1].attention.self.value
+    with torch.no_grad():
+        plain = value(X)
+        model.add_adapter("a", "dora", set_active=True)
+        torch.testing.assert_close(value.loras["a"].m.weight.view(-1), torch.linalg.norm(value.weight, dim=1))
+        torch.testing.assert_close(value(X), plain, rtol=0, atol=1e-6)
+
+
+def test_dora_gradient_flows_through_the_norm():
+    """The norm is not detached (reference): gradients equal those of the formula itself."""
+    model = _model_with("dora[r=4,alpha=12]")
+    model.train_adapter("a")
+    query = model.encoder.layer[0].attention.self.query
+    lora = query.loras["a"]
+    query(X).sum().backward()
+    got = [p.grad.clone() for p in (lora.lora_A, lora.lora_B, lora.m.weight)]
+    for p in (lora.lora_A, lora.lora_B, lora.m.weight):
+        p.grad = None
+    _dora_expected(query, lora, X, 3.0).sum().backward()
+    for g, p in zip(got, (lora.lora_A, lora.lora_B, lora.m.weight), strict=True):
+        torch.testing.assert_close(g, p.grad)
+
+
+def test_dora_merge_and_reset_are_exact():
+    model = _model_with("dora[r=4,alpha=12,intermediate_lora=True]")
+    query = model.encoder.layer[0].attention.self.query
+    lora = query.loras["a"]
+    with torch.no_grad():
+        scale = lora.m.weight.view(-1) / torch.linalg.norm(query.weight + lora.lora_B @ lora.lora_A, dim=1)
+        expected = scale[:, None] * (query.weight + 3.0 * lora.lora_B @ lora.lora_A)
+    _assert_merge_is_exact(model, "a", query, X, expected_weight=expected)
+    _assert_merge_is_exact(model, "a", model.encoder.layer[0].intermediate.dense, X)
+
+
+def test_dora_in_a_stack_is_refused():
+    model = _model_with("dora")
+    model.add_adapter("b", "lora")
+    with pytest.raises(CompositionError, match="DoRA"):
+        model.set_active_adapters(Stack("b", "a"))
+
+
+# -- VeRA ------------------------------------------------------------------------------------
+def test_vera_is_diag_b_B_diag_d_A_with_shared_frozen_matrices():
+    model = _model_with("vera[intermediate_lora=True,alpha=16]")
+    shared = model.shared_parameters["a"]
+    query = model.encoder.layer[1].attention.self.query
+    dense = model.encoder.layer[0].intermediate.dense  # 32 -> 37: the corner of the shared matrices
+    for linear, x in ((query, X), (dense, X)):
+        vera = linear.loras["a"]
+        assert vera.shared is shared
+        a = shared.lora_A[:, : linear.in_features]
+        b = shared.lora_B[: linear.out_features]
+        delta = torch.diag(vera.vera_B) @ b @ torch.diag(vera.vera_D) @ a
+        with torch.no_grad():
+            expected = F.linear(x, linear.weight, linear.bias) + (16 / 8) * F.linear(x, delta)
+            torch.testing.assert_close(linear(x), expected)
+    assert shared.lora_A.shape == (8, 32) and shared.lora_B.shape == (37, 8)
+
+
+def test_vera_trains_vectors_only():
+    model = tiny_bert()
+    adapters.init(model)
+    model.add_adapter("a", "vera")
+    model.train_adapter("a")
+    trainable = {n: p.numel() for n, p in model.named_parameters() if p.requires_grad}
+    # q and v of 2 layers: d (r = 8) and b (32) each; the shared A and B are frozen buffers.
+    assert sum(trainable.values()) == 4 * (8 + 32)
+    assert all(n.endswith(("vera_D", "vera_B")) for n in trainable)
+    assert {n for n, _ in model.named_buffers() if "shared_parameters" in n} == {
+        "shared_parameters.a.lora_A",
+        "shared_parameters.a.lora_B",
+    }
+    assert model.adapter_summary(as_dict=True)[0]["#param"] == 4 * (8 + 32)
+
+
+def test_vera_starts_as_identity_and_matches_reference_draw_of_shared_matrices():
+    model = tiny_bert()
+    adapters.init(model)
+    with torch.no_grad():
+        plain = model.encoder.layer[0].attention.self.query(X)
+        model.add_adapter("a", "vera[init_weights_seed=42]", set_active=True)
+        assert torch.equal(model.encoder.layer[0].attention.self.query(X), plain)
+    # With a seed, A then B are drawn Kaiming-uniform right after seeding, as the reference draws them.
+    torch.manual_seed(42)
+    a = torch.nn.init.kaiming_uniform_(torch.zeros(8, 32))
+    b = torch.nn.init.kaiming_uniform_(torch.zeros(32, 8))
+    assert torch.equal(model.shared_parameters["a"].lora_A, a)
+    assert torch.equal(model.shared_parameters["a"].lora_B, b)
+
+
+def test_vera_merge_and_reset_are_exact():
+    model = _model_with("vera[intermediate_lora=True,output_lora=True]")
+    _assert_merge_is_exact(model, "a", model.encoder.layer[0].attention.self.value, X)
+    _assert_merge_is_exact(model, "a", model.encoder.layer[1].output.dense, torch.randn(2, 5, 37))
+
+
+def test_vera_delete_removes_shared_matrices():
+    model = tiny_bert()
+    adapters.init(model)
+    keys = set(model.state_dict())
+    model.add_adapter("a", "vera")
+    model.delete_adapter("a")
+    assert set(model.state_dict()) == keys
+
+
+def test_dvora_is_dora_on_the_vera_update():
+    model = _model_with("dvora")
+    query = model.encoder.layer[0].attention.self.query
+    vera = query.loras["a"]
+    shared = model.shared_parameters["a"]
+    delta = torch.diag(vera.vera_B) @ shared.lora_B @ torch.diag(vera.vera_D) @ shared.lora_A
+    norm = torch.linalg.norm(query.weight + delta, dim=1)
+    with torch.no_grad():
+        expected = vera.m.weight.view(-1) / norm * (F.linear(X, query.weight, query.bias) + F.linear(X, delta))
+        torch.testing.assert_close(query(X), expected)
+    _assert_merge_is_exact(model, "a", query, X)
+
+
+# -- gating ----------------------------------------------------------------------------------
+def test_gated_lora_replaces_scaling_by_mean_sigmoid_gate():
+    """UniPELT's gate: g = mean over positions of sigmoid(Linear(x)); y = W x + b + g * B A x."""
+    model = _model_with("lora[use_gating=True,alpha=16]")
+    query = model.encoder.layer[0].attention.self.query
+    lora = query.loras["a"]
+    gate = torch.sigmoid(F.linear(X, lora.gate.weight, lora.gate.bias)).mean(dim=1, keepdim=True)
+    with torch.no_grad():
+        expected = F.linear(X, query.weight, query.bias) + gate * (X @ lora.lora_A.T @ lora.lora_B.T)
+        torch.testing.assert_close(query(X), expected)
+    with pytest.raises(AdapterError, match="gated"):
+        model.merge_adapter("a")
+    assert model.adapters_state.merged is None
