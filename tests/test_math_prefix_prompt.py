@@ -329,3 +329,248 @@ def test_prompt_config_errors():
         PromptTuningConfig(combine="suffix")
     with pytest.raises(AdapterConfigError, match="prompt_length"):
         PromptTuningConfig(prompt_length=0)
+
+
+# -- composition --------------------------------------------------------------------------------
+def _two_prefixes(lengths=(2, 5), **overrides):
+    """A 1-layer BERT with flat prefixes "a" and "b" of the given lengths."""
+    model = _one_layer_model(PrefixTuningConfig(prefix_length=lengths[0], flat=True), **overrides)
+    model.add_adapter("b", config=PrefixTuningConfig(prefix_length=lengths[1], flat=True))
+    randomize_adapter(model, "b", std=0.3, seed=1)
+    pool = model.prefix_tuning.prefix_tunings
+    return model, {n: _flat_prefix(pool[n]["self_prefix"], 4, 8) for n in ("a", "b")}
+
+
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+@pytest.mark.parametrize("with_mask", [True, False])
+def test_batch_split_gives_each_example_its_own_prefix(inputs, implementation, with_mask):
+    """BatchSplit("a", "b"): example 0 attends to [a's 2 positions; own], example 1 to [b's 5; own].
+
+    The prefixes differ in length; the shorter one is padded with positions its example never sees
+    (also when the model is called without an attention mask).
+    """
+    model, prefixes = _two_prefixes(attn_implementation=implementation)
+    mask = inputs["attention_mask"] if with_mask else torch.ones_like(inputs["attention_mask"])
+    model.set_active_adapters(adapters.BatchSplit("a", "b", batch_sizes=[1, 1]))
+    with torch.no_grad():
+        got = model(**(inputs if with_mask else {"input_ids": inputs["input_ids"]})).last_hidden_state
+        x = model.embeddings(input_ids=inputs["input_ids"])
+        layer = model.encoder.layer[0]
+        expected = torch.cat(
+            [_bert_layer(layer, x[i : i + 1], mask[i : i + 1], *prefixes[name]) for i, name in enumerate("ab")]
+        )
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+def test_parallel_gives_each_copy_its_branch_prefix(inputs):
+    """Parallel("a", "b"): the batch twice, the first copy with a's prefix, the second with b's."""
+    model, prefixes = _two_prefixes()
+    model.set_active_adapters(adapters.Parallel("a", "b"))
+    with torch.no_grad():
+        got = model(**inputs).last_hidden_state
+        x = model.embeddings(input_ids=inputs["input_ids"])
+        layer, mask = model.encoder.layer[0], inputs["attention_mask"]
+        expected = torch.cat([_bert_layer(layer, x, mask, *prefixes[name]) for name in "ab"])
+    assert got.shape == (4, 7, 32)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+def test_average_of_prefixes_is_the_weighted_sum_of_keys_and_values(inputs):
+    """Average("a", "b", weights=[0.3, 0.7]): keys 0.3 k_a + 0.7 k_b, values likewise (one prefix length)."""
+    model, prefixes = _two_prefixes(lengths=(3, 3))
+    model.set_active_adapters(adapters.Average("a", "b", weights=[0.3, 0.7]))
+    (ka, va), (kb, vb) = prefixes["a"], prefixes["b"]
+    with torch.no_grad():
+        got = model(**inputs).last_hidden_state
+        x = model.embeddings(input_ids=inputs["input_ids"])
+        keys, values = 0.3 * ka + 0.7 * kb, 0.3 * va + 0.7 * vb
+        expected = _bert_layer(model.encoder.layer[0], x, inputs["attention_mask"], keys, values)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+def test_average_inside_a_stack_weights_only_the_averaged_prefixes(inputs):
+    """Stack("a", Average("b", "c", weights=[1, 1], unnormalized)): keys [k_b + k_c; k_a; own]."""
+    model, prefixes = _two_prefixes(lengths=(2, 3))
+    model.add_adapter("c", config=PrefixTuningConfig(prefix_length=3, flat=True))
+    randomize_adapter(model, "c", std=0.3, seed=2)
+    kc, vc = _flat_prefix(model.prefix_tuning.prefix_tunings["c"]["self_prefix"], 4, 8)
+    model.set_active_adapters(Stack("a", adapters.Average("b", "c", weights=[1, 1], normalize_weights=False)))
+    (ka, va), (kb, vb) = prefixes["a"], prefixes["b"]
+    with torch.no_grad():
+        got = model(**inputs).last_hidden_state
+        x = model.embeddings(input_ids=inputs["input_ids"])
+        keys, values = torch.cat([kb + kc, ka], dim=2), torch.cat([vb + vc, va], dim=2)
+        expected = _bert_layer(model.encoder.layer[0], x, inputs["attention_mask"], keys, values)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+def test_batch_split_of_stacks_pads_to_the_longest(inputs):
+    """BatchSplit(Stack("a", "b"), "b"): example 0 sees [b; a] (7 positions), example 1 only b (5)."""
+    model, prefixes = _two_prefixes()
+    model.set_active_adapters(adapters.BatchSplit(Stack("a", "b"), "b", batch_sizes=[1, 1]))
+    (ka, va), (kb, vb) = prefixes["a"], prefixes["b"]
+    with torch.no_grad():
+        got = model(**inputs).last_hidden_state
+        x, mask, layer = (
+            model.embeddings(input_ids=inputs["input_ids"]),
+            inputs["attention_mask"],
+            model.encoder.layer[0],
+        )
+        first = _bert_layer(layer, x[:1], mask[:1], torch.cat([kb, ka], dim=2), torch.cat([vb, va], dim=2))
+        second = _bert_layer(layer, x[1:], mask[1:], kb, vb)
+    torch.testing.assert_close(got, torch.cat([first, second]), rtol=0, atol=1e-5)
+
+
+def test_prefix_composition_errors(inputs):
+    model, _ = _two_prefixes(lengths=(2, 3))
+    model.set_active_adapters("a")
+    with pytest.raises(CompositionError, match="prefix_length"):
+        model.set_active_adapters(adapters.Average("a", "b"))
+    with pytest.raises(CompositionError, match="Split"):
+        model.set_active_adapters(adapters.Split("a", "b", splits=[3, 4]))
+    assert model.active_adapters == Stack("a")
+    model.set_active_adapters(adapters.BatchSplit("a", "b", batch_sizes=[1, 2]))
+    with pytest.raises(CompositionError, match="batch size 2"):
+        model(**inputs)
+
+
+@pytest.mark.parametrize(
+    "model_type", ["distilbert", "deberta", "deberta-v2", "albert", "xlm-roberta", "llama", "gemma2", "vit"]
+)
+def test_batch_split_and_parallel_of_prefixes_of_different_lengths_equal_separate_runs(model_type):
+    """Models with their own attention code (DeBERTa's projections), causal decoders and ViT: the padding
+    of the shorter prefix is never seen, so each example (each copy) is what it is alone."""
+    model, inputs = _tiny_model(model_type)
+    adapters.init(model)
+    for seed, (name, length) in enumerate((("a", 2), ("b", 5))):
+        model.add_adapter(name, config=PrefixTuningConfig(prefix_length=length, bottleneck_size=8))
+        randomize_adapter(model, name, std=0.3, seed=seed)
+
+    def run(setup, rows=slice(None)):
+        model.set_active_adapters(setup)
+        with torch.no_grad():
+            return model(**{k: v[rows] for k, v in inputs.items()})[0]
+
+    alone = {name: run(name) for name in "ab"}
+    split = run(adapters.BatchSplit("b", "a", batch_sizes=[1, 1]))
+    torch.testing.assert_close(split, torch.cat([run("b", slice(0, 1)), run("a", slice(1, 2))]), rtol=1e-5, atol=1e-5)
+    parallel = run(adapters.Parallel("a", "b"))
+    torch.testing.assert_close(parallel, torch.cat([alone["a"], alone["b"]]), rtol=1e-5, atol=1e-5)
+
+
+def _tiny_model(model_type):
+    from transformers import AutoConfig, AutoModel
+
+    torch.manual_seed(0)
+    small = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37)
+    generator = torch.Generator().manual_seed(5)
+    if model_type == "vit":
+        config = AutoConfig.for_model("vit", image_size=16, patch_size=8, num_channels=3, **small)
+        return AutoModel.from_config(config).eval(), {"pixel_values": torch.randn(2, 3, 16, 16, generator=generator)}
+    extra = {"num_key_value_heads": 2, "head_dim": 8} if model_type in ("llama", "gemma2") else {}
+    if model_type == "distilbert":
+        small = dict(dim=32, n_layers=2, n_heads=4, hidden_dim=37)
+    config = AutoConfig.for_model(model_type, vocab_size=100, max_position_embeddings=64, **small, **extra)
+    input_ids = torch.randint(3, 100, (2, 7), generator=generator)
+    mask = torch.ones_like(input_ids)
+    mask[1, :2] = 0  # padded (left for decoders, which is where generation pads)
+    return AutoModel.from_config(config).eval(), {"input_ids": input_ids, "attention_mask": mask}
+
+
+def _prompt_model(configs, model_class=BertModel, **overrides):
+    torch.manual_seed(0)
+    sizes = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, vocab_size=100)
+    model = model_class(BertConfig(**{**sizes, **overrides})).eval()
+    adapters.init(model)
+    for seed, (name, config) in enumerate(configs.items()):
+        model.add_adapter(name, config=config)
+        randomize_adapter(model, name, seed=seed)
+    return model
+
+
+def test_prompt_batch_split_gives_each_example_its_prompt_by_hand(inputs):
+    """BatchSplit("a", "b"): example 0 = the layer over [p_a; e_0], example 1 over [e_1,0; p_b; e_1,1..]."""
+    model = _prompt_model(
+        {
+            "a": PromptTuningConfig(prompt_length=3),
+            "b": PromptTuningConfig(prompt_length=3, combine="prefix_after_bos"),
+        },
+        num_hidden_layers=1,
+    )
+    prompts = {n: model.prompt_tuning.prompt_tunings[n].prompt_embedding.weight[None] for n in "ab"}
+    model.set_active_adapters(adapters.BatchSplit("a", "b", batch_sizes=[1, 1]))
+    with torch.no_grad():
+        got = model(**inputs).last_hidden_state
+        model.set_active_adapters(None)
+        e, mask = model.embeddings(input_ids=inputs["input_ids"]), inputs["attention_mask"]
+        ones = torch.ones(1, 3, dtype=mask.dtype)
+        x0, m0 = torch.cat([prompts["a"], e[:1]], dim=1), torch.cat([ones, mask[:1]], dim=1)
+        x1 = torch.cat([e[1:, :1], prompts["b"], e[1:, 1:]], dim=1)
+        m1 = torch.cat([mask[1:, :1], ones, mask[1:, 1:]], dim=1)
+        layer = model.encoder.layer[0]
+        expected = torch.cat([_bert_layer(layer, x0, m0), _bert_layer(layer, x1, m1)])
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+def test_prompt_parallel_gives_each_copy_its_prompt(inputs):
+    """Parallel("a", "b"): the batch twice, each copy with its branch's prompt and the extended mask."""
+    model = _prompt_model({"a": PromptTuningConfig(prompt_length=3), "b": PromptTuningConfig(prompt_length=3)})
+    with torch.no_grad():
+        alone = []
+        for name in "ab":
+            model.set_active_adapters(name)
+            alone.append(model(**inputs).last_hidden_state)
+        model.set_active_adapters(adapters.Parallel("a", "b"))
+        got = model(**inputs).last_hidden_state
+        model.set_active_adapters(None)
+        with adapters.AdapterSetup(adapters.Parallel("b", "a")):
+            swapped = model(**inputs).last_hidden_state
+    assert got.shape == (4, 10, 32)
+    torch.testing.assert_close(got, torch.cat(alone), rtol=0, atol=1e-5)
+    torch.testing.assert_close(swapped, torch.cat(alone[::-1]), rtol=0, atol=1e-5)
+
+
+def test_prompt_batch_split_pads_each_examples_labels_at_its_prompt():
+    """Token labels get -100 where each example's own prompt sits (position 0 or after [CLS])."""
+    model = _prompt_model(
+        {
+            "a": PromptTuningConfig(prompt_length=2),
+            "b": PromptTuningConfig(prompt_length=2, combine="prefix_after_bos"),
+        },
+        model_class=BertForTokenClassification,
+        num_labels=3,
+    )
+    ids = torch.randint(3, 100, (3, 5), generator=torch.Generator().manual_seed(4))
+    labels = torch.randint(0, 3, (3, 5), generator=torch.Generator().manual_seed(2))
+    model.set_active_adapters(adapters.BatchSplit("a", "b", batch_sizes=[2, 1]))
+    with torch.no_grad():
+        out = model(input_ids=ids, labels=labels)
+    logits = torch.cat([out.logits[:2, 2:], out.logits[2:, [0, 3, 4, 5, 6]]])  # the input tokens' positions
+    torch.testing.assert_close(out.loss, F.cross_entropy(logits.reshape(-1, 3), labels.reshape(-1)))
+
+
+def test_prompt_composition_errors(inputs):
+    model = _prompt_model(
+        {
+            "a": PromptTuningConfig(prompt_length=3),
+            "b": PromptTuningConfig(prompt_length=4),
+            "c": PromptTuningConfig(prompt_length=3, combine="prefix_after_bos"),
+            "l": "lora",
+        }
+    )
+    model.set_active_adapters("a")
+    with pytest.raises(CompositionError, match="prompt_length"):
+        model.set_active_adapters(adapters.BatchSplit("a", "b", batch_sizes=[1, 1]))
+    with pytest.raises(CompositionError, match="every branch"):
+        model.set_active_adapters(adapters.Parallel("a", "l"))
+    with pytest.raises(CompositionError, match="combine"):
+        model.set_active_adapters(adapters.Parallel("a", "c"))
+    with pytest.raises(CompositionError, match="first in a branch"):
+        model.set_active_adapters(adapters.Parallel(Stack("l", "a"), "c"))
+    with pytest.raises(CompositionError, match="Average"):
+        model.set_active_adapters(adapters.Average("a", "c"))
+    assert model.active_adapters == Stack("a")
+    model.set_active_adapters(adapters.BatchSplit("a", Stack("c", "l"), batch_sizes=[1, 1]))  # lengths agree
+    model.set_active_adapters(adapters.BatchSplit("a", "c", batch_sizes=[2, 1]))
+    with pytest.raises(CompositionError, match="batch size 2"):
+        model(**inputs)

@@ -80,6 +80,19 @@ def test_unit_computes_the_intervention(config, subtract):
         assert not torch.allclose(R @ R.T, torch.eye(2), atol=1e-2)
 
 
+def test_dropout_in_training_drops_parts_of_the_edit_never_of_h():
+    """Training: h + dropout(edit); each entry of the output is h or h + edit / (1 - p)."""
+    model = _model_with(LoReftConfig(r=2, dropout=0.5, layers=[1]))
+    unit = model.encoder.layer[1].reft_layer.refts["a"].units[0].train()
+    h = torch.randn(4, 3, 32, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        edit = _intervene(unit, h) - h
+        got = unit(h) - h
+    kept = torch.isclose(got, 2 * edit, atol=1e-5)
+    dropped = got == 0
+    assert (kept | dropped).all() and kept.any() and dropped.any()
+
+
 @pytest.mark.parametrize("left_padding", [False, True], ids=["right_padding", "left_padding"])
 def test_prefix_and_suffix_positions_respect_padding(left_padding):
     """Only the first 2 and last 2 real positions change; prefix and suffix have their own unit."""

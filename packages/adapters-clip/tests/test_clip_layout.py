@@ -6,9 +6,17 @@ import json
 import tempfile
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import CLIPConfig, CLIPModel, CLIPTextModel, CLIPVisionModel, CLIPVisionModelWithProjection
+from transformers import (
+    CLIPConfig,
+    CLIPForImageClassification,
+    CLIPModel,
+    CLIPTextModel,
+    CLIPVisionModel,
+    CLIPVisionModelWithProjection,
+)
 
 import adapters
 from adapters.testing import randomize_adapter
@@ -90,3 +98,23 @@ def test_vision_adapter_moves_between_bare_and_projection_model() -> None:
         torch.testing.assert_close(
             bare(pixels).last_hidden_state, projection(pixels).last_hidden_state, rtol=0, atol=1e-6
         )
+
+
+def test_outer_containers_keep_no_body_prefix() -> None:
+    # The reference puts shared Compacter tensors on the outer 4.x class, outside text_model.
+    torch.manual_seed(0)
+    text = CLIPTextModel(CLIPConfig(text_config={**TEXT, **LAYER}).text_config)
+    adapters.init(text)
+    text.add_adapter("a", config="compacter[reduction_factor=8]")
+    _, tensors = saved(text, "a")
+    assert "shared_parameters.a.phm_rule" in tensors
+    assert all(k.startswith("text_model.encoder.layers.") for k in tensors if "shared_parameters" not in k)
+
+
+def test_clip_image_classifier_is_refused_clearly() -> None:
+    # model_type "clip" without the text tower: not the dual model the spec describes.
+    towers = dict(text_config={**TEXT, **LAYER}, vision_config={**VISION, **LAYER})
+    model = CLIPForImageClassification(CLIPConfig(**towers))
+    with pytest.raises(adapters.UnsupportedModelError, match=r"text_model\.encoder\.layers"):
+        adapters.init(model)
+    assert not hasattr(model, "adapters_state")

@@ -11,7 +11,7 @@ VIT_LIKE = ModelSpec(
     model_types=("toy",),
     layers="layers",
     reference_names=ReferenceNames(
-        layers={"layers": "encoder.layer"},
+        paths={"layers": "encoder.layer", "invertible_adapters": "text_model.invertible_adapters"},
         layer_modules={
             "attention.q_proj": "attention.attention.query",
             "mlp.fc1": "intermediate.dense",
@@ -33,8 +33,9 @@ VIT_LIKE = ModelSpec(
             "layers.0.attention_adapters.adapters.output_adapters",
             "encoder.layer.0.attention_adapters.adapters.output_adapters",
         ),
-        # Paths outside the layers keep their names.
-        ("invertible_adapters.a", "invertible_adapters.a"),
+        # Paths outside the layers keep their names unless listed.
+        ("shared_parameters.a", "shared_parameters.a"),
+        ("invertible_adapters.a", "text_model.invertible_adapters.a"),
     ],
 )
 def test_reference_names_map_paths_both_ways(ours: str, reference: str) -> None:
@@ -52,7 +53,7 @@ def test_reference_names_must_be_one_to_one() -> None:
     with pytest.raises(ValueError, match="one-to-one"):
         ReferenceNames(layer_modules={"mlp.fc1": "dense", "mlp.fc2": "dense"})
     with pytest.raises(ValueError, match="end with"):
-        ReferenceNames(bare_prefix="text_model")
+        ReferenceNames(body_prefix="text_model")
 
 
 def test_spec_needs_one_kind_of_layer_list() -> None:

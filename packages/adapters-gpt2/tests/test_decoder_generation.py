@@ -1,5 +1,7 @@
 """Generation with the KV cache equals a cache-free greedy decode, with adapters active.
 
+(Prompt tuning is not covered: it does not support ``generate`` with a cache yet.)
+
 ``generate`` runs the prompt once and then one token per step against the cache, so an adapter hook
 sees sequences of length 1 with the earlier positions' keys and values cached. Recomputing every
 step as a full forward over the growing sequence must give the same logits and the same tokens.
@@ -19,7 +21,13 @@ NEW_TOKENS = 5
 # LoRA on every projection: on k and v (grouped-query attention: half the size of q) its output
 # goes into the cache.
 LORA = LoRAConfig(r=4, alpha=8, attn_matrices=("q", "k", "v"), intermediate_lora=True, output_lora=True)
-SETUPS = {"seq_bn": [("bn", "seq_bn")], "lora": [("lora", LORA)], "seq_bn+lora": [("bn", "seq_bn"), ("lora", LORA)]}
+SETUPS = {
+    "seq_bn": [("bn", "seq_bn")],
+    "lora": [("lora", LORA)],
+    "seq_bn+lora": [("bn", "seq_bn"), ("lora", LORA)],
+    # Prefix keys and values join the cached ones at every step, never enter the cache.
+    "prefix_tuning": [("prefix", "prefix_tuning")],
+}
 
 
 def _prompt() -> dict[str, torch.Tensor]:
@@ -74,3 +82,31 @@ def test_cached_generation_matches_cache_free_greedy_decode(model_type: str, set
         attention_mask = torch.cat([attention_mask, torch.ones_like(next_token)], dim=1)
     assert torch.equal(out.sequences, input_ids), "cached generate and cache-free greedy decode chose other tokens"
     assert not torch.allclose(out.logits[0], plain_first, atol=1e-3), "the adapters did not act during generate"
+
+
+@pytest.mark.parametrize("model_type", sorted(CONFIGS))
+@torch.no_grad()
+def test_batch_split_prefixes_generate_each_row_as_alone(model_type: str) -> None:
+    """BatchSplit of two prefixes of different lengths: each row generates what it generates alone.
+
+    The shorter prefix is padded with positions its row never sees, at every step against the cache.
+    """
+    torch.manual_seed(0)
+    model = causal_lm(model_type).eval()
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = 0
+    adapters.init(model)
+    for seed, (name, length) in enumerate((("a", 2), ("b", 5))):
+        model.add_adapter(name, config=adapters.PrefixTuningConfig(prefix_length=length, bottleneck_size=8))
+        randomize_adapter(model, name, std=0.3, seed=seed)
+    prompt = _prompt()
+    options = dict(max_new_tokens=NEW_TOKENS, do_sample=False, output_logits=True, return_dict_in_generate=True)
+
+    model.set_active_adapters(adapters.BatchSplit("a", "b", batch_sizes=[1, 1]))
+    split = model.generate(**prompt, **options)
+    for row, name in enumerate("ab"):
+        model.set_active_adapters(name)
+        alone = model.generate(**{k: v[row : row + 1] for k, v in prompt.items()}, **options)
+        assert torch.equal(split.sequences[row], alone.sequences[0]), f"row {row} ({name}) chose other tokens"
+        for step in range(NEW_TOKENS):
+            torch.testing.assert_close(split.logits[step][row], alone.logits[step][0], rtol=0, atol=1e-5)

@@ -36,3 +36,5 @@ class TestViTFamily(ModelConformanceSuite):
             Dinov2WithRegistersConfig(layerscale_value=0.5, num_register_tokens=2, **TINY)
         ),
     }
+    # BEiT with relative position bias refuses prompt tuning (see adapters_vit.specs).
+    refused = {"beit": {"prompt_tuning"}}

@@ -12,8 +12,8 @@ checkpoints). Weight keys keep the module paths (``text_model.encoder.layers.0..
 ``vision_model.encoder.layers.0...``).
 
 transformers 5 dropped the inner ``text_model`` / ``vision_model`` module of the single-tower
-classes; the reference's keys of those bare models still start with it, so the specs declare it
-as their ``bare_prefix``.
+classes; the reference's keys of those models still start with it (except its outer containers:
+shared Compacter tensors, the prefix-tuning pool), so the specs declare it as ``body_prefix``.
 """
 
 from __future__ import annotations
@@ -33,30 +33,36 @@ _CLIP_LAYER = dict(
         "ffn_in": "mlp.fc1",
         "ffn_out": "mlp.fc2",
     },
-    # No prompt tuning, as in the reference: CLIP's text tower pools at the end-of-text position it
-    # finds in input_ids, which prompt tokens inserted after the embeddings would shift.
-    padding_mask=None,
 )
+
+# As in the reference library: no prompt tuning on CLIP.
+_REFUSED = {
+    "prompt_tuning": "the text tower pools at the end-of-text position it finds in input_ids, which prompt "
+    "tokens inserted after the embeddings would shift (the reference library has no prompt tuning for CLIP "
+    "either); use prefix tuning or LoRA"
+}
 
 # The reference names prefix-tuning places by the tower's model type ("<model_type>_self_prefix").
 CLIP_TEXT = ModelSpec(
     model_types=("clip_text_model",),
     layers="encoder.layers",
     self_attention=SelfAttention("self_attn", prefix_key="clip_text_model_self_prefix"),
-    reference_names=ReferenceNames(bare_prefix="text_model."),
+    reference_names=ReferenceNames(body_prefix="text_model."),
+    refused_methods=_REFUSED,
+    parallel_copies_inputs=True,  # the pooler indexes the batch with input_ids
     **_CLIP_LAYER,
 )
 
 CLIP_VISION = ModelSpec(
     model_types=("clip_vision_model",),
     layers="encoder.layers",
+    padding_mask=None,  # images: no attention mask
     self_attention=SelfAttention("self_attn", prefix_key="clip_vision_model_self_prefix"),
-    reference_names=ReferenceNames(bare_prefix="vision_model."),
+    reference_names=ReferenceNames(body_prefix="vision_model."),
+    refused_methods=_REFUSED,
     **_CLIP_LAYER,
 )
 
-# No self_attention (prefix tuning) yet: the reference keeps one prefix place per tower
-# (clip_text_model_self_prefix, clip_vision_model_self_prefix), and SelfAttention names one.
 CLIP = ModelSpec(
     model_types=("clip",),
     layer_stacks=(
@@ -64,6 +70,17 @@ CLIP = ModelSpec(
         LayerStack("vision_model.encoder.layers", config="vision_config"),
     ),
     embeddings="text_model.embeddings",
+    padding_mask=InputOf("", 2, "attention_mask"),  # CLIPModel.forward(input_ids, pixel_values, attention_mask)
+    # The reference keeps invertible adapters in the text tower.
+    reference_names=ReferenceNames(paths={"invertible_adapters": "text_model.invertible_adapters"}),
+    parallel_copies_inputs=True,  # the text pooler indexes the batch with input_ids
+    refused_methods={
+        **_REFUSED,
+        # SelfAttention names one prefix place; the reference keeps one per tower.
+        "prefix_tuning": "the reference library keeps one prefix-tuning place per tower "
+        "(clip_text_model_self_prefix, clip_vision_model_self_prefix), which this release does not model yet; "
+        "use prefix tuning on CLIPTextModel / CLIPVisionModel, or LoRA",
+    },
     **_CLIP_LAYER,
 )
 

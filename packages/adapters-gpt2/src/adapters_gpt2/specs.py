@@ -9,7 +9,9 @@ update (``layers.0.self_attn.q_proj.loras.NAME.lora_A``), as in the reference li
 Grouped-query attention needs nothing special: LoRA takes the shape of each linear, so on k and v
 (``num_key_value_heads * head_dim`` outputs) it is smaller than on q. Rotary embeddings are applied
 inside the attention after the projections, so LoRA on q/k changes what gets rotated, exactly as a
-change of the projection weights would (which is what merging does).
+change of the projection weights would (which is what merging does). Prefix tuning adds its keys
+and values at the attention function, after the rotation and the KV cache (as the reference does):
+prefix positions carry no rotation and never enter the cache.
 """
 
 from __future__ import annotations

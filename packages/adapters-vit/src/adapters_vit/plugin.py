@@ -8,7 +8,7 @@ from torch import nn
 
 from adapters.plugins import ModelSpec, hookimpl
 
-from .specs import DINOV2, DINOV2_SWIGLU_LINEARS, SPECS
+from .specs import BEIT, BEIT_RELATIVE_POSITION_REFUSALS, DINOV2, DINOV2_SWIGLU_LINEARS, SPECS
 
 
 @hookimpl
@@ -18,6 +18,10 @@ def adapters_model_specs() -> list[ModelSpec]:
 
 @hookimpl
 def adapters_post_init(model: nn.Module, spec: ModelSpec) -> None:
-    # The spec is per model type; DINOv2's FFN kind is per checkpoint (use_swiglu_ffn).
-    if spec is DINOV2 and getattr(model.adapters_state.base_model.config, "use_swiglu_ffn", False):
-        model.adapters_state.spec = dataclasses.replace(spec, linears=DINOV2_SWIGLU_LINEARS)
+    # The spec is per model type; these choices are per checkpoint.
+    state = model.adapters_state
+    config = state.base_model.config
+    if spec is DINOV2 and getattr(config, "use_swiglu_ffn", False):
+        state.spec = dataclasses.replace(spec, linears=DINOV2_SWIGLU_LINEARS)
+    elif spec is BEIT and (config.use_relative_position_bias or config.use_shared_relative_position_bias):
+        state.spec = dataclasses.replace(spec, refused_methods=BEIT_RELATIVE_POSITION_REFUSALS)

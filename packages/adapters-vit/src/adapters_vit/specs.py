@@ -64,7 +64,7 @@ VIT = ModelSpec(
     layers="layers",
     **_layer("layernorm_before", "layernorm_after", "dropout"),
     reference_names=ReferenceNames(
-        layers={"layers": "encoder.layer"},
+        paths={"layers": "encoder.layer"},
         # The reference keeps the FFN adapters in ViTOutput (``output.output_adapters``), a module
         # transformers 5 no longer has: they live in the layer and are renamed in weight keys.
         layer_modules={**_V4_LINEAR_NAMES, "output_adapters": "output.output_adapters"},
@@ -75,8 +75,15 @@ BEIT = ModelSpec(
     model_types=("beit",),
     layers="layers",
     **_layer("layernorm_before", "layernorm_after", "drop_path"),
-    reference_names=ReferenceNames(layers={"layers": "encoder.layer"}, layer_modules=_V4_LINEAR_NAMES),
+    reference_names=ReferenceNames(paths={"layers": "encoder.layer"}, layer_modules=_V4_LINEAR_NAMES),
 )
+
+# BEiT checkpoints with relative position bias (the published ones) add a bias over the patch grid
+# and [CLS] to every attention score: prompt positions inserted after the embeddings have none.
+BEIT_RELATIVE_POSITION_REFUSALS = {
+    "prompt_tuning": "this BEiT adds a relative position bias over the image's patches to every attention score, "
+    "which has no entries for prompt positions; use prefix tuning, LoRA or a bottleneck adapter"
+}
 
 DINOV2 = ModelSpec(
     model_types=("dinov2", "dinov2_with_registers"),

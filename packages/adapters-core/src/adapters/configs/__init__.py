@@ -12,14 +12,16 @@ from .bottleneck import (
     SeqBnConfig,
     SeqBnInvConfig,
 )
+from .fusion import AdapterFusionConfig, DynamicAdapterFusionConfig, StaticAdapterFusionConfig
 from .lora import DoRAConfig, DvoRAConfig, IA3Config, LoRAConfig, VeraConfig
 from .prefix_tuning import PrefixTuningConfig
 from .prompt_tuning import PromptTuningConfig
 from .reft import DiReftConfig, LoReftConfig, NoReftConfig, ReftConfig
-from .union import ConfigUnion
+from .union import ConfigUnion, MAMConfig, UniPELTConfig
 
 __all__ = [
     "AdapterConfig",
+    "AdapterFusionConfig",
     "AdapterPlusConfig",
     "BnConfig",
     "CompacterConfig",
@@ -30,9 +32,11 @@ __all__ = [
     "DoubleSeqBnConfig",
     "DoubleSeqBnInvConfig",
     "DvoRAConfig",
+    "DynamicAdapterFusionConfig",
     "IA3Config",
     "LoRAConfig",
     "LoReftConfig",
+    "MAMConfig",
     "NoReftConfig",
     "ParBnConfig",
     "PrefixTuningConfig",
@@ -40,5 +44,7 @@ __all__ = [
     "ReftConfig",
     "SeqBnConfig",
     "SeqBnInvConfig",
+    "StaticAdapterFusionConfig",
+    "UniPELTConfig",
     "VeraConfig",
 ]

@@ -25,8 +25,8 @@ class ReftConfig(AdapterConfig):
     positions of every sequence, in the layers named by ``layers`` (``"all"`` or indices) minus
     ``leave_out``. ``R`` (r x hidden) has orthonormal rows when ``orthogonality`` is set;
     ``subtract_projection=False`` drops the ``- R h`` term (DiReFT). Prefix and suffix positions
-    have their own intervention unless ``tied_weights``. ``dropout`` applies to the intervened
-    states, ``dtype`` (e.g. ``"float32"``) sets the intervention's parameter dtype.
+    have their own intervention unless ``tied_weights``. ``dropout`` applies (in training) to the
+    intervention's edit ``R^T(...)``, ``dtype`` (e.g. ``"float32"``) sets its parameter dtype.
 
     ``leave_out`` is an extension of this library: the reference library reads the key but
     ignores it (it knows only ``layers``), so give the layers through ``layers`` for files that

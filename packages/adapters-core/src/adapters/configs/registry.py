@@ -20,8 +20,12 @@ from .union import ConfigUnion
 
 def _named_configs() -> dict[str, AdapterConfig]:
     from ..plugins.manager import get_registry
+    from .union import UNION_NAMES
 
-    return get_registry().config_names
+    named = dict(get_registry().config_names)
+    for name, union in UNION_NAMES.items():
+        named.setdefault(name, union())
+    return named
 
 
 def _architecture_classes() -> dict[str | None, type[AdapterConfig]]:

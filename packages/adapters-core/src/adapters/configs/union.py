@@ -70,3 +70,52 @@ class ConfigUnion(AdapterConfig):
         from .registry import config_from_dict
 
         return cls(*(config_from_dict(c) for c in config["configs"]))
+
+
+class MAMConfig(ConfigUnion):
+    """Mix-and-Match adapter (He et al., 2022): prefix tuning (bottleneck 800) + a parallel bottleneck.
+
+    Example:
+        >>> from adapters import MAMConfig
+        >>> [type(c).__name__ for c in MAMConfig().configs]
+        ['PrefixTuningConfig', 'ParBnConfig']
+    """
+
+    def __init__(self, prefix_tuning: AdapterConfig | None = None, adapter: AdapterConfig | None = None) -> None:
+        from .bottleneck import ParBnConfig
+        from .prefix_tuning import PrefixTuningConfig
+
+        super().__init__(prefix_tuning or PrefixTuningConfig(bottleneck_size=800), adapter or ParBnConfig())
+
+
+class UniPELTConfig(ConfigUnion):
+    """UniPELT (Mao et al., 2022): gated prefix tuning, sequential bottleneck and LoRA in one adapter.
+
+    Every member gets ``use_gating=True``, so each learns how much it contributes.
+
+    Example:
+        >>> from adapters import UniPELTConfig
+        >>> all(c.use_gating for c in UniPELTConfig().configs)
+        True
+    """
+
+    def __init__(
+        self,
+        prefix_tuning: AdapterConfig | None = None,
+        adapter: AdapterConfig | None = None,
+        lora: AdapterConfig | None = None,
+    ) -> None:
+        from .bottleneck import SeqBnConfig
+        from .lora import LoRAConfig
+        from .prefix_tuning import PrefixTuningConfig
+
+        members = (
+            prefix_tuning or PrefixTuningConfig(prefix_length=10),
+            adapter or SeqBnConfig(reduction_factor=16),
+            lora or LoRAConfig(r=8),
+        )
+        super().__init__(*(member.replace(use_gating=True) for member in members))
+
+
+# Shorthands for unions, next to the single-method names the registered methods provide.
+UNION_NAMES: dict[str, type[ConfigUnion]] = {"mam": MAMConfig, "unipelt": UniPELTConfig}

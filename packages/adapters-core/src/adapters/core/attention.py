@@ -29,8 +29,11 @@ from ..plugins.spec import InputOf, SelfAttention
 
 ATTENTION_FUNCTION_NAME = "adapters_kv_prefix"
 
-#: ``fn(hidden_states or None, batch_size) -> (keys, values)``, each ``(batch or 1, heads, n, head_dim)``.
-PrefixFn = Callable[[torch.Tensor | None, int], tuple[torch.Tensor, torch.Tensor]]
+#: ``fn(hidden_states or None, batch_size) -> (keys, values, valid)``: keys and values each
+#: ``(batch or 1, heads, n, head_dim)``; ``valid`` is ``None`` (every prefix position is seen) or a
+#: ``(batch, n)`` bool tensor, False at positions an example must not see (the padding of shorter
+#: prefixes when examples of one batch get prefixes of different lengths, as under BatchSplit).
+PrefixFn = Callable[[torch.Tensor | None, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]
 
 
 class _ConfigView:
@@ -152,13 +155,13 @@ class AttentionPrefixHooks:
         """Prepend the prefix to ``key``/``value`` (batch, heads, seq, dim), then attend as the model would."""
         hidden, self._hidden = self._hidden, None
         batch = key.shape[0]
-        prefix_keys, prefix_values = self._fn(hidden, batch)
+        prefix_keys, prefix_values, valid = self._fn(hidden, batch)
         n = prefix_keys.shape[2]
         key = torch.cat([prefix_keys.to(key.dtype).expand(batch, -1, -1, -1), key], dim=2)
         value = torch.cat([prefix_values.to(value.dtype).expand(batch, -1, -1, -1), value], dim=2)
         causal = kwargs.get("is_causal")
         causal = getattr(module, "is_causal", False) if causal is None else causal
-        attention_mask = _mask_with_prefix(attention_mask, n, query, key, causal)
+        attention_mask = _mask_with_prefix(attention_mask, n, query, key, causal, valid)
         bias = kwargs.get("position_bias")
         if isinstance(bias, torch.Tensor):
             kwargs["position_bias"] = F.pad(bias, (n, 0))  # prefix positions carry no position bias
@@ -174,7 +177,7 @@ class AttentionPrefixHooks:
     def _before_projections(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         hidden = _input_of(self.spec.hidden_states, args, kwargs)
         batch = hidden.shape[0]
-        keys, values = self._fn(hidden if self._needs_hidden else None, batch)
+        keys, values, valid = self._fn(hidden if self._needs_hidden else None, batch)
         heads, n = keys.shape[1], keys.shape[2]
         keys = keys.expand(batch, -1, -1, -1).transpose(1, 2)  # (batch, n, heads, dim): projection rows
         values = values.expand(batch, -1, -1, -1)
@@ -193,8 +196,14 @@ class AttentionPrefixHooks:
         where = self.spec.projections.attention_mask
         mask = input_at(self._mask_index, where.keyword, args, kwargs)
         if mask is None:
+            if valid is not None:
+                raise AdapterError(
+                    f"{type(module).__name__} got no attention mask, so the padding of prefixes of different "
+                    "lengths cannot be hidden; pass an attention_mask or give the adapters one prefix_length."
+                )
             return args, kwargs
-        mask = pad_front(mask, n, -1, 1)  # every query sees the prefix
+        # Every query sees the prefix, except the padding of a shorter one (masks here: nonzero is visible).
+        mask = _with_prefix_columns(mask, n, valid, 1, 0)
         if self._fused:
             mask = pad_front(mask, n, -2, 1)  # the prefix query rows (dropped afterwards) see everything
         return replace_input(self._mask_index, where.keyword, mask, args, kwargs)
@@ -227,27 +236,71 @@ class AttentionPrefixHooks:
 
 
 def _mask_with_prefix(
-    mask: torch.Tensor | None, n: int, query: torch.Tensor, key: torch.Tensor, causal: bool
+    mask: torch.Tensor | None,
+    n: int,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    causal: bool,
+    valid: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
-    """The attention mask over ``n`` prefix positions (always visible) followed by the model's keys."""
+    """The attention mask over ``n`` prefix positions (visible where ``valid``) followed by the model's keys."""
     if mask is None:
         q_len, k_len = query.shape[2], key.shape[2]
-        if not causal or q_len == 1:
+        if valid is None and (not causal or q_len == 1):
             return None
-        # Without a mask, sdpa would apply a top-left-aligned causal mask over the prefix too.
-        offset = k_len - q_len
-        positions = torch.arange(k_len, device=query.device)
-        visible = positions[None, :] <= torch.arange(q_len, device=query.device)[:, None] + offset
+        if causal:
+            # Without a mask, sdpa would apply a top-left-aligned causal mask over the prefix too.
+            offset = k_len - q_len
+            positions = torch.arange(k_len, device=query.device)
+            visible = positions[None, :] <= torch.arange(q_len, device=query.device)[:, None] + offset
+        else:
+            visible = torch.ones(q_len, k_len, dtype=torch.bool, device=query.device)
         visible[:, :n] = True
-        return visible[None, None]
+        visible = visible[None, None]
+        if valid is not None:
+            visible = _with_prefix_columns(visible[..., n:], n, valid, True, False)
+        # Additive, as every implementation takes it (eager adds the mask to the scores).
+        return torch.zeros(visible.shape, dtype=query.dtype, device=query.device).masked_fill(
+            ~visible, torch.finfo(query.dtype).min
+        )
     if not isinstance(mask, torch.Tensor):
         raise AdapterError(
             f"Prefix tuning needs the attention mask as a tensor, got {type(mask).__name__} (flex attention's "
             "BlockMask?); load the model with attn_implementation='sdpa' or 'eager'."
         )
     # Boolean masks mark visible positions True, additive float masks with 0, 2-D integer masks with 1.
-    visible = True if mask.dtype == torch.bool else (0.0 if mask.is_floating_point() else 1)
-    return pad_front(mask, n, -1, visible)
+    if mask.dtype == torch.bool:
+        return _with_prefix_columns(mask, n, valid, True, False)
+    if mask.is_floating_point():
+        return _with_prefix_columns(mask, n, valid, 0.0, torch.finfo(mask.dtype).min)
+    return _with_prefix_columns(mask, n, valid, 1, 0)
+
+
+def _prefix_mask_part(
+    mask: torch.Tensor, n: int, valid: torch.Tensor | None, visible: Any, hidden: Any = 0
+) -> torch.Tensor:
+    """The columns of ``mask`` for ``n`` prefix positions: ``visible`` where ``valid`` (everywhere if None).
+
+    ``mask`` is batch-first with keys last (any rank). With ``valid`` (batch, n) the part has the
+    batch of ``valid`` and ``hidden`` at the positions it marks False.
+    """
+    shape = list(mask.shape)
+    shape[-1] = n
+    if valid is None:
+        return torch.full(shape, visible, dtype=mask.dtype, device=mask.device)
+    shape[0] = valid.shape[0]
+    valid = valid.to(mask.device).view(valid.shape[0], *([1] * (mask.dim() - 2)), n).expand(shape)
+    if mask.dtype == torch.bool:
+        return valid
+    return torch.where(valid, visible, hidden).to(mask.dtype)
+
+
+def _with_prefix_columns(mask: torch.Tensor, n: int, valid: torch.Tensor | None, visible: Any, hidden: Any):
+    """``mask`` with the prefix columns in front (batch-broadcast masks are expanded when ``valid`` is given)."""
+    if valid is None:
+        return pad_front(mask, n, -1, visible)
+    part = _prefix_mask_part(mask, n, valid, visible, hidden)
+    return torch.cat([part, mask.expand(part.shape[0], *mask.shape[1:])], dim=-1)
 
 
 def pad_front(tensor: torch.Tensor, n: int, dim: int, value: Any) -> torch.Tensor:

@@ -62,7 +62,7 @@ class AdapterSetup:
 
 def _hook(model: nn.Module) -> None:
     base = model.adapters_state.base_model
-    _HANDLES.append(base.register_forward_pre_hook(_enter))
+    _HANDLES.append(base.register_forward_pre_hook(_enter, with_kwargs=True))
     _HANDLES.append(base.register_forward_hook(_exit, always_call=True))
 
 
@@ -73,7 +73,7 @@ def _state_of(base: nn.Module):
     return None
 
 
-def _enter(base: nn.Module, args: tuple) -> None:
+def _enter(base: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
     context = _CURRENT.get()
     state = _state_of(base)
     if context is None or state is None:
@@ -86,6 +86,10 @@ def _enter(base: nn.Module, args: tuple) -> None:
         raise
     state.context_stack.append(state.active_setup)
     state.apply_setup(block)
+    if state.parallel is not None:
+        # Its own pre-hook was registered during this call's hooks, too late to see this forward.
+        return state.parallel.start_forward(base, args, kwargs)
+    return None
 
 
 def _exit(base: nn.Module, args: tuple, output: Any) -> None:

@@ -16,6 +16,7 @@ from ..errors import AdapterConfigError, AdapterError, AdapterLoadError, Adapter
 from ..io import adapter_io, hub
 from ..io.weights import load_weights
 from ..methods.base import check_adapter_name
+from ..methods.fusion import api as fusion_api
 from .averaging import average_adapter as _average_adapter
 from .state import AdapterState
 
@@ -60,6 +61,13 @@ class ModelAdaptersMixin:
     def _add_adapter_modules(self, name: str, config: AdapterConfig) -> None:
         state = self.adapters_state
         parts = state.methods_of(config)
+        for method, _ in parts:
+            reason = state.spec.refused_methods.get(method.name)
+            if reason is not None:
+                raise AdapterConfigError(
+                    f"{method.name} adapters are not available for {state.base_model.config.model_type} models: "
+                    f"{reason}"
+                )
         state.configs[name] = config
         try:
             for method, part in parts:
@@ -69,6 +77,9 @@ class ModelAdaptersMixin:
                     f"Adapter {name!r} would have no modules in this model: its leave_out covers every one of "
                     f"the layers {[i for i, _ in state.layers]}. Leave out fewer layers."
                 )
+            # New modules start in the model's mode, so dropout stays off in a model in eval().
+            for module in state.modules_of(name).values():
+                module.train(self.training)
         except BaseException:
             for method, _ in parts:
                 method.delete(state, name)
@@ -196,6 +207,60 @@ class ModelAdaptersMixin:
             raise AdapterError("No prefix-tuning method is installed.")
         method.eject(state, name)
 
+    # -- AdapterFusion (methods/fusion) ---------------------------------------------------
+    def add_adapter_fusion(
+        self,
+        adapter_names: Any,
+        config: Any = "dynamic",
+        name: str | None = None,
+        overwrite_ok: bool = False,
+        set_active: bool = False,
+    ) -> None:
+        """Add an AdapterFusion layer over bottleneck adapters (a Fuse, a list or "a,b"); config "dynamic"/"static".
+
+        Example:
+            >>> model.add_adapter_fusion(Fuse("sst2", "mnli"), config="dynamic", set_active=True)  # doctest: +SKIP
+        """
+        fusion_api.add_adapter_fusion(self, adapter_names, config, name, overwrite_ok, set_active)
+
+    def delete_adapter_fusion(self, adapter_names: Any) -> None:
+        """Remove an AdapterFusion layer (by Fuse, list or name), deactivating a setup that uses it."""
+        fusion_api.delete_adapter_fusion(self, adapter_names)
+
+    def train_adapter_fusion(self, adapter_setup: Any, unfreeze_adapters: bool = False) -> None:
+        """Activate a setup with Fuse blocks and train only their fusion layers (and the adapters if asked)."""
+        fusion_api.train_adapter_fusion(self, adapter_setup, unfreeze_adapters)
+
+    def save_adapter_fusion(
+        self,
+        save_directory: str | os.PathLike,
+        adapter_names: Any,
+        meta_dict: dict | None = None,
+        use_safetensors: bool = True,
+    ) -> None:
+        """Write ``adapter_fusion_config.json`` and the fusion weights, atomically."""
+        fusion_api.save_adapter_fusion(self, save_directory, adapter_names, meta_dict, use_safetensors)
+
+    def save_all_adapter_fusions(
+        self, save_directory: str | os.PathLike, meta_dict: dict | None = None, use_safetensors: bool = True
+    ) -> None:
+        """Save every AdapterFusion to ``save_directory/<fusion name>``."""
+        fusion_api.save_all_adapter_fusions(self, save_directory, meta_dict, use_safetensors)
+
+    def load_adapter_fusion(
+        self,
+        adapter_fusion_name_or_path: str | os.PathLike,
+        load_as: str | None = None,
+        set_active: bool = False,
+        use_safetensors: bool | None = None,
+    ) -> str:
+        """Load an AdapterFusion folder (ours or the reference's; its adapters must be loaded); return its name."""
+        return fusion_api.load_adapter_fusion(self, adapter_fusion_name_or_path, load_as, set_active, use_safetensors)
+
+    def get_fusion_regularization_loss(self) -> Any:
+        """``0.01 * sum ||I - V||^2`` over trainable fusion value matrices (a tensor), or ``None``."""
+        return fusion_api.get_fusion_regularization_loss(self)
+
     # -- saving and loading -------------------------------------------------------------
     def save_adapter(
         self,
@@ -213,7 +278,8 @@ class ModelAdaptersMixin:
             self.save_adapter(Path(save_directory) / name, name, use_safetensors=use_safetensors)
 
     def save_pretrained(self, save_directory: str | os.PathLike, save_adapters: bool = True, **kwargs: Any) -> None:
-        """Save a plain transformers checkpoint, with each adapter beside it in ``adapters/<name>``.
+        """Save a plain transformers checkpoint, with each adapter beside it in ``adapters/<name>``
+        (and each AdapterFusion in ``adapter_fusions/<name>``, for ``load_adapter_fusion``).
 
         The checkpoint holds the model's own weights only, so the model class it came from
         loads it without unexpected keys; adapters keep their own format and files. A merged
@@ -227,10 +293,12 @@ class ModelAdaptersMixin:
         state = self.adapters_state
         if "state_dict" not in kwargs:
             prefixes = tuple(f"{state.base_prefix}{path}." for records in state.modules.values() for path in records)
+            prefixes += fusion_api.fusion_parameter_prefixes(state)
             kwargs["state_dict"] = {k: v for k, v in self.state_dict().items() if not k.startswith(prefixes)}
         super().save_pretrained(save_directory, **kwargs)
         if save_adapters and state.configs:
             self.save_all_adapters(Path(save_directory) / "adapters")
+            self.save_all_adapter_fusions(Path(save_directory) / "adapter_fusions")
 
     def load_adapter(
         self,

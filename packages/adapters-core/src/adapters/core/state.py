@@ -148,6 +148,7 @@ class AdapterState:
             self.parallel = None
         if block is not None and _has_parallel(block):
             self.parallel = ParallelRuntime(block.parallel_channels)
+            self.parallel.copy_inputs = self.spec.parallel_copies_inputs
             first = self._first_layer_of(block.flatten())
             self.parallel.install(self.base_model, [layer for idx, layer in self.layers if idx >= first])
         for method in self.registry.methods:

@@ -18,7 +18,7 @@ from .conversion import STATIC_HEADS, StaticHead, static_head
 from .dependency_parsing import Biaffine, BiaffineParsingHead, DependencyParsingOutput
 from .language_modeling import BertStyleMaskedLMHead, CausalLMHead, MaskedLMHead, Seq2SeqLMHead
 from .mixin import ModelWithFlexibleHeadsAdaptersMixin, heads_of_setup
-from .model import DEFAULT_HEAD, ENCODER_HEAD_TYPES, AdapterModelBase
+from .model import DEFAULT_HEAD, ENCODER_HEAD_TYPES, AdapterModelBase, last_token_states
 from .registry import BUILTIN_HEADS, register_head
 
 __all__ = [
@@ -47,6 +47,7 @@ __all__ = [
     "TaggingHead",
     "adapter_model_class",
     "heads_of_setup",
+    "last_token_states",
     "register_head",
     "static_head",
 ]

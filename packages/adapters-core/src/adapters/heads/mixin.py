@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
 import logging
 import os
 from collections.abc import Callable
@@ -52,6 +53,11 @@ def heads_of_setup(setup: Any) -> HeadSetup | None:
             *[c if isinstance(c, str) else c.last() for c in final.children], batch_sizes=final.batch_sizes
         )
     return None
+
+
+def _accepts(head_class: type, argument: str) -> bool:
+    parameters = inspect.signature(head_class.__init__).parameters
+    return argument in parameters or any(p.kind == p.VAR_KEYWORD for p in parameters.values())
 
 
 def _supports(head_type: str) -> Callable:
@@ -114,20 +120,21 @@ class ModelWithFlexibleHeadsAdaptersMixin(ModelAdaptersMixin):
         label2id = config.pop("label2id", None)
         if id2label is None and label2id is not None:
             id2label = {int(i): label for label, i in label2id.items()}
-        if id2label is not None:
-            config["id2label"] = {int(i): label for i, label in id2label.items()}
         custom = self.custom_heads.get(head_type) or CUSTOM_HEADS.get(head_type)
         if head_type in BUILTIN_HEADS and head_type in self.head_types:
-            head = BUILTIN_HEADS[head_type](self, head_name, **config)
+            head_class = BUILTIN_HEADS[head_type]
         elif custom is not None:
-            head = custom(self, head_name, **config)
-            head.config.setdefault("head_type", head_type)
+            head_class = custom
         else:
             raise AdapterConfigError(
                 f"Unknown head type {head_type!r} for {type(self).__name__}: built-in types here are "
                 f"{list(self.head_types)}; register a custom head type first (register_custom_head or "
                 "adapters.heads.register_head)."
             )
+        if id2label is not None and _accepts(head_class, "id2label"):  # LM heads have no labels
+            config["id2label"] = {int(i): label for i, label in id2label.items()}
+        head = head_class(self, head_name, **config)
+        head.config.setdefault("head_type", head_type)
         return head
 
     # -- adding and removing --------------------------------------------------------------
@@ -316,13 +323,14 @@ class ModelWithFlexibleHeadsAdaptersMixin(ModelAdaptersMixin):
         if not setup:
             self._active_heads = []
             return
-        if isinstance(setup, BatchSplit):
-            names: list[str] = list(setup.children)
-            heads: HeadSetup = setup
-        elif isinstance(setup, AdapterCompositionBlock):
-            names = heads = [c if isinstance(c, str) else c.last() for c in setup.children]
+        heads: HeadSetup | None
+        if isinstance(setup, AdapterCompositionBlock):
+            heads = heads_of_setup(setup)  # a Stack's last name, a Parallel's heads, a BatchSplit of heads
         else:
-            names = heads = [setup] if isinstance(setup, str) else list(setup)
+            heads = [setup] if isinstance(setup, str) else list(setup)
+        names: list[str] = list(heads.children) if isinstance(heads, BatchSplit) else list(heads or [])
+        if not names:
+            raise AdapterNameError(f"{setup!r} names no heads; give head names, a Parallel or a BatchSplit of heads.")
         unknown = [n for n in names if n not in self.heads]
         if unknown:
             raise AdapterNameError(f"No head named {unknown}; heads of this model: {sorted(self.heads)}.")
@@ -442,6 +450,8 @@ class ModelWithFlexibleHeadsAdaptersMixin(ModelAdaptersMixin):
         """Load a head saved by ``save_head`` (here or in the reference library); a static head
         (e.g. of a ``BertForSequenceClassification``) is converted. Returns the head's name."""
         name = load_as or kwargs.pop("main_load_name", None)
+        if kwargs:
+            raise TypeError(f"load_head() got unsupported arguments {sorted(kwargs)}.")
         prepared = head_io.prepare_head(self, save_directory, name, id2label, use_safetensors)
         self.add_prediction_head(prepared.head, overwrite_ok=True, set_active=set_active)
         return prepared.head.name

@@ -44,7 +44,8 @@ ENCODER_HEAD_TYPES = (
     "masked_lm",
     "causal_lm",
 )
-# Inputs shaped (batch, num_choices, ...) for multiple choice are flattened to (batch * num_choices, ...).
+# Multiple-choice inputs (batch, num_choices, ...) are flattened to (batch * num_choices, ...); the
+# number is each input's trailing dims.
 _CHOICE_INPUTS = {"input_ids": 1, "attention_mask": 1, "token_type_ids": 1, "position_ids": 1, "inputs_embeds": 2}
 _BATCH_INPUTS = ("input_ids", "inputs_embeds", "pixel_values", "input_features", "attention_mask")
 _HUB_KWARGS = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision", "subfolder")
@@ -78,6 +79,33 @@ def _slice_output(outputs: Any, rows: int, part: slice) -> Any:
         if isinstance(sliced, (torch.Tensor, tuple)):
             fields[key] = sliced
     return type(outputs)(**fields)
+
+
+def last_token_states(
+    hidden: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    input_ids: torch.Tensor | None = None,
+    pad_token_id: int | None = None,
+) -> torch.Tensor:
+    """Each row's state at its last non-padding token (left or right padding), where decoder-only
+    models classify; without a mask or pad id, the last position. Under Parallel the hidden rows
+    are ``n`` copies of the input rows, and the positions repeat accordingly.
+
+    Example:
+        >>> h = torch.arange(12.0).view(2, 3, 2)
+        >>> last_token_states(h, torch.tensor([[1, 1, 0], [1, 1, 1]]))
+        tensor([[ 2.,  3.],
+                [10., 11.]])
+    """
+    if attention_mask is None and input_ids is not None and pad_token_id is not None:
+        attention_mask = (input_ids != pad_token_id).long()
+    if attention_mask is None:
+        return hidden[:, -1]
+    positions = torch.arange(attention_mask.shape[-1], device=hidden.device)
+    last = (positions * (attention_mask != 0).to(positions.dtype)).argmax(-1)
+    if hidden.shape[0] != last.shape[0]:
+        last = last.repeat(hidden.shape[0] // last.shape[0])
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
 
 def _total_loss(outputs: list[Any]) -> torch.Tensor | None:
@@ -135,7 +163,8 @@ class AdapterModelBase(ModelWithFlexibleHeadsAdaptersMixin):
             cls.forward = _forward_for(base)
 
     def __init__(self, config: Any, *args: Any, **kwargs: Any) -> None:
-        super().__init__(config, *args, **kwargs)
+        # The model's heads live in config.prediction_heads: a model of its own needs a config of its own.
+        super().__init__(copy.deepcopy(config), *args, **kwargs)
         setattr(self, self.base_model_prefix, self.make_base_model(config))
         self.init_heads()
         self.post_init()
@@ -202,10 +231,12 @@ class AdapterModelBase(ModelWithFlexibleHeadsAdaptersMixin):
         kwargs.update(zip(positional, args, strict=False))
         base_inputs = {k: v for k, v in kwargs.items() if k in accepted}
         head_inputs = {k: v for k, v in kwargs.items() if k not in accepted}
-        for key, trailing in _CHOICE_INPUTS.items():
-            value = base_inputs.get(key)
-            if isinstance(value, torch.Tensor) and value.dim() > trailing + 1:
-                base_inputs[key] = value.reshape(-1, *value.shape[-trailing:])
+        ids, embeds = base_inputs.get("input_ids"), base_inputs.get("inputs_embeds")
+        if (ids is not None and ids.dim() == 3) or (embeds is not None and embeds.dim() == 4):
+            for key, trailing in _CHOICE_INPUTS.items():
+                value = base_inputs.get(key)
+                if isinstance(value, torch.Tensor) and value.dim() == trailing + 2:
+                    base_inputs[key] = value.reshape(-1, *value.shape[-trailing:])
         batch = next((v.shape[0] for k in _BATCH_INPUTS if isinstance(v := base_inputs.get(k), torch.Tensor)), None)
         outputs = base(**base_inputs, return_dict=True)
         setup = self._head_setup(head)

@@ -20,21 +20,35 @@ if TYPE_CHECKING:
     from ..core.state import AdapterState
 
 
-def _bare_prefix(state: AdapterState) -> str:
+def _body_prefix(state: AdapterState) -> str:
     names = state.spec.reference_names
-    return names.bare_prefix if names is not None else ""
+    return names.body_prefix if names is not None else ""
+
+
+def saved_path(state: AdapterState, path: str) -> str:
+    """The key prefix the reference format gives a module at ``path`` (relative to the base model).
+
+    The model's own module path with the base prefix of a model with a head (``bert.``), except
+    where the model plugin maps paths that transformers 5 renamed to their 4.x names, or keys a
+    body that the 4.x class wrapped under ``body_prefix`` (``ModelSpec.reference_names``).
+    """
+    names = state.spec.reference_names
+    reference = state.spec.reference_path(path)
+    if names is not None and names.body_prefix:
+        return reference if reference.split(".", 1)[0] in names.outer_modules else names.body_prefix + reference
+    return state.base_prefix + reference
+
+
+def loaded_path(state: AdapterState, path: str) -> str:
+    """:func:`saved_path` as the keys read back look after :func:`strip_base_prefix`."""
+    return saved_path(state, path) if _body_prefix(state) else state.spec.reference_path(path)
 
 
 def adapter_state_dict(state: AdapterState, name: str) -> dict[str, torch.Tensor]:
-    """The adapter's tensors, keyed by module paths as the reference library names them.
-
-    These are the model's own module paths, except where the model plugin maps paths that
-    transformers 5 renamed to their 4.x names (``ModelSpec.reference_names``).
-    """
+    """The adapter's tensors, keyed as the reference library keys them (see :func:`saved_path`)."""
     tensors: dict[str, torch.Tensor] = {}
-    prefix = state.base_prefix or _bare_prefix(state)
     for path, module in state.modules_of(name).items():
-        tensors.update(module.state_dict(prefix=f"{prefix}{state.spec.reference_path(path)}."))
+        tensors.update(module.state_dict(prefix=f"{saved_path(state, path)}."))
     return tensors
 
 
@@ -140,12 +154,11 @@ def parse_saved_config(data: dict[str, Any], folder: Path) -> AdapterConfig:
 def strip_base_prefix(state: AdapterState, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Keys saved from a model with a head carry the body's prefix (``bert.``); drop it.
 
-    So do the reference's keys of bare models whose 4.x class wrapped the body in a submodule
-    (``text_model.`` of ``CLIPTextModel``, see ``ReferenceNames.bare_prefix``).
+    Models keyed with a ``body_prefix`` (CLIP's towers) are keyed alike with and without a head.
     """
-    for prefix in (f"{state.base_model.base_model_prefix}.", _bare_prefix(state)):
-        if prefix and tensors and all(k.startswith(prefix) for k in tensors):
-            return {k[len(prefix) :]: v for k, v in tensors.items()}
+    prefix = f"{state.base_model.base_model_prefix}."
+    if not _body_prefix(state) and tensors and all(k.startswith(prefix) for k in tensors):
+        return {k[len(prefix) :]: v for k, v in tensors.items()}
     return tensors
 
 
@@ -171,10 +184,10 @@ def expected_keys(state: AdapterState, name: str, saved_name: str) -> dict[str, 
     """Map keys as saved (with ``saved_name``, no base prefix) to our keys (with ``name``)."""
     mapping = {}
     for path, module in state.modules_of(name).items():
-        saved_path = state.spec.reference_path(path)
-        saved_path = saved_path[: -len(name)] + saved_name if saved_path.endswith(name) else saved_path
+        saved = loaded_path(state, path)
+        saved = saved[: -len(name)] + saved_name if saved.endswith(name) else saved
         for key in module.state_dict():
-            mapping[f"{saved_path}.{key}"] = f"{path}.{key}"
+            mapping[f"{saved}.{key}"] = f"{path}.{key}"
     return mapping
 
 

@@ -28,7 +28,7 @@ KNOWN_PACKAGES: Mapping[str, tuple[str, ...]] = {
     ),
     "adapters-t5": ("t5", "mt5", "bart", "mbart", "plbart", "encoder-decoder", "whisper"),
     "adapters-gpt2": ("gpt2", "gptj", "llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text"),
-    "adapters-vit": ("vit", "beit", "dinov2"),
+    "adapters-vit": ("vit", "beit", "dinov2", "dinov2_with_registers"),
     "adapters-clip": ("clip", "clip_text_model", "clip_vision_model"),
 }
 

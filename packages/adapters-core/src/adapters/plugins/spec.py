@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterable, Mapping
 
 from torch import nn
 
+from ..errors import UnsupportedModelError
+
 LINEAR_ROLES = ("q", "k", "v", "attn_out", "ffn_in", "ffn_out")
 
 
@@ -110,28 +112,33 @@ class ReferenceNames:
     first; paths not listed keep their names.
 
     Example (ViT):
-        >>> names = ReferenceNames(layers={"layers": "encoder.layer"},
+        >>> names = ReferenceNames(paths={"layers": "encoder.layer"},
         ...                        layer_modules={"attention.q_proj": "attention.attention.query"})
 
     Attributes:
-        layers: path of a layer stack (as in the spec) to the reference's path of it.
-        layer_modules: path relative to a layer to the reference's; may also move an adapter holder
-            to where the reference keeps it (``{"output_adapters": "output.output_adapters"}``).
-        bare_prefix: prefix of the reference's keys for the bare base model, where the 4.x class
-            wrapped its body in a submodule that 5.x dropped (``CLIPTextModel``: ``"text_model."``).
-            Models with a head keep their own base prefix.
+        paths: module paths relative to the base model (a layer stack as the spec names it, a
+            model-level container) to the reference's.
+        layer_modules: paths relative to a layer to the reference's; may also move an adapter
+            holder to where the reference keeps it (``{"output_adapters": "output.output_adapters"}``).
+        body_prefix: for models whose 4.x class wrapped the body in a submodule that 5.x dropped
+            (``CLIPTextModel.text_model``): the reference keys the body's modules under this prefix
+            (``"text_model."``), from the bare model and from models with a head alike, while
+            ``outer_modules``, the containers the reference put on the outer class, keep no prefix.
+        outer_modules: first path segments of those outer containers (shared Compacter tensors, the
+            prefix-tuning pool).
     """
 
-    layers: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    paths: Mapping[str, str] = dataclasses.field(default_factory=dict)
     layer_modules: Mapping[str, str] = dataclasses.field(default_factory=dict)
-    bare_prefix: str = ""
+    body_prefix: str = ""
+    outer_modules: tuple[str, ...] = ("shared_parameters", "prefix_tuning")
 
     def __post_init__(self) -> None:
-        for label, mapping in (("layers", self.layers), ("layer_modules", self.layer_modules)):
+        for label, mapping in (("paths", self.paths), ("layer_modules", self.layer_modules)):
             if len(set(mapping.values())) != len(mapping):
                 raise ValueError(f"ReferenceNames.{label} maps two paths to one name; renames must be one-to-one.")
-        if self.bare_prefix and not self.bare_prefix.endswith("."):
-            raise ValueError("ReferenceNames.bare_prefix must end with '.'.")
+        if self.body_prefix and not self.body_prefix.endswith("."):
+            raise ValueError("ReferenceNames.body_prefix must end with '.'.")
 
 
 def _rename_prefix(path: str, mapping: Mapping[str, str]) -> str:
@@ -246,6 +253,13 @@ class ModelSpec:
     # extends it for the prompt positions. The keyword is looked up in that forward's signature.
     # None for models that take no padding mask (ViT).
     padding_mask: InputOf | None = InputOf("", 1, "attention_mask")
+    # Methods (by AdapterMethod.name) the family cannot run correctly, with the reason add_adapter
+    # gives in its AdapterConfigError (CLIP's text tower pools at a position prompt tokens shift).
+    refused_methods: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    # Parallel copies the batch at the first adapted layer, so lower layers run once. A model
+    # whose own code reads its inputs again after the layers (CLIP's text pooling indexes the
+    # batch with input_ids) sets this: the inputs are then copied, and every layer runs per branch.
+    parallel_copies_inputs: bool = False
 
     def __post_init__(self) -> None:
         if bool(self.layers) == bool(self.layer_stacks) and self.iter_layers is None:
@@ -276,7 +290,15 @@ class ModelSpec:
             return [(index, layer, self.stacks[0]) for index, layer in self.iter_layers(base_model)]
         entries: list[tuple[int, nn.Module, LayerStack]] = []
         for stack in self.stacks:
-            for layer in base_model.get_submodule(stack.path):
+            try:
+                layers = base_model.get_submodule(stack.path)
+            except AttributeError as error:
+                # A class of a supported model type built otherwise (CLIPForImageClassification).
+                raise UnsupportedModelError(
+                    f"{type(base_model).__name__} has no layers at {stack.path!r}, where the adapters plugin for "
+                    f"model types {list(self.model_types)} expects them ({error}); this model class is not supported."
+                ) from error
+            for layer in layers:
                 entries.append((len(entries), layer, stack))
         return entries
 
@@ -284,24 +306,24 @@ class ModelSpec:
     def reference_path(self, path: str) -> str:
         """Our module path (relative to the base model) as the reference library names it."""
         names = self.reference_names
-        return path if names is None else self._translate(path, names.layers, names.layer_modules)
+        return path if names is None else self._translate(path, names.paths, names.layer_modules)
 
     def path_from_reference(self, path: str) -> str:
         """Inverse of :meth:`reference_path`."""
         names = self.reference_names
         if names is None:
             return path
-        layers = {new: old for old, new in names.layers.items()}
+        paths = {new: old for old, new in names.paths.items()}
         modules = {new: old for old, new in names.layer_modules.items()}
-        return self._translate(path, layers, modules)
+        return self._translate(path, paths, modules)
 
-    def _translate(self, path: str, layers: Mapping[str, str], modules: Mapping[str, str]) -> str:
+    def _translate(self, path: str, paths: Mapping[str, str], modules: Mapping[str, str]) -> str:
         # A layer's module path is "<stack>.<index>.<inner>": rename the stack and the inner part.
-        for stack in sorted({*layers, *(s.path for s in self.stacks)}, key=len, reverse=True):
+        for stack in sorted({*paths, *(s.path for s in self.stacks)}, key=len, reverse=True):
             if not path.startswith(stack + "."):
                 continue
             index, _, inner = path[len(stack) + 1 :].partition(".")
             if index.isdigit():
                 inner = _rename_prefix(inner, modules) if inner else inner
-                return ".".join(part for part in (layers.get(stack, stack), index, inner) if part)
-        return _rename_prefix(path, layers)
+                return ".".join(part for part in (paths.get(stack, stack), index, inner) if part)
+        return _rename_prefix(path, paths)

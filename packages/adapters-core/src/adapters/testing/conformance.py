@@ -34,6 +34,7 @@ from torch import nn
 
 import adapters
 
+from ..composition import Average, BatchSplit, Fuse, Parallel, Split, Stack
 from ..configs.base import AdapterConfig
 from ..plugins.manager import get_registry
 
@@ -315,3 +316,100 @@ class ModelConformanceSuite:
             torch.testing.assert_close(
                 grads[1][name], grad, rtol=1e-5, atol=1e-6, msg=f"gradient of {name} differs under checkpointing"
             )
+
+    # -- composition ------------------------------------------------------------------------
+    def _two_adapters(self, model_type: str, case: Any) -> tuple[nn.Module, dict]:
+        model, inputs, config = self._setup(model_type, case)
+        for seed, name in enumerate((ADAPTER, "second")):
+            model.add_adapter(name, config=config)
+            randomize_adapter(model, name, seed=seed)
+        return model, inputs
+
+    def _composed(self, model: nn.Module, setup: Any, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        model.set_active_adapters(setup)
+        with torch.no_grad():
+            return self.output_of(model, inputs)
+
+    def _supports(self, case: Any, block: type) -> bool:
+        return block in case[0].supported_blocks
+
+    def test_batch_split_equals_each_adapter_on_its_examples(self, model_type: str, case: Any) -> None:
+        if not self._supports(case, BatchSplit):
+            pytest.skip(f"{case[0].name} does not support BatchSplit (see test_unsupported_blocks_are_refused)")
+        model, inputs = self._two_adapters(model_type, case)
+        first = {k: v[:1] for k, v in inputs.items()}
+        rest = {k: v[1:] for k, v in inputs.items()}
+        split = self._composed(model, BatchSplit(ADAPTER, "second", batch_sizes=[1, self.batch_size - 1]), inputs)
+        expected = torch.cat([self._composed(model, ADAPTER, first), self._composed(model, "second", rest)])
+        torch.testing.assert_close(split, expected, rtol=1e-5, atol=1e-5, msg="BatchSplit differs from separate runs")
+
+    def test_parallel_equals_separate_runs(self, model_type: str, case: Any) -> None:
+        if not self._supports(case, Parallel):
+            pytest.skip(f"{case[0].name} does not support Parallel (see test_unsupported_blocks_are_refused)")
+        model, inputs = self._two_adapters(model_type, case)
+        parallel = self._composed(model, Parallel(ADAPTER, "second"), inputs)
+        expected = torch.cat([self._composed(model, ADAPTER, inputs), self._composed(model, "second", inputs)])
+        torch.testing.assert_close(parallel, expected, rtol=1e-5, atol=1e-5, msg="Parallel differs from separate runs")
+
+    def test_average_with_weights_one_zero_is_the_first_adapter(self, model_type: str, case: Any) -> None:
+        if not self._supports(case, Average):
+            pytest.skip(f"{case[0].name} does not support Average (see test_unsupported_blocks_are_refused)")
+        model, inputs = self._two_adapters(model_type, case)
+        averaged = self._composed(model, Average(ADAPTER, "second", weights=[1, 0]), inputs)
+        torch.testing.assert_close(
+            averaged, self._composed(model, ADAPTER, inputs), rtol=1e-5, atol=1e-5, msg="Average([1, 0]) != first"
+        )
+
+    def test_unsupported_blocks_are_refused(self, model_type: str, case: Any) -> None:
+        model, inputs = self._two_adapters(model_type, case)
+        model.set_active_adapters(ADAPTER)
+        with torch.no_grad():
+            before = self.output_of(model, inputs)
+        blocks = {
+            Split: Split(ADAPTER, "second", splits=[1, self.seq_len - 1]),
+            BatchSplit: BatchSplit(ADAPTER, "second", batch_sizes=[1, self.batch_size - 1]),
+            Parallel: Parallel(ADAPTER, "second"),
+            Average: Average(ADAPTER, "second"),
+            Fuse: Fuse(ADAPTER, "second"),
+        }
+        for block_type, setup in blocks.items():
+            if self._supports(case, block_type):
+                continue
+            with pytest.raises(adapters.CompositionError, match=block_type.__name__):
+                model.set_active_adapters(setup)
+        assert model.active_adapters == Stack(ADAPTER), "a refused setup changed the active adapters"
+        with torch.no_grad():
+            assert torch.equal(self.output_of(model, inputs), before), "a refused setup changed the output"
+
+    def test_fuse_trains_saves_and_loads(self, model_type: str, case: Any) -> None:
+        if not self._supports(case, Fuse):
+            pytest.skip(f"{case[0].name} does not support Fuse (see test_unsupported_blocks_are_refused)")
+        model, inputs = self._two_adapters(model_type, case)
+        setup = Fuse(ADAPTER, "second")
+        model.add_adapter_fusion(setup, config="dynamic")
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "adapter_fusion_layer" in name:
+                    param.add_(torch.randn(param.shape, generator=torch.Generator().manual_seed(3)) * 0.1)
+        model.train_adapter_fusion(setup)
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+        self.loss_of(self.output_of(model, inputs)).backward()
+        optimizer.step()
+        changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+        assert changed, "training the fusion changed no parameter"
+        outside = sorted(n for n in changed if "adapter_fusion_layer" not in n)
+        assert not outside, f"training the fusion changed other weights: {outside[:3]}"
+        model.eval()
+        expected = self._composed(model, setup, inputs)
+        fresh = self.make_model(model_type)
+        adapters.init(fresh)
+        with tempfile.TemporaryDirectory() as folder:
+            for name in (ADAPTER, "second"):
+                model.save_adapter(f"{folder}/{name}", name)
+                fresh.load_adapter(f"{folder}/{name}")
+            model.save_adapter_fusion(f"{folder}/fusion", setup)
+            fresh.load_adapter_fusion(f"{folder}/fusion", set_active=True)
+        with torch.no_grad():
+            got = self.output_of(fresh, inputs)
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-6, msg="the reloaded fusion gives other outputs")

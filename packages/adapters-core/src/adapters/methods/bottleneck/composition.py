@@ -28,12 +28,19 @@ class BottleneckState(NamedTuple):
     hidden: torch.Tensor
     h: torch.Tensor
     x: torch.Tensor
+    #: The last adapter's scaled up-projection output (``Bottleneck.project``), read by AdapterFusion.
+    up: torch.Tensor | None = None
 
 
 class ComposedBottlenecks(ComposablePlace[BottleneckState]):
     """Runs one composition block over the bottleneck adapters of one residual block."""
 
-    def __init__(self, adapters: AdapterDict, block: AdapterCompositionBlock, fuser=None) -> None:
+    def __init__(
+        self,
+        adapters: AdapterDict,
+        block: AdapterCompositionBlock,
+        fuser: Callable[[ComposedBottlenecks, Fuse, BottleneckState], BottleneckState] | None = None,
+    ) -> None:
         present = [n for n in block.flatten() if n in adapters._modules]
         placements = {tuple(adapters[n].config[f] for f in PLACEMENT_FIELDS) for n in present}
         if len(placements) > 1:
@@ -54,6 +61,11 @@ class ComposedBottlenecks(ComposablePlace[BottleneckState]):
         state = compose(self.block, BottleneckState(h, h, x), self)
         return self.last.post_forward(state.hidden, state.h, state.x, layer_norm)
 
+    @property
+    def layer_norm(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The block's own LayerNorm during the current call (``None`` where the model adds x itself)."""
+        return self._layer_norm
+
     # -- ComposablePlace ----------------------------------------------------------------
     def has(self, name: str) -> bool:
         return name in self.names
@@ -61,7 +73,8 @@ class ComposedBottlenecks(ComposablePlace[BottleneckState]):
     def single(self, name: str, state: BottleneckState) -> BottleneckState:
         adapter = self.adapters[name]
         hidden, residual = adapter.pre_forward(state.hidden, state.x, self._layer_norm)
-        return state._replace(hidden=adapter(hidden, residual))
+        up = adapter.project(hidden)
+        return state._replace(hidden=adapter.finish(up, hidden, residual), up=up)
 
     def batch_size(self, state: BottleneckState) -> int:
         return state.hidden.shape[0]
@@ -73,6 +86,9 @@ class ComposedBottlenecks(ComposablePlace[BottleneckState]):
         return slice_state(state, dim, index)
 
     def cat(self, states: Sequence[BottleneckState], dim: int) -> BottleneckState:
+        if any(s.up is None for s in states):
+            # A part no adapter acted on has no up-projection; then the joined state has none.
+            states = [s._replace(up=None) for s in states]
         return cat_states(states, dim)
 
     def average(self, states: Sequence[BottleneckState], weights: Sequence[float]) -> BottleneckState:
@@ -82,6 +98,7 @@ class ComposedBottlenecks(ComposablePlace[BottleneckState]):
         return states[0]._replace(hidden=hidden.sum(0))
 
     def fuse(self, block: Fuse, state: BottleneckState) -> BottleneckState:
+        # AdapterFusion lives in methods/fusion; its runtime hands a fuser to each place.
         if self.fuser is None:
             return super().fuse(block, state)
         return self.fuser(self, block, state)

@@ -151,9 +151,17 @@ class Bottleneck(nn.Module):
         return h, residual
 
     def forward(self, hidden: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.finish(self.project(hidden), hidden, residual)
+
+    def project(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The scaled up-projection output (before dropout, gating and residual): what AdapterFusion attends over."""
         up = self._up(self.adapter_down(hidden))
         if self.drop_path and self.training:
             up = drop_path(up, self.drop_path)
+        return up
+
+    def finish(self, up: torch.Tensor, hidden: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """The adapter output from :meth:`project`'s ``up``, its input ``hidden`` and ``residual``."""
         output = self.dropout(up)
         if self.config.use_gating:
             gate = torch.sigmoid(self.gate(hidden)).mean(dim=1, keepdim=True)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ...composition import AdapterCompositionBlock, Average, BatchSplit, Parallel, Split, Stack
+from ...composition import AdapterCompositionBlock, Average, BatchSplit, Fuse, Parallel, Split, Stack
 from ...configs.bottleneck import (
     AdapterPlusConfig,
     BnConfig,
@@ -52,15 +52,22 @@ class BottleneckPlace:
         self._active: tuple[Bottleneck, ...] = ()
 
     def activate(
-        self, names: tuple[str, ...], block: AdapterCompositionBlock | None = None, parallel_runtime=None
+        self,
+        names: tuple[str, ...],
+        block: AdapterCompositionBlock | None = None,
+        parallel_runtime=None,
+        fuser=None,
     ) -> None:
-        """Apply ``names`` as a Stack, or run ``block`` (any other composition) when given."""
+        """Apply ``names`` as a Stack, or run ``block`` (any other composition) when given.
+
+        ``fuser`` runs the block's Fuse blocks here (see :mod:`adapters.methods.fusion`).
+        """
         # Resolve the modules once here, not on every forward pass.
         self._active = tuple(self.adapters[n] for n in names)
         if not names:
             self.hooks.remove()
         elif block is not None:
-            composed = ComposedBottlenecks(self.adapters, block)
+            composed = ComposedBottlenecks(self.adapters, block, fuser)
             composed.parallel_runtime = parallel_runtime
             self.hooks.install(composed)
         else:
@@ -95,7 +102,7 @@ def _get_or_create(layer: nn.Module, path: str) -> nn.Module:
 class BottleneckMethod(AdapterMethod):
     name = "bottleneck"
     config_class = BnConfig
-    supported_blocks = frozenset({Stack, Split, BatchSplit, Parallel, Average})
+    supported_blocks = frozenset({Stack, Split, BatchSplit, Parallel, Average, Fuse})
     config_names = {
         "seq_bn": SeqBnConfig(),
         "pfeiffer": SeqBnConfig(),
@@ -279,9 +286,16 @@ class BottleneckMethod(AdapterMethod):
         names = setup.flatten() if setup is not None else []
         plain_stack = setup is None or (isinstance(setup, Stack) and all(isinstance(c, str) for c in setup))
         block = None if plain_stack else setup
+        make_fuser = None
+        if block is not None:
+            # AdapterFusion: every Fuse of the setup needs its fusion layer (refused here, before any hook changes).
+            from ..fusion.runtime import fusers_for
+
+            make_fuser = fusers_for(state, block)
         for key, place in self._places(state).items():
             if key == INVERTIBLE_KEY:
                 # Only the setup's first adapter may transform the embeddings (see InvertiblePlace).
-                place.activate(setup.first() if names else None)
+                place.activate(setup, state.parallel)
             elif key != SHARED_KEY:
-                place.activate(tuple(n for n in names if n in place.adapters._modules), block, state.parallel)
+                fuser = make_fuser(key) if make_fuser is not None else None
+                place.activate(tuple(n for n in names if n in place.adapters._modules), block, state.parallel, fuser)

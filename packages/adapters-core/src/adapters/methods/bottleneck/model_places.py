@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ...errors import AdapterConfigError
+from ...composition.blocks import AdapterCompositionBlock, BatchSplit, Parallel, Stack
+from ...errors import AdapterConfigError, CompositionError
 from ..base import AdapterDict, adapter_dict
 from .invertible import InvertibleAdapter
 
@@ -62,10 +63,16 @@ class InvertiblePlace:
         self.embeddings = base_model.get_submodule(embeddings_path)
         self.size = embedding_size(self.embeddings, base_model.config)
         self.container: AdapterDict = adapter_dict(base_model, "invertible_adapters")
+        self.model, self.model_config = model, base_model.config
         self.output_embeddings = self._output_embeddings(model, base_model.config)
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._inverse_handle: torch.utils.hooks.RemovableHandle | None = None
         self._active: InvertibleAdapter | None = None
-        self._applied: InvertibleAdapter | None = None
+        # What the embeddings hook applied, for the inverse: one module, or one per Parallel branch.
+        self._applied: InvertibleAdapter | tuple[InvertibleAdapter | None, ...] | None = None
+        self._branches: tuple[InvertibleAdapter | None, ...] = ()
+        self._batch_sizes: list[int] | None = None
+        self._runtime = None
 
     def _output_embeddings(self, model: nn.Module, model_config) -> nn.Module | None:
         get = getattr(model, "get_output_embeddings", None)
@@ -94,33 +101,96 @@ class InvertiblePlace:
         self.container[name] = module
         if not self._handles:
             self._handles.append(self.embeddings.register_forward_hook(self._after_embeddings))
-            if self.output_embeddings is not None:
-                self._handles.append(self.output_embeddings.register_forward_pre_hook(self._before_output_embeddings))
+            self._hook_output_embeddings()
+
+    def _hook_output_embeddings(self) -> None:
+        # Flexible-head models change their output projection when LM heads come and go.
+        current = self._output_embeddings(self.model, self.model_config)
+        if self._inverse_handle is not None and current is self.output_embeddings:
+            return
+        if self._inverse_handle is not None:
+            self._inverse_handle.remove()
+            self._inverse_handle = None
+        self.output_embeddings = current
+        if current is not None:
+            self._inverse_handle = current.register_forward_pre_hook(self._before_output_embeddings)
 
     def delete(self, name: str) -> None:
         module = self.container._modules.pop(name, None)
-        if module is not None and module in (self._active, self._applied):
-            self._active = self._applied = None
+        if module is not None and (module is self._active or module in self._branches):
+            self._active, self._branches = None, ()
+        self._applied = None
         if not self.container._modules:
             for handle in self._handles:
                 handle.remove()
             self._handles.clear()
+            if self._inverse_handle is not None:
+                self._inverse_handle.remove()
+                self._inverse_handle = None
 
-    def activate(self, first: str | None) -> None:
-        """Use the invertible adapter of ``first`` (the active setup's first adapter), if it has one."""
-        self._active = self.container._modules.get(first) if first is not None else None
+    def activate(self, setup: AdapterCompositionBlock | None, parallel_runtime=None) -> None:
+        """Use the invertible adapter of the setup's first adapter, if it has one.
+
+        Under a leading ``Parallel`` each branch is a model of its own: the batch is copied here,
+        before the layers, and each copy gets its branch's first invertible adapter (or none).
+        """
+        if self._handles:
+            self._hook_output_embeddings()
+        self._runtime = parallel_runtime
+        self._branches: tuple[InvertibleAdapter | None, ...] = ()
+        self._active = None
+        if setup is None:
+            return
+        lead = setup
+        while isinstance(lead, Stack) and isinstance(lead[0], AdapterCompositionBlock):
+            lead = lead[0]
+        self._batch_sizes = None
+        if isinstance(lead, (Parallel, BatchSplit)) and (parallel_runtime is not None or isinstance(lead, BatchSplit)):
+            self._branches = tuple(self.container._modules.get(_first(branch)) for branch in lead)
+            if not any(self._branches):
+                self._branches = ()
+            elif isinstance(lead, BatchSplit):
+                self._batch_sizes = lead.batch_sizes
+            else:
+                # Each copy needs its own embedding transform, so the model's inputs are copied.
+                parallel_runtime.copy_inputs = True
+        else:
+            self._active = self.container._modules.get(setup.first())
 
     # -- hooks ----------------------------------------------------------------------------
     def _after_embeddings(self, module: nn.Module, args: tuple, output):
-        adapter = self._applied = self._active
-        if adapter is None:
-            return None
-        if isinstance(output, tuple):
-            return (adapter(output[0]), *output[1:])
-        return adapter(output)
+        hidden = output[0] if isinstance(output, tuple) else output
+        if self._branches:
+            self._applied = self._branches
+            new = torch.cat([h if inv is None else inv(h) for inv, h in self._per_branch(hidden)])
+        else:
+            adapter = self._applied = self._active
+            if adapter is None:
+                return None
+            new = adapter(hidden)
+        return (new, *output[1:]) if isinstance(output, tuple) else new
 
     def _before_output_embeddings(self, module: nn.Module, args: tuple):
-        adapter, self._applied = self._applied, None
-        if adapter is None or not args:
+        applied, self._applied = self._applied, None
+        if applied is None or not args:
             return None
-        return (adapter.inverse(args[0]), *args[1:])
+        if isinstance(applied, tuple):
+            inverse = torch.cat([h if inv is None else inv.inverse(h) for inv, h in self._per_branch(args[0])])
+            return (inverse, *args[1:])
+        return (applied.inverse(args[0]), *args[1:])
+
+    def _per_branch(self, hidden: torch.Tensor):
+        """(invertible adapter or None, its examples) per branch of a leading Parallel or BatchSplit."""
+        if self._batch_sizes is not None:
+            if sum(self._batch_sizes) != hidden.shape[0]:
+                raise CompositionError(
+                    f"BatchSplit sizes {self._batch_sizes} do not add up to the batch size {hidden.shape[0]}."
+                )
+            parts = hidden.split(self._batch_sizes)
+        else:
+            parts = hidden.chunk(len(self._branches))
+        return zip(self._branches, parts, strict=True)
+
+
+def _first(branch: str | AdapterCompositionBlock) -> str:
+    return branch if isinstance(branch, str) else branch.first()

@@ -6,6 +6,8 @@ per layer at ``<self-attention>.prefix_tuning.prefix_gates.NAME``. At activation
 an active prefix gets :class:`~adapters.core.attention.AttentionPrefixHooks`; each forward pass
 computes that layer's slice of the prefix (``PrefixTuning.layer_key_values``), so no state is
 carried between forward passes and gradient checkpointing recomputes it like any activation.
+A plain Stack concatenates the prefixes directly; BatchSplit, Parallel and Average go through
+:class:`~.composition.ComposedPrefixes`.
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from ...composition import AdapterCompositionBlock
+from ...composition import AdapterCompositionBlock, Average, BatchSplit, Parallel, Stack
 from ...configs.prefix_tuning import PrefixTuningConfig
 from ...configs.union import ConfigUnion
 from ...core.attention import AttentionPrefixHooks
 from ...errors import AdapterConfigError, AdapterError
 from ..base import AdapterDict, AdapterMethod, adapter_dict
 from ..init import seeded
+from .composition import ComposedPrefixes, PrefixEntry, adapter_prefix
 from .layer import FlatPrefixTuning, PrefixTuning, PrefixTuningGroup, PrefixTuningPool
 
 if TYPE_CHECKING:
@@ -44,7 +47,7 @@ class PrefixPlace:
         self.attention = layer.get_submodule(spec.path)
         self.hooks = AttentionPrefixHooks(layer, spec)
         self._state = state
-        self._entries: tuple[tuple[nn.Module, int, nn.Module | None], ...] = ()
+        self._entries: tuple[PrefixEntry, ...] = ()
 
     def gates(self, create: bool = False) -> AdapterDict | None:
         holder = self.attention._modules.get(POOL)
@@ -76,43 +79,34 @@ class PrefixPlace:
                 found[name] = parts
         return found
 
-    def activate(self, names: list[str]) -> None:
+    def activate(self, setup: AdapterCompositionBlock | None, parallel_runtime=None) -> None:
+        """Install the prefixes of ``setup``'s adapters here: a plain Stack directly, other blocks composed."""
         pool, gates = _pool(self._state), self.gates()
-        entries = []
-        for name in names:
+        entries: dict[str, PrefixEntry] = {}
+        for name in setup.flatten() if setup is not None else ():
             group = pool.prefix_tunings._modules.get(name) if pool is not None else None
             if group is None or self.layer_idx not in group.layer_ids:
                 continue
             gate = gates._modules.get(name) if gates is not None else None
-            entries.append((group[self.prefix_key], group.layer_ids.index(self.layer_idx), gate))
-        self._entries = tuple(entries)
-        if entries:
-            self.hooks.install(self._prefix, needs_hidden=any(gate is not None for *_, gate in entries))
-        else:
+            entries[name] = PrefixEntry(group[self.prefix_key], group.layer_ids.index(self.layer_idx), gate)
+        self._entries = tuple(entries.values())
+        if not entries:
             self.hooks.remove()
+            return
+        needs_hidden = any(entry.gate is not None for entry in self._entries)
+        if isinstance(setup, Stack) and all(isinstance(child, str) for child in setup):
+            self.hooks.install(self._prefix, needs_hidden)
+        else:
+            self.hooks.install(ComposedPrefixes(setup, entries, parallel_runtime), needs_hidden)
 
-    def _prefix(self, hidden: torch.Tensor | None, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        keys, values = [], []
-        for prefix, index, gate in self._entries:
-            key, value = prefix.layer_key_values(index)
-            key, value = key.unsqueeze(0), value.unsqueeze(0)
-            if prefix.dropout.training and prefix.dropout.p > 0:
-                # One dropout mask per example, as the reference draws it over the batch.
-                key = prefix.dropout(key.expand(batch, -1, -1, -1))
-                value = prefix.dropout(value.expand(batch, -1, -1, -1))
-            if gate is not None:
-                # UniPELT's gate: the mean over positions of sigmoid(W h + b); one for keys and values, or one each.
-                scores = torch.sigmoid(gate(hidden)).mean(dim=1)
-                key = key * scores[:, 0].view(-1, 1, 1, 1)
-                value = value * scores[:, -1].view(-1, 1, 1, 1)
-            keys.append(key)
-            values.append(value)
-        if len(keys) == 1:
-            return keys[0], values[0]
-        # A Stack puts each adapter's prefix in front of the previous ones, as the reference composes it.
-        keys = [k.expand(batch, -1, -1, -1) for k in reversed(keys)]
-        values = [v.expand(batch, -1, -1, -1) for v in reversed(values)]
-        return torch.cat(keys, dim=2), torch.cat(values, dim=2)
+    def _prefix(self, hidden: torch.Tensor | None, batch: int) -> tuple[torch.Tensor, torch.Tensor, None]:
+        """The prefix of a plain Stack: each adapter's in front of the previous ones (the reference's order)."""
+        if len(self._entries) == 1:
+            return (*adapter_prefix(self._entries[0], hidden, batch), None)
+        parts = [adapter_prefix(entry, hidden, batch) for entry in reversed(self._entries)]
+        keys = torch.cat([k.expand(batch, -1, -1, -1) for k, _ in parts], dim=2)
+        values = torch.cat([v.expand(batch, -1, -1, -1) for _, v in parts], dim=2)
+        return keys, values, None
 
 
 def _pool(state: AdapterState) -> PrefixTuningPool | None:
@@ -131,6 +125,8 @@ class PrefixTuningMethod(AdapterMethod):
     name = "prefix_tuning"
     config_class = PrefixTuningConfig
     config_names = {"prefix_tuning": PrefixTuningConfig(), "prefix_tuning_flat": PrefixTuningConfig(flat=True)}
+    # Split has no meaning for prefixes: every position of a sequence attends to the same keys.
+    supported_blocks = frozenset({Stack, BatchSplit, Parallel, Average})
 
     def conformance_configs(self) -> dict[str, PrefixTuningConfig]:
         return {
@@ -196,9 +192,8 @@ class PrefixTuningMethod(AdapterMethod):
                 del state.base_model._modules[POOL]
 
     def activate(self, state: AdapterState, setup: AdapterCompositionBlock | None) -> None:
-        names = setup.flatten() if setup is not None else []
         for place in self._places(state).values():
-            place.activate(names)
+            place.activate(setup, state.parallel)
 
     def convert_saved_weights(
         self, state: AdapterState, name: str, saved_name: str, tensors: dict[str, torch.Tensor]

@@ -1,8 +1,9 @@
 """Prompt tuning (``prompt_tuning``): a learned soft prompt inserted after the embeddings.
 
-The prompt of the first adapter of the active setup is inserted into the embeddings module's
-output (``base_model.prompt_tuning.prompt_tunings.NAME.prompt_embedding.weight``, as in the
-reference library). The (batch, sequence) padding mask is extended where the model reads it
+The prompt of the first adapter of the active setup (under a leading BatchSplit or Parallel: of
+each branch's first adapter, into that branch's examples or copy of the batch) is inserted into
+the embeddings module's output (``base_model.prompt_tuning.prompt_tunings.NAME.prompt_embedding.
+weight``, as in the reference library). The (batch, sequence) padding mask is extended where the model reads it
 (``ModelSpec.padding_mask``), so the model builds its attention masks, and relative positions,
 for the longer sequence itself.
 
@@ -17,12 +18,12 @@ the prompt, so token classification, masked LM and QA heads train as usual.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import nn
 
-from ...composition import AdapterCompositionBlock
+from ...composition import AdapterCompositionBlock, BatchSplit, Parallel, Stack
 from ...configs.prompt_tuning import PromptTuningConfig
 from ...core import context
 from ...core.attention import input_at, positional_index, replace_input
@@ -41,6 +42,42 @@ _TOKEN_INPUTS = ("input_ids", "inputs_embeds")
 
 class PromptTuningLayer(nn.Module):
     """``base_model.prompt_tuning``: holds every adapter's :class:`PromptTuning` in ``prompt_tunings``."""
+
+
+class PromptPlan(NamedTuple):
+    """Which prompt goes where in one forward pass.
+
+    One prompt for the whole batch, or one per branch of a leading ``BatchSplit`` (its examples,
+    ``batch_sizes``) or ``Parallel`` (its copy of the batch, made from the model's inputs).
+    """
+
+    prompts: tuple[PromptTuning, ...]
+    batch_sizes: tuple[int, ...] | None = None
+    parallel: bool = False
+
+    @property
+    def length(self) -> int:
+        return self.prompts[0].config.prompt_length
+
+    def slices(self, batch: int) -> list[tuple[int, PromptTuning]]:
+        """(examples, prompt) for a batch-first tensor of ``batch`` rows, in order."""
+        if self.batch_sizes is not None:
+            if sum(self.batch_sizes) != batch:
+                raise CompositionError(
+                    f"BatchSplit sizes {list(self.batch_sizes)} do not add up to the batch size {batch}; adjust them."
+                )
+            return list(zip(self.batch_sizes, self.prompts, strict=True))
+        if self.parallel and len(self.prompts) > 1:
+            if batch % len(self.prompts):
+                raise CompositionError(f"A batch of {batch} cannot hold {len(self.prompts)} Parallel copies.")
+            return [(batch // len(self.prompts), prompt) for prompt in self.prompts]
+        return [(batch, self.prompts[0])]
+
+    def insert_at(self, batch: int) -> list[tuple[int, int]]:
+        """(examples, insert position) per run of examples sharing a position (one run if all do)."""
+        if len({p.config.insert_at for p in self.prompts}) == 1:
+            return [(batch, self.prompts[0].config.insert_at)]
+        return [(size, prompt.config.insert_at) for size, prompt in self.slices(batch)]
 
 
 class PromptRuntime:
@@ -67,7 +104,7 @@ class PromptRuntime:
         if where is not None:
             self.mask_module = state.base_model.get_submodule(where.path) if where.path else state.base_model
             self.mask_index, self.mask_keyword = positional_index(self.mask_module, where), where.keyword
-        self.prompt: PromptTuning | None = None
+        self.plan: PromptPlan | None = None
         self._embeddings_handle: Any = None
         self._standing: list[Any] = []
 
@@ -86,63 +123,104 @@ class PromptRuntime:
             handle.remove()
         self._standing.clear()
 
-    def activate(self, prompt: PromptTuning | None) -> None:
-        self.prompt = prompt
-        if prompt is None and self._embeddings_handle is not None:
+    def activate(self, plan: PromptPlan | None) -> None:
+        self.plan = plan
+        if plan is None and self._embeddings_handle is not None:
             self._embeddings_handle.remove()
             self._embeddings_handle = None
-        elif prompt is not None and self._embeddings_handle is None:
+        elif plan is not None and self._embeddings_handle is None:
             self._embeddings_handle = self.embeddings.register_forward_hook(self._insert_prompt)
 
     # -- which prompt acts in this forward pass -----------------------------------------------
-    def prompt_of(self, block: AdapterCompositionBlock | None) -> PromptTuning | None:
-        """The prompt of ``block``'s first adapter; a prompt elsewhere in the block is refused."""
+    def plan_of(self, block: AdapterCompositionBlock | None) -> PromptPlan | None:
+        """The prompts of ``block``: its first adapter's, or each branch's first under a leading BatchSplit or
+        Parallel. A prompt anywhere else is refused: it acts on the embeddings, before every layer."""
         names = block.flatten() if block is not None else []
         holder = self.state.base_model._modules.get(HOLDER)
         prompts = holder.prompt_tunings._modules if holder is not None else {}
-        later = [n for n in names[1:] if n in prompts]
-        if later:
+        used = [n for n in names if n in prompts]
+        if not used:
+            return None
+        lead = block
+        while isinstance(lead, Stack) and isinstance(lead[0], AdapterCompositionBlock):
+            lead = lead[0]
+        if not isinstance(lead, (BatchSplit, Parallel)):
+            if used != [names[0]]:
+                raise CompositionError(
+                    f"Prompt-tuning adapter(s) {[n for n in used if n != names[0]]} are not first in {block!r}: "
+                    "only the first adapter of a setup (or of each branch of a leading BatchSplit or Parallel) "
+                    "may insert a prompt, since it acts before every layer. Put it first or activate it on its own."
+                )
+            return PromptPlan((prompts[names[0]],))
+        firsts = [child if isinstance(child, str) else child.first() for child in lead]
+        misplaced = [n for n in used if n not in firsts]
+        if misplaced:
             raise CompositionError(
-                f"Prompt-tuning adapter(s) {later} are not first in {block!r}: only the first adapter of a setup "
-                "may insert a prompt (it acts before every layer). Put it first or activate it on its own."
+                f"Prompt-tuning adapter(s) {misplaced} are not first in a branch of {lead!r}: a prompt acts on the "
+                "embeddings, before every layer, so it must start its branch of the leading BatchSplit or Parallel."
             )
-        return prompts.get(names[0]) if names else None
+        without = [child for child, first in zip(lead, firsts, strict=True) if first not in prompts]
+        if without:
+            raise CompositionError(
+                f"{lead!r} inserts a prompt in some branches but not in {without}: the prompt lengthens the "
+                "sequence, so the branches' outputs cannot be joined. Start every branch with a prompt-tuning "
+                "adapter, or use no prompt in this block."
+            )
+        branch_prompts = tuple(prompts[first] for first in firsts)
+        lengths = [p.config.prompt_length for p in branch_prompts]
+        if len(set(lengths)) > 1:
+            raise CompositionError(
+                f"{lead!r} combines prompts of different lengths {lengths}; the branches' sequences must have one "
+                "length to be joined. Give the prompt-tuning adapters one prompt_length."
+            )
+        if isinstance(lead, BatchSplit):
+            return PromptPlan(branch_prompts, batch_sizes=tuple(lead.batch_sizes))
+        if len({p.config.insert_at for p in branch_prompts}) > 1:
+            raise CompositionError(
+                f"{lead!r} combines prompts inserted at different positions (combine='prefix' and "
+                "'prefix_after_bos'); the copies of one batch share its attention mask and labels. Give the "
+                "prompt-tuning adapters one combine."
+            )
+        return PromptPlan(branch_prompts, parallel=True)
 
-    def _prompt_for_call(self) -> PromptTuning | None:
+    def _plan_for_call(self) -> PromptPlan | None:
         current = context._CURRENT.get()
         if current is None:
-            return self.prompt
+            return self.plan
         # Inside AdapterSetup the setup may be applied only after this hook ran: resolve it here too.
         try:
-            return self.prompt_of(self.state.resolve_setup(current.adapter_setup))
+            return self.plan_of(self.state.resolve_setup(current.adapter_setup))
         except AdapterNameError:
             return None
 
     # -- hooks ----------------------------------------------------------------------------
     def _insert_prompt(self, module: nn.Module, args: tuple, output: Any) -> Any:
-        if isinstance(output, tuple):
-            return (self.prompt(output[0]), *output[1:])
-        return self.prompt(output)
+        hidden = output[0] if isinstance(output, tuple) else output
+        slices = self.plan.slices(hidden.shape[0])
+        if len(slices) == 1:
+            hidden = slices[0][1](hidden)
+        else:
+            parts = hidden.split([size for size, _ in slices])
+            hidden = torch.cat([prompt(part) for part, (_, prompt) in zip(parts, slices, strict=True)])
+        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
     def _extend_mask(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-        prompt = self._prompt_for_call()
-        mask = input_at(self.mask_index, self.mask_keyword, args, kwargs) if prompt is not None else None
+        plan = self._plan_for_call()
+        mask = input_at(self.mask_index, self.mask_keyword, args, kwargs) if plan is not None else None
         if mask is None:
             return None
         if mask.dim() != 2:
             raise AdapterError(
                 f"Prompt tuning extends a (batch, sequence) attention mask; got one of shape {tuple(mask.shape)}."
             )
-        at, n = prompt.config.insert_at, prompt.config.prompt_length
-        visible = torch.ones(mask.shape[0], n, dtype=mask.dtype, device=mask.device)
-        mask = torch.cat([mask[:, :at], visible, mask[:, at:]], dim=1)
+        mask = _insert_columns(mask, plan.insert_at(mask.shape[0]), plan.length, 1)
         return replace_input(self.mask_index, self.mask_keyword, mask, args, kwargs)
 
     def _adjust_labels(self, model: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-        prompt = self._prompt_for_call()
-        if prompt is None:
+        plan = self._plan_for_call()
+        if plan is None:
             return None
-        at, n = prompt.config.insert_at, prompt.config.prompt_length
+        n = plan.length
         changes = {}
         labels = kwargs.get("labels")
         tokens = next((kwargs[k] for k in _TOKEN_INPUTS if kwargs.get(k) is not None), args[0] if args else None)
@@ -154,19 +232,34 @@ class PromptRuntime:
             and labels.shape[1] == tokens.shape[1]
         ):
             # Token-level labels (token classification, masked LM): the prompt positions have none.
-            ignored = torch.full((labels.shape[0], n), IGNORE_INDEX, dtype=labels.dtype, device=labels.device)
-            changes["labels"] = torch.cat([labels[:, :at], ignored, labels[:, at:]], dim=1)
+            changes["labels"] = _insert_columns(labels, plan.insert_at(labels.shape[0]), n, IGNORE_INDEX)
         for key in ("start_positions", "end_positions"):
             positions = kwargs.get(key)
             if isinstance(positions, torch.Tensor):
-                changes[key] = torch.where(positions >= at, positions + n, positions)
+                at = torch.cat([positions.new_full((size,), at) for size, at in plan.insert_at(positions.shape[0])])
+                changes[key] = torch.where(
+                    positions >= at.view(-1, *([1] * (positions.dim() - 1))), positions + n, positions
+                )
         return (args, {**kwargs, **changes}) if changes else None
+
+
+def _insert_columns(tensor: torch.Tensor, runs: list[tuple[int, int]], n: int, fill: int) -> torch.Tensor:
+    """``tensor`` (batch, sequence) with ``n`` columns of ``fill`` at each run of examples' insert position."""
+    parts = tensor.split([size for size, _ in runs]) if len(runs) > 1 else (tensor,)
+    out = []
+    for part, (_, at) in zip(parts, runs, strict=True):
+        inserted = torch.full((part.shape[0], n), fill, dtype=part.dtype, device=part.device)
+        out.append(torch.cat([part[:, :at], inserted, part[:, at:]], dim=1))
+    return out[0] if len(out) == 1 else torch.cat(out)
 
 
 class PromptTuningMethod(AdapterMethod):
     name = "prompt_tuning"
     config_class = PromptTuningConfig
     config_names = {"prompt_tuning": PromptTuningConfig()}
+    # BatchSplit and Parallel give each slice (copy) of the batch its branch's prompt; a prompt has no
+    # meaning per position (Split) nor as a sum (Average: a prompt is a sequence, not an update).
+    supported_blocks = frozenset({Stack, BatchSplit, Parallel})
     layer_wise = False
 
     def conformance_configs(self) -> dict[str, PromptTuningConfig]:
@@ -221,5 +314,11 @@ class PromptTuningMethod(AdapterMethod):
 
     def activate(self, state: AdapterState, setup: AdapterCompositionBlock | None) -> None:
         runtime = self._runtime(state)
-        if runtime is not None:
-            runtime.activate(runtime.prompt_of(setup))
+        if runtime is None:
+            return
+        plan = runtime.plan_of(setup)
+        if plan is not None and plan.parallel and len(plan.prompts) > 1:
+            # Each copy gets its own prompt before the first layer, and the model then builds its masks
+            # for the longer sequence itself: so the model's inputs are copied, not the first layer's.
+            state.parallel.copy_inputs = True
+        runtime.activate(plan)

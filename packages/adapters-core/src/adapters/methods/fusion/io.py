@@ -1,0 +1,132 @@
+"""AdapterFusion folders in the reference format: ``adapter_fusion_config.json`` plus the weights.
+
+Weight keys are the fusion layers' module paths, e.g.
+``encoder.layer.0.output.adapter_fusion_layer.a,b.query.weight`` (with the head model's base
+prefix, ``bert.``, when saved from a model with a head).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ...configs.fusion import AdapterFusionConfig
+from ...errors import AdapterConfigError, AdapterLoadError
+from ...io import adapter_io
+from ...io import format as fmt
+from ...io.atomic import atomic_directory
+from ...io.weights import load_weights, save_weights
+from .registry import CONTAINER, Fusion, FusionRegistry
+
+if TYPE_CHECKING:
+    from ...core.state import AdapterState
+
+
+def fusion_state_dict(state: AdapterState, fusion: Fusion) -> dict[str, torch.Tensor]:
+    """The fusion's tensors keyed as the reference library names them."""
+    tensors: dict[str, torch.Tensor] = {}
+    for path, layer in fusion.paths.items():
+        tensors.update(layer.state_dict(prefix=f"{adapter_io.saved_path(state, path)}."))
+    return tensors
+
+
+def fusion_config_dict(state: AdapterState, name: str, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    fusion = FusionRegistry.of(state).require(name)
+    base_config = state.base_model.config
+    data = {
+        "adapter_names": list(fusion.adapter_names),
+        "config": fusion.config.to_dict(),
+        "hidden_size": state.hidden_size,
+        "model_class": state.model_class_name,
+        "model_name": getattr(base_config, "name_or_path", "") or None,
+        "model_type": base_config.model_type,
+        "name": name,
+        "version": f"{fmt.FORMAT_VERSION_PREFIX}{fmt.FORMAT_VERSION}",
+    }
+    if meta:
+        data.update(meta)
+    return data
+
+
+def save_fusion(
+    state: AdapterState,
+    directory: str | os.PathLike,
+    name: str,
+    meta: dict[str, Any] | None = None,
+    use_safetensors: bool = True,
+    tensors: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """Write the fusion ``name`` atomically; ``tensors`` replace the module's own (gathered shards)."""
+    registry = FusionRegistry.of(state)
+    if registry is None:
+        raise AdapterConfigError(f"No AdapterFusion named {name!r}: this model has no fusion layers.")
+    fusion = registry.require(name)
+    config = fusion_config_dict(state, name, meta)
+    weights = fusion_state_dict(state, fusion)
+    if tensors is not None:
+        weights = {key: tensors.get(key, value) for key, value in weights.items()}
+    weights_name = fmt.FUSION_WEIGHTS if use_safetensors else fmt.FUSION_WEIGHTS_LEGACY
+    with atomic_directory(directory) as scratch:
+        with open(scratch / fmt.FUSION_CONFIG, "w", encoding="utf-8") as f:
+            json.dump(config, f, indent=2, sort_keys=True)
+        save_weights(weights, scratch / weights_name, use_safetensors)
+
+
+def read_fusion_folder(
+    state: AdapterState, folder: Path, use_safetensors: bool | None = None
+) -> tuple[dict[str, Any], AdapterFusionConfig, dict[str, torch.Tensor]]:
+    """The saved config dict, the fusion config and the weights of a fusion folder (nothing changes yet)."""
+    path = folder / fmt.FUSION_CONFIG
+    if not path.is_file():
+        raise AdapterLoadError(
+            f"{folder} has no {fmt.FUSION_CONFIG}; point load_adapter_fusion() at a folder written by "
+            "save_adapter_fusion()."
+        )
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise AdapterLoadError(f"{path} is not valid JSON ({error}); the file is corrupt.") from error
+    if not isinstance(data, dict) or not isinstance(data.get("config"), dict):
+        raise AdapterLoadError(f"{path} has no 'config' object; it is not an AdapterFusion config file.")
+    adapter_io.check_compatible(state, data, folder)
+    try:
+        config = AdapterFusionConfig.load(data["config"])
+    except (AdapterConfigError, TypeError) as error:
+        raise AdapterLoadError(f"Cannot use the AdapterFusion config in {folder}: {error}") from error
+    tensors = load_weights(folder, fmt.FUSION_WEIGHTS, fmt.FUSION_WEIGHTS_LEGACY, use_safetensors)
+    return data, config, adapter_io.strip_base_prefix(state, tensors)
+
+
+def load_into(
+    state: AdapterState, fusion: Fusion, name: str, saved_name: str, tensors: dict[str, torch.Tensor], folder: Path
+) -> None:
+    """Copy saved tensors into the fusion ``name``; raise (changing nothing) on any mismatch."""
+    expected: dict[str, torch.Tensor] = {}
+    own_segment = f"{CONTAINER}.{name}"
+    saved_segment = f"{CONTAINER}.{saved_name}"
+    for path, layer in fusion.paths.items():
+        saved_path = adapter_io.loaded_path(state, path)
+        saved_path = saved_path[: -len(own_segment)] + saved_segment
+        for key, value in layer.state_dict(keep_vars=True).items():
+            expected[f"{saved_path}.{key}"] = value
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise AdapterLoadError(
+            f"The weights in {folder} do not match the AdapterFusion's config for this model: missing keys "
+            f"{missing[:5]}{'...' if len(missing) > 5 else ''}, unexpected keys "
+            f"{unexpected[:5]}{'...' if len(unexpected) > 5 else ''}."
+        )
+    for key, target in expected.items():
+        if target.shape != tensors[key].shape:
+            raise AdapterLoadError(
+                f"{key} in {folder} has shape {tuple(tensors[key].shape)}; this model expects {tuple(target.shape)}."
+            )
+    with torch.no_grad():
+        for key, target in expected.items():
+            target.copy_(tensors[key])
