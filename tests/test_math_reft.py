@@ -16,7 +16,7 @@ from test_reference_fixtures import FIXTURES, MODELS, inputs_of, load_reference_
 
 import adapters
 from adapters import AdapterConfig, AdapterConfigError, AdapterSetup, DiReftConfig, LoReftConfig, NoReftConfig
-from adapters.composition import Stack
+from adapters.composition import Average, BatchSplit, Stack
 from adapters.io import adapter_state_dict
 from adapters.testing import randomize_adapter
 
@@ -298,3 +298,37 @@ def test_direft_weights_of_the_reference_give_its_live_output(model_type):
     live = load_file(FIXTURES / model_type / "direft.live.safetensors")["last_hidden_state"]
     with torch.no_grad():
         torch.testing.assert_close(model(**inputs_of(model_type)).last_hidden_state, live, rtol=0, atol=1e-5)
+
+
+def test_batch_split_gives_each_example_its_adapters_intervention_at_its_own_positions():
+    model = _model_with(NoReftConfig(prefix_positions=0, suffix_positions=2, layers=[1]), name="a", seed=0)
+    model.add_adapter("b", config=DiReftConfig(prefix_positions=1, layers=[1]))
+    randomize_adapter(model, "b", seed=1)
+    inputs = _inputs(left_padding=True)  # row 1: padding at positions 0-1, real tokens 2-6
+    plain, got = _plain_and_adapted(model, inputs, BatchSplit("a", "b", batch_sizes=[1, 1]))
+    a = model.encoder.layer[1].reft_layer.refts["a"].units[1]  # the suffix unit
+    b = model.encoder.layer[1].reft_layer.refts["b"].units[0]
+    expected = plain.clone()
+    expected[0, 5:] = _intervene(a, plain[0, 5:])  # row 0 (no padding): a on its last two positions
+    expected[1, 2] = _intervene(b, plain[1, 2], subtract=False)  # row 1: b on its first real position
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+def test_average_of_reft_adapters_needs_weights_summing_to_one():
+    model = _model_with(LoReftConfig(layers=[1]), name="a")
+    model.add_adapter("b", config=NoReftConfig(layers=[1]))
+    with pytest.raises(adapters.CompositionError, match="sum"):
+        model.set_active_adapters(Average("a", "b", weights=[1, 1], normalize_weights=False))
+    assert model.active_adapters == Stack("a")
+
+
+def test_loreft_runs_in_bfloat16():
+    """Householder products have no bf16 kernels (CPU or CUDA): R is computed in float32 and cast back."""
+    model = _model_with(LoReftConfig(r=2, prefix_positions=2, suffix_positions=1)).to(torch.bfloat16)
+    unit = model.encoder.layer[0].reft_layer.refts["a"].units[0]
+    assert unit.projection.weight.dtype == torch.bfloat16
+    plain, adapted = _plain_and_adapted(model, _inputs())
+    assert adapted.dtype == torch.bfloat16 and torch.isfinite(adapted).all()
+    assert not torch.equal(plain, adapted)
+    rotation = unit.projection.weight.float()
+    torch.testing.assert_close(rotation @ rotation.T, torch.eye(2), rtol=0, atol=2e-2)

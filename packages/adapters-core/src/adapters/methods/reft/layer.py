@@ -118,8 +118,13 @@ class ReftModule(nn.Module):
                 )
         self.units = nn.ModuleList(units)
 
-    def forward(self, hidden: torch.Tensor, positions: InterventionPositions) -> torch.Tensor:
-        prefix_index, suffix_index = positions.indices(self.prefix_positions, self.suffix_positions, hidden)
+    def forward(self, hidden: torch.Tensor, positions: InterventionPositions, padded: bool = True) -> torch.Tensor:
+        return self.apply_at(hidden, *positions.indices(self.prefix_positions, self.suffix_positions, hidden, padded))
+
+    def apply_at(
+        self, hidden: torch.Tensor, prefix_index: torch.Tensor | None, suffix_index: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Intervene at the given gather indices (from :func:`.positions.gather_indices`)."""
         prefix = hidden.gather(1, prefix_index) if prefix_index is not None else None
         suffix = hidden.gather(1, suffix_index) if suffix_index is not None else None
         if self.tied_weights and prefix is not None and suffix is not None:

@@ -7,10 +7,11 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from ...composition import AdapterCompositionBlock
+from ...composition import AdapterCompositionBlock, Average, BatchSplit, Parallel, Stack
 from ...configs.reft import DiReftConfig, LoReftConfig, NoReftConfig, ReftConfig
 from ...errors import AdapterConfigError
 from ..base import AdapterDict, AdapterMethod, adapter_dict
+from .composition import ComposedRefts
 from .layer import ReftModule
 from .positions import InterventionPositions
 
@@ -26,7 +27,7 @@ POSITIONS_KEY = "reft.positions"
 class ReftPlace:
     """The ReFT modules after one layer, and the forward hook that applies the active ones."""
 
-    def __init__(self, layer: nn.Module, positions: InterventionPositions) -> None:
+    def __init__(self, layer: nn.Module, positions: InterventionPositions, padded: bool = True) -> None:
         holder = layer._modules.get(HOLDER)
         if holder is None:
             holder = nn.Module()
@@ -35,10 +36,19 @@ class ReftPlace:
         self.container = self.refts
         self.layer = layer
         self.positions = positions
+        # Whether the model's attention mask describes this layer's sequence (not in CLIP's vision tower).
+        self.padded = padded
         self._active: tuple[ReftModule, ...] = ()
         self._handle = None
 
-    def activate(self, names: tuple[str, ...]) -> None:
+    def activate(
+        self, names: tuple[str, ...], block: AdapterCompositionBlock | None = None, parallel_runtime=None
+    ) -> None:
+        """Apply ``names`` as a Stack, or run ``block`` (any other composition) when given."""
+        composed = None
+        if block is not None and names:
+            composed = ComposedRefts(self.refts, self.positions, block, self.padded)  # may refuse: before any change
+            composed.parallel_runtime = parallel_runtime
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
@@ -47,13 +57,14 @@ class ReftPlace:
         if names:
             # First among the layer's hooks: transformers records hidden states with a forward hook
             # on the layer, which must see the intervened output that the next layer receives.
-            self._handle = self.layer.register_forward_hook(self._intervene, prepend=True)
+            hook = composed if composed is not None else self._intervene
+            self._handle = self.layer.register_forward_hook(hook, prepend=True)
 
     def _intervene(self, module: nn.Module, args: tuple, output):
         hidden = output[0] if isinstance(output, tuple) else output
         # A Stack applies its ReFT adapters in order, each to the previous one's output.
         for reft in self._active:
-            hidden = reft(hidden, self.positions)
+            hidden = reft(hidden, self.positions, self.padded)
         return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
 
@@ -61,6 +72,8 @@ class ReftMethod(AdapterMethod):
     name = "reft"
     config_class = ReftConfig
     config_names = {"loreft": LoReftConfig(), "noreft": NoReftConfig(), "direft": DiReftConfig()}
+    # Positions are per sequence, so a sequence Split has no meaning; Average needs weights summing to 1.
+    supported_blocks = frozenset({Stack, BatchSplit, Parallel, Average})
 
     def conformance_configs(self) -> dict[str, ReftConfig]:
         return {
@@ -97,9 +110,11 @@ class ReftMethod(AdapterMethod):
                 f"This ReFT config selects no layer of the model (layers={config.layers!r}, "
                 f"leave_out={list(config.leave_out)}, model layers {indices}); select at least one."
             )
-        if config.orthogonality and config.r > state.hidden_size:
+        # Sized per layer: the stacks of a dual model (CLIPModel) have different hidden sizes.
+        smallest = min(state.layer_hidden_size(i) for i, _ in chosen)
+        if config.orthogonality and config.r > smallest:
             raise AdapterConfigError(
-                f"LoReFT's R has r={config.r} orthonormal rows, at most the hidden size {state.hidden_size}; "
+                f"LoReFT's R has r={config.r} orthonormal rows, at most the hidden size {smallest}; "
                 "lower r or set orthogonality=False."
             )
         reference = next(state.base_model.parameters())
@@ -113,8 +128,8 @@ class ReftMethod(AdapterMethod):
         for layer_idx, layer in chosen:
             key = (layer_idx, "reft")
             if key not in places:
-                places[key] = ReftPlace(layer, positions)
-            module = ReftModule(state.hidden_size, config, dtype).to(reference.device)
+                places[key] = ReftPlace(layer, positions, _reads_padding_mask(state, layer_idx))
+            module = ReftModule(state.layer_hidden_size(layer_idx), config, dtype).to(reference.device)
             # Follow the model's train/eval mode, so that dropout is off in a model in eval mode.
             module.train(layer.training)
             places[key].refts[name] = module
@@ -129,5 +144,17 @@ class ReftMethod(AdapterMethod):
 
     def activate(self, state: AdapterState, setup: AdapterCompositionBlock | None) -> None:
         names = setup.flatten() if setup is not None else []
+        # Plain Stacks keep the fast path; any other setup runs through the composition engine.
+        plain = setup is None or (isinstance(setup, Stack) and all(isinstance(c, str) for c in setup))
+        block = None if plain else setup
         for place in self._places(state).values():
-            place.activate(tuple(n for n in names if n in place.refts._modules))
+            place.activate(tuple(n for n in names if n in place.refts._modules), block, state.parallel)
+
+
+def _reads_padding_mask(state: AdapterState, layer_idx: int) -> bool:
+    """Whether the model's 2-D attention mask describes this layer's positions.
+
+    In a model of several stacks (CLIPModel) the mask belongs to the token stack; an image stack
+    (its config has an ``image_size``) has no padding, whatever the text's mask says.
+    """
+    return not hasattr(state.layer_config(layer_idx), "image_size")

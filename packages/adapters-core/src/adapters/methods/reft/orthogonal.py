@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 ORIGINAL_KEY = "parametrizations.weight.original"
+_HALF = (torch.float16, torch.bfloat16)
 
 
 class OrthonormalRows(nn.Module):
@@ -38,22 +39,31 @@ class OrthonormalRows(nn.Module):
         self.register_buffer("base", None)
 
     def forward(self, original: torch.Tensor) -> torch.Tensor:
+        # Householder products and QR have no half-precision kernels (CUDA: "orgqr_cuda not
+        # implemented for BFloat16"): compute R in float32 and hand it back in the parameter's dtype.
+        if original.dtype in _HALF:
+            return self._rows(original.float(), self.base.float()).to(original.dtype)
+        return self._rows(original, self.base)
+
+    @staticmethod
+    def _rows(original: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
         tall = original.mT
         reflectors = tall.tril(diagonal=-1)
         tau = 2.0 / (1.0 + (reflectors * reflectors).sum(dim=-2))
         q = torch.linalg.householder_product(reflectors, tau)
         # The signs carry no gradient (as in torch) and stay +-1 whatever the stored value is.
         q = q * _signs(tall.diagonal(dim1=-2, dim2=-1).detach()).unsqueeze(-2)
-        return (self.base @ q).mT
+        return (base @ q).mT
 
     @torch.no_grad()
     def right_inverse(self, weight: torch.Tensor) -> torch.Tensor:
         # Complete weight^T to a d x d orthogonal basis (its first r columns span the rows of
         # weight); the reflectors start at zero and the signs at -1, which makes H the identity.
         d, r = weight.shape[1], weight.shape[0]
-        filler = torch.randn(d, d - r, dtype=weight.dtype, device=weight.device)
-        q, triangular = torch.linalg.qr(torch.cat([weight.mT, filler], dim=-1))
-        self.base = q * _signs(triangular.diagonal()).unsqueeze(-2)
+        work = torch.float32 if weight.dtype in _HALF else weight.dtype
+        filler = torch.randn(d, d - r, dtype=work, device=weight.device)
+        q, triangular = torch.linalg.qr(torch.cat([weight.mT.to(work), filler], dim=-1))
+        self.base = (q * _signs(triangular.diagonal()).unsqueeze(-2)).to(weight.dtype)
         original = torch.zeros_like(weight)
         original.diagonal().fill_(-1.0)
         return original

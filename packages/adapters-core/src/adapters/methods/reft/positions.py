@@ -52,39 +52,54 @@ class InterventionPositions:
 
     # -- indices ----------------------------------------------------------------------------
     def indices(
-        self, prefix: int, suffix: int, hidden: torch.Tensor
+        self, prefix: int, suffix: int, hidden: torch.Tensor, padded: bool = True
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Gather/scatter indices (batch x n x hidden) for ``prefix`` and ``suffix`` positions."""
-        key = (prefix, suffix, *hidden.shape, hidden.device)
+        key = (prefix, suffix, *hidden.shape, hidden.device, padded)
         cached = self._cache.get(key)
         if cached is None:
-            cached = self._cache[key] = self._compute(prefix, suffix, hidden)
+            offsets, ends = self.bounds(hidden, padded=padded)
+            cached = self._cache[key] = gather_indices(prefix, suffix, offsets, ends, hidden.shape[1], hidden.shape[2])
         return cached
 
-    def _compute(self, prefix: int, suffix: int, hidden: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        batch, length, width = hidden.shape
+    def bounds(self, hidden: torch.Tensor, copies: int = 1, padded: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """First real position and end (exclusive) of every sequence of ``hidden`` (batch x length x width).
+
+        With ``copies`` > 1 (a Parallel setup) ``hidden`` may hold that many copies of the mask's batch.
+        ``padded=False`` (layers the attention mask does not describe, e.g. CLIP's vision tower) means
+        every position is real.
+        """
+        batch, length, _ = hidden.shape
         device = hidden.device
-        mask = self._mask
+        mask = self._mask if padded else None
         if mask is None:
             offsets = torch.zeros(batch, dtype=torch.long, device=device)
-            ends = torch.full((batch,), length, dtype=torch.long, device=device)
-        else:
-            if mask.dim() != 2 or tuple(mask.shape) != (batch, length):
-                raise AdapterError(
-                    f"ReFT finds padding from a (batch x sequence) attention mask; got a mask of shape "
-                    f"{tuple(mask.shape)} for hidden states of shape {(batch, length)}. Pass the tokenizer's "
-                    "2-D attention_mask to the model."
-                )
-            valid = (mask != 0).to(device)
-            offsets = valid.int().argmax(dim=1)
-            ends = offsets + valid.sum(dim=1)
-        out = []
-        for count, start, first in ((prefix, offsets, 0), (suffix, ends, -min(suffix, length))):
-            count = min(count, length)
-            if count == 0:
-                out.append(None)
-                continue
-            steps = torch.arange(first, first + count, device=device)
-            index = (start.unsqueeze(1) + steps).clamp_(0, length - 1)
-            out.append(index.unsqueeze(-1).expand(batch, count, width))
-        return tuple(out)
+            return offsets, torch.full((batch,), length, dtype=torch.long, device=device)
+        if mask.dim() == 2 and copies > 1 and mask.shape[0] * copies == batch:
+            mask = mask.repeat(copies, 1)
+        if mask.dim() != 2 or tuple(mask.shape) != (batch, length):
+            raise AdapterError(
+                f"ReFT finds padding from a (batch x sequence) attention mask; got a mask of shape "
+                f"{tuple(mask.shape)} for hidden states of shape {(batch, length)}. Pass the tokenizer's "
+                "2-D attention_mask to the model."
+            )
+        valid = (mask != 0).to(device)
+        offsets = valid.int().argmax(dim=1)
+        return offsets, offsets + valid.sum(dim=1)
+
+
+def gather_indices(
+    prefix: int, suffix: int, offsets: torch.Tensor, ends: torch.Tensor, length: int, width: int
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Gather/scatter indices (batch x n x width): ``prefix`` positions from ``offsets``, ``suffix`` before ``ends``."""
+    batch, device = offsets.shape[0], offsets.device
+    out: list[torch.Tensor | None] = []
+    for count, start, first in ((prefix, offsets, 0), (suffix, ends, -min(suffix, length))):
+        count = min(count, length)
+        if count == 0:
+            out.append(None)
+            continue
+        steps = torch.arange(first, first + count, device=device)
+        index = (start.unsqueeze(1) + steps).clamp_(0, length - 1)
+        out.append(index.unsqueeze(-1).expand(batch, count, width))
+    return out[0], out[1]
