@@ -52,10 +52,14 @@ def adapter_state_dict(state: AdapterState, name: str) -> dict[str, torch.Tensor
     return tensors
 
 
-def adapter_config_dict(state: AdapterState, name: str, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+def saved_config_dict(
+    state: AdapterState, name: str, config: dict[str, Any], meta: dict[str, Any] | None = None, **extra: Any
+) -> dict[str, Any]:
+    """The reference format's config file: the model fields every saved adapter or fusion carries."""
     base_config = state.base_model.config
     data = {
-        "config": state.configs[name].to_dict(),
+        **extra,
+        "config": config,
         "hidden_size": state.hidden_size,
         "model_class": state.model_class_name,
         "model_name": getattr(base_config, "name_or_path", "") or None,
@@ -66,6 +70,10 @@ def adapter_config_dict(state: AdapterState, name: str, meta: dict[str, Any] | N
     if meta:
         data.update(meta)
     return data
+
+
+def adapter_config_dict(state: AdapterState, name: str, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    return saved_config_dict(state, name, state.configs[name].to_dict(), meta)
 
 
 def save_adapter(

@@ -36,20 +36,9 @@ def fusion_state_dict(state: AdapterState, fusion: Fusion) -> dict[str, torch.Te
 
 def fusion_config_dict(state: AdapterState, name: str, meta: dict[str, Any] | None = None) -> dict[str, Any]:
     fusion = FusionRegistry.of(state).require(name)
-    base_config = state.base_model.config
-    data = {
-        "adapter_names": list(fusion.adapter_names),
-        "config": fusion.config.to_dict(),
-        "hidden_size": state.hidden_size,
-        "model_class": state.model_class_name,
-        "model_name": getattr(base_config, "name_or_path", "") or None,
-        "model_type": base_config.model_type,
-        "name": name,
-        "version": f"{fmt.FORMAT_VERSION_PREFIX}{fmt.FORMAT_VERSION}",
-    }
-    if meta:
-        data.update(meta)
-    return data
+    return adapter_io.saved_config_dict(
+        state, name, fusion.config.to_dict(), meta, adapter_names=list(fusion.adapter_names)
+    )
 
 
 def save_fusion(
