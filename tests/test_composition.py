@@ -81,13 +81,26 @@ def test_split_on_a_one_layer_model_is_per_position(config, batch):
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
 
 
-def test_parallel_computes_the_layers_below_the_first_adapter_once(batch):
-    model = adapted("seq_bn", layers=3, leave_out=[0, 1])
+@pytest.mark.parametrize(
+    ("config", "first_layer_rows"),
+    [
+        # Adapters only at the FFN block: they copy the batch, so the first adapted layer runs once (as in
+        # the reference library).
+        ("seq_bn", 3),
+        # An adapter after attention (or inside it, LoRA) needs the copies at the layer input.
+        ("double_seq_bn", 6),
+        ("lora", 6),
+    ],
+)
+def test_parallel_computes_the_layers_below_the_first_adapter_once(config, first_layer_rows, batch):
+    model = adapted(config, layers=4, leave_out=[0, 1])
     model.set_active_adapters(Parallel("a", "b"))
     calls = []
     for index, layer in enumerate(model.encoder.layer):
         # Registered after activation, so it sees each layer's input after the batch is copied.
         layer.register_forward_pre_hook(lambda m, args, i=index: calls.append((i, args[0].shape[0])))
     with torch.no_grad():
-        assert model(**batch).last_hidden_state.shape[0] == 6
-    assert calls == [(0, 3), (1, 3), (2, 6)]
+        out = model(**batch).last_hidden_state
+    assert calls == [(0, 3), (1, 3), (2, first_layer_rows), (3, 6)]
+    expected = torch.cat([run(model, name, batch) for name in "ab"])
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)

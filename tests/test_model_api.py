@@ -8,7 +8,7 @@ import logging
 import pytest
 import torch
 from conftest import tiny_bert, tiny_bert_classifier
-from transformers import GPT2Config, GPT2Model, RobertaConfig, RobertaForMaskedLM
+from transformers import OPTConfig, OPTModel, RobertaConfig, RobertaForMaskedLM
 
 import adapters
 from adapters import AdapterLoadError, AdapterNameError, AdapterSetup, UnsupportedModelError
@@ -24,9 +24,20 @@ def out(model, inputs):
 
 
 # -- init -------------------------------------------------------------------------------------
-def test_unsupported_model_names_plugins_and_package():
-    model = GPT2Model(GPT2Config(n_embd=32, n_layer=1, n_head=4, vocab_size=100))
-    with pytest.raises(UnsupportedModelError, match=r"'gpt2'.*Installed plugins: \[.*bert.*adapters-gpt2"):
+def test_unsupported_model_names_plugins_and_the_fix():
+    model = OPTModel(
+        OPTConfig(
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            ffn_dim=37,
+            vocab_size=100,
+            word_embed_proj_dim=32,
+        )
+    )
+    with pytest.raises(
+        UnsupportedModelError, match=r"'opt'.*Installed plugins: \[.*bert.*gpt2.*writing-a-model-plugin"
+    ):
         adapters.init(model)
 
 

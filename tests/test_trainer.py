@@ -285,3 +285,97 @@ def test_import_adapters_does_not_import_the_trainer():
     code = "import sys, adapters; print('transformers.trainer' in sys.modules, 'adapters.training' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+# -- AdapterFusion's value regularization -----------------------------------------------------------
+def fusion_model(config: object = "dynamic") -> torch.nn.Module:
+    model = tiny_bert_classifier(**NO_DROPOUT)
+    adapters.init(model)
+    for name in ("a", "b"):
+        model.add_adapter(name, config="seq_bn")
+    model.add_adapter_fusion(["a", "b"], config=config)
+    model.train_adapter_fusion(adapters.Fuse("a", "b"))
+    generator = torch.Generator().manual_seed(11)
+    with torch.no_grad():  # move the value matrices off the identity: the term is then not zero
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(torch.randn(param.shape, generator=generator) * 0.1)
+    return model
+
+
+def value_matrices(model: torch.nn.Module) -> list[torch.Tensor]:
+    return [p for n, p in model.named_parameters() if p.requires_grad and ".value." in n]
+
+
+def by_hand_regularization(model: torch.nn.Module) -> torch.Tensor:
+    # AdapterFusion (Pfeiffer et al., 2021): 0.01 * sum over layers of ||I - V||_F^2
+    return sum(0.01 * (torch.eye(v.shape[0]) - v).pow(2).sum() for v in value_matrices(model))
+
+
+def batch_of(rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return {key: torch.stack([row[key] for row in rows]) for key in rows[0]}
+
+
+def test_trainer_optimizes_task_loss_plus_fusion_value_regularization(tmp_path):
+    model = fusion_model()
+    assert len(value_matrices(model)) == 2  # one fusion layer (output adapter) per layer
+    trainer = AdapterTrainer(model=model, args=training_args(tmp_path), train_dataset=dataset())
+    inputs = batch_of(dataset(4))
+    model.train()
+    expected = model(**inputs).loss + by_hand_regularization(model)
+    assert by_hand_regularization(model).item() > 1e-3
+    expected.backward()
+    expected_grads = [v.grad.clone() for v in value_matrices(model)]
+    model.zero_grad()
+
+    trainer.current_gradient_accumulation_steps = 1  # set by train() before each step
+    loss = trainer.training_step(model, inputs)  # forward, loss, backward: what the optimizer steps on
+    torch.testing.assert_close(loss, expected.detach())
+    for grad, want in zip((v.grad for v in value_matrices(model)), expected_grads, strict=True):
+        torch.testing.assert_close(grad, want)
+
+    model.eval()  # evaluation losses stay task losses
+    task_only = model(**inputs).loss
+    torch.testing.assert_close(trainer.compute_loss(model, inputs), task_only)
+
+
+def test_no_regularization_without_the_config_flag(tmp_path):
+    config = adapters.AdapterFusionConfig.load("dynamic", regularization=False)
+    model = fusion_model(config)
+    trainer = AdapterTrainer(model=model, args=training_args(tmp_path), train_dataset=dataset())
+    inputs = batch_of(dataset(4))
+    model.train()
+    torch.testing.assert_close(trainer.compute_loss(model, inputs), model(**inputs).loss)
+    static = fusion_model("static")  # no value matrix at all
+    trainer = AdapterTrainer(model=static, args=training_args(tmp_path), train_dataset=dataset())
+    static.train()
+    torch.testing.assert_close(trainer.compute_loss(static, inputs), static(**inputs).loss)
+
+
+class _Grads(TrainerCallback):
+    def __init__(self) -> None:
+        self.grads: list[list[torch.Tensor]] = []
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        self.grads.append([v.grad.clone() for v in value_matrices(model)])
+
+
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_regularization_counts_once_per_optimizer_step(tmp_path, accumulation):
+    # The same run with and without the term: the accumulated gradients differ by the term's gradient once.
+    grads, reg_grads = {}, []
+    for regularize in (True, False):
+        model = fusion_model(adapters.AdapterFusionConfig.load("dynamic", regularization=regularize))
+        if regularize:
+            by_hand_regularization(model).backward()
+            reg_grads = [v.grad.clone() for v in value_matrices(model)]
+            model.zero_grad()
+        callback = _Grads()
+        args = training_args(
+            tmp_path / str(regularize), max_steps=1, gradient_accumulation_steps=accumulation, save_strategy="no"
+        )
+        trainer = AdapterTrainer(model=model, args=args, train_dataset=dataset(), callbacks=[callback])
+        trainer.train()
+        grads[regularize] = callback.grads[0]
+    for with_term, without, term in zip(grads[True], grads[False], reg_grads, strict=True):
+        torch.testing.assert_close(with_term - without, term, rtol=1e-4, atol=1e-6)

@@ -20,7 +20,8 @@ class TestDecoderCausalLM(ModelConformanceSuite):
     # One type per spec in adapters_gpt2.specs (the bodies are covered above, every type's LM head by
     # test_decoder_generation and test_decoder_models).
     model_factories = {
-        model_type: functools.partial(causal_lm, model_type) for model_type in ("llama", "qwen2", "gemma3_text", "gptj")
+        model_type: functools.partial(causal_lm, model_type)
+        for model_type in ("llama", "qwen2", "gemma3_text", "gptj", "gpt2")
     }
 
     def make_model(self, model_type: str) -> nn.Module:

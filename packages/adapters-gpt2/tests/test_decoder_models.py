@@ -11,7 +11,8 @@ from adapters import CompositionError, LoRAConfig
 from adapters.composition import Stack
 from adapters.testing import randomize_adapter
 
-GQA_TYPES = sorted(t for t in CONFIGS if t != "gptj")  # GPT-J has as many k/v heads as q heads
+# GPT-J and GPT-2 have as many k/v heads as q heads (GPT-2's fused c_attn: test_gpt2_conv1d.py).
+GQA_TYPES = sorted(t for t in CONFIGS if t not in ("gptj", "gpt2"))
 QKV = LoRAConfig(r=4, attn_matrices=("q", "k", "v"))
 
 

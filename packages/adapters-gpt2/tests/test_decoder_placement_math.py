@@ -31,7 +31,7 @@ def _attention_h(model_type: str, layer: nn.Module) -> nn.Module:
     """The module whose output is what the attention block adds to the residual stream."""
     if model_type.startswith("gemma"):
         return layer.post_attention_layernorm
-    return layer.attn if model_type == "gptj" else layer.self_attn
+    return layer.attn if model_type in ("gptj", "gpt2") else layer.self_attn
 
 
 def _ffn(model_type: str, layer: nn.Module, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
@@ -40,6 +40,8 @@ def _ffn(model_type: str, layer: nn.Module, x: torch.Tensor, a: torch.Tensor) ->
         return layer.mlp(layer.ln_1(x))
     if model_type.startswith("gemma"):
         return layer.post_feedforward_layernorm(layer.mlp(layer.pre_feedforward_layernorm(a)))
+    if model_type == "gpt2":
+        return layer.mlp(layer.ln_2(a))
     return layer.mlp(layer.post_attention_layernorm(a))
 
 

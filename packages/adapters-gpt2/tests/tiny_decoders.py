@@ -17,6 +17,9 @@ from transformers import (
     Gemma3ForCausalLM,
     Gemma3TextConfig,
     Gemma3TextModel,
+    GPT2Config,
+    GPT2LMHeadModel,
+    GPT2Model,
     GPTJConfig,
     GPTJForCausalLM,
     GPTJModel,
@@ -73,6 +76,10 @@ def _configs() -> dict[str, Callable[[], PretrainedConfig]]:
             bos_token_id=1,
             eos_token_id=2,
         ),
+        # Fused q/k/v in one Conv1D (weight stored (in, out)); Conv1D everywhere else too.
+        "gpt2": lambda: GPT2Config(
+            n_embd=32, n_layer=2, n_head=4, n_inner=37, vocab_size=100, n_positions=64, bos_token_id=1, eos_token_id=2
+        ),
     }
 
 
@@ -86,6 +93,7 @@ BASE_CLASSES: dict[str, type[nn.Module]] = {
     "gemma2": Gemma2Model,
     "gemma3_text": Gemma3TextModel,
     "gptj": GPTJModel,
+    "gpt2": GPT2Model,
 }
 CAUSAL_LM_CLASSES: dict[str, type[nn.Module]] = {
     "llama": LlamaForCausalLM,
@@ -95,6 +103,7 @@ CAUSAL_LM_CLASSES: dict[str, type[nn.Module]] = {
     "gemma2": Gemma2ForCausalLM,
     "gemma3_text": Gemma3ForCausalLM,
     "gptj": GPTJForCausalLM,
+    "gpt2": GPT2LMHeadModel,
 }
 
 

@@ -30,7 +30,29 @@ _DEBERTA_MASK = InputOf("", 1, "attention_mask")
 # DeBERTa builds its pairwise mask in the encoder from the (batch, sequence) mask.
 _DEBERTA_PADDING_MASK = InputOf("encoder", 1, "attention_mask")
 
+_QKV = (("q", "query"), ("k", "key"), ("v", "value"))
 _BERT_FFN_LINEARS = {"attn_out": "attention.output.dense", "ffn_in": "intermediate.dense", "ffn_out": "output.dense"}
+_BERT_LINEARS = {
+    "q": "attention.self.query",
+    "k": "attention.self.key",
+    "v": "attention.self.value",
+    **_BERT_FFN_LINEARS,
+}
+# Layers built with add_cross_attention (the decoder of an EncoderDecoderModel): `crossattention`
+# repeats the self-attention's modules. As in the reference library, its output block takes the
+# bottleneck adapters of mh_adapter (it is a BertSelfOutput too), attention LoRA adapts its
+# projections, and prefix tuning adds `cross_prefix` keys/values.
+_BERT_CROSS_ATTENTION = {
+    "cross_attention_block": ResidualBlock(
+        holder="crossattention.output",
+        residual=InputOf("crossattention.output", 1, "input_tensor"),
+        sublayer="crossattention.output.dropout",
+        layer_norm="crossattention.output.LayerNorm",
+        config_flag="mh_adapter",
+    ),
+    "linears": {**_BERT_LINEARS, **{f"cross_{m}": f"crossattention.self.{n}" for m, n in _QKV}},
+    "cross_attention": SelfAttention("crossattention.self", prefix_key="cross_prefix"),
+}
 
 BERT_LIKE = ModelSpec(
     # X-MOD: XmodSelfOutput adds the residual and XmodAttention applies attention.output.LayerNorm
@@ -42,8 +64,9 @@ BERT_LIKE = ModelSpec(
     layers="encoder.layer",
     attention_block=_BERT_ATTENTION_BLOCK,
     ffn_block=_BERT_FFN_BLOCK,
-    linears={"q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value", **_BERT_FFN_LINEARS},
+    linears=_BERT_LINEARS,
     self_attention=_BERT_SELF_ATTENTION,
+    cross_attention_overrides=_BERT_CROSS_ATTENTION,
 )
 
 DEBERTA_V2 = ModelSpec(

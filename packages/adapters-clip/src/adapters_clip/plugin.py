@@ -10,3 +10,9 @@ from .specs import SPECS
 @hookimpl
 def adapters_model_specs() -> list[ModelSpec]:
     return list(SPECS)
+
+
+@hookimpl
+def adapters_adapter_models() -> dict[str, str]:
+    # Imported only when first used (it imports transformers' CLIP classes).
+    return {"clip": "adapters_clip.adapter_models:CLIPAdapterModel"}

@@ -49,6 +49,7 @@ from .errors import (
     CompositionError,
     UnsupportedModelError,
 )
+from .support import MethodSupport, ModelSupport, supported_models
 
 __all__ = [
     "AdapterConfig",
@@ -80,7 +81,9 @@ __all__ = [
     "LoRAConfig",
     "LoReftConfig",
     "MAMConfig",
+    "MethodSupport",
     "ModelAdaptersMixin",
+    "ModelSupport",
     "MultiHeadOutput",
     "NoReftConfig",
     "ParBnConfig",
@@ -101,6 +104,7 @@ __all__ = [
     "__version__",
     "init",
     "register_head",
+    "supported_models",
 ]
 
 

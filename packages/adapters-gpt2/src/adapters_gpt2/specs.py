@@ -16,7 +16,7 @@ prefix positions carry no rotation and never enter the cache.
 
 from __future__ import annotations
 
-from adapters.plugins import InputOf, ModelSpec, OutputOf, ResidualBlock, SelfAttention
+from adapters.plugins import FusedLinear, InputOf, ModelSpec, OutputOf, ResidualBlock, SelfAttention
 
 _ATTENTION = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "attn_out": "self_attn.o_proj"}
 
@@ -105,4 +105,27 @@ GPTJ = ModelSpec(
     self_attention=SelfAttention("attn"),
 )
 
-SPECS = (LLAMA, QWEN, GEMMA, GPTJ)
+# GPT-2: x + attn(ln_1(x)), then x + mlp(ln_2(x)), like Llama's blocks. Its projections are
+# transformers' Conv1D (weight stored (in, out)); q, k and v are one fused c_attn whose output is
+# [q | k | v], which LoRA reads as three equal slices (one low-rank pair per enabled slice, the
+# reference library's layout and weight keys: attn.c_attn.loras.NAME.lora_A). Intermediate LoRA on
+# mlp.c_fc, output LoRA on mlp.c_proj, as in the reference. Prefix keys/values join at the
+# attention function (after the KV cache). GPT-2 reshapes its output to the shape of input_ids, so
+# prompt tuning inserts placeholder tokens there, which the prompt replaces after wte: the prompt
+# positions get position embeddings like any token (prompt_token_slots).
+GPT2 = ModelSpec(
+    model_types=("gpt2",),
+    layers="h",
+    embeddings="wte",
+    attention_block=ResidualBlock(holder="attention_adapters", residual=InputOf("ln_1", 0, "input"), sublayer="attn"),
+    ffn_block=ResidualBlock(holder="output_adapters", residual=InputOf("ln_2", 0, "input"), sublayer="mlp"),
+    linears={"attn_out": "attn.c_proj", "ffn_in": "mlp.c_fc", "ffn_out": "mlp.c_proj"},
+    fused_linears=(FusedLinear("attn.c_attn", ("q", "k", "v")),),
+    self_attention=SelfAttention("attn"),
+    prompt_token_slots=True,
+    # As the decoder of an EncoderDecoderModel (add_cross_attention): the reference library adapts the
+    # cross-attention with prefix tuning only (cross_prefix); no LoRA, no bottleneck adapters there.
+    cross_attention_overrides={"cross_attention": SelfAttention("crossattention", prefix_key="cross_prefix")},
+)
+
+SPECS = (LLAMA, QWEN, GEMMA, GPTJ, GPT2)

@@ -22,6 +22,10 @@ the transformers 5 names (there is no reference file format for it).
 
 from __future__ import annotations
 
+import dataclasses
+
+from torch import nn
+
 from adapters.plugins import InputOf, ModelSpec, ReferenceNames, ResidualBlock, SelfAttention
 
 _LINEARS = {
@@ -71,13 +75,6 @@ VIT = ModelSpec(
     ),
 )
 
-BEIT = ModelSpec(
-    model_types=("beit",),
-    layers="layers",
-    **_layer("layernorm_before", "layernorm_after", "drop_path"),
-    reference_names=ReferenceNames(paths={"layers": "encoder.layer"}, layer_modules=_V4_LINEAR_NAMES),
-)
-
 # BEiT checkpoints with relative position bias (the published ones) add a bias over the patch grid
 # and [CLS] to every attention score: prompt positions inserted after the embeddings have none.
 BEIT_RELATIVE_POSITION_REFUSALS = {
@@ -85,15 +82,39 @@ BEIT_RELATIVE_POSITION_REFUSALS = {
     "which has no entries for prompt positions; use prefix tuning, LoRA or a bottleneck adapter"
 }
 
-DINOV2 = ModelSpec(
-    model_types=("dinov2", "dinov2_with_registers"),
-    layers="encoder.layer",
-    **_layer("norm1", "norm2", "drop_path"),
+
+def _beit_for_checkpoint(spec: ModelSpec, base_model: nn.Module) -> ModelSpec:
+    config = base_model.config
+    if config.use_relative_position_bias or config.use_shared_relative_position_bias:
+        return dataclasses.replace(spec, refused_methods=BEIT_RELATIVE_POSITION_REFUSALS)
+    return spec
+
+
+BEIT = ModelSpec(
+    model_types=("beit",),
+    layers="layers",
+    **_layer("layernorm_before", "layernorm_after", "drop_path"),
+    reference_names=ReferenceNames(paths={"layers": "encoder.layer"}, layer_modules=_V4_LINEAR_NAMES),
+    specialize=_beit_for_checkpoint,
 )
 
 # DINOv2 giant has a SwiGLU FFN, ``down(silu(gate(x)) * up(x))``: its intermediate linear is
 # up_proj and its output linear down_proj, the roles the reference library's plugin interface
 # gives these linears in gated MLPs (Llama and others).
 DINOV2_SWIGLU_LINEARS = {**_LINEARS, "ffn_in": "mlp.up_proj", "ffn_out": "mlp.down_proj"}
+
+
+def _dinov2_for_checkpoint(spec: ModelSpec, base_model: nn.Module) -> ModelSpec:
+    if getattr(base_model.config, "use_swiglu_ffn", False):
+        return dataclasses.replace(spec, linears=DINOV2_SWIGLU_LINEARS)
+    return spec
+
+
+DINOV2 = ModelSpec(
+    model_types=("dinov2", "dinov2_with_registers"),
+    layers="encoder.layer",
+    **_layer("norm1", "norm2", "drop_path"),
+    specialize=_dinov2_for_checkpoint,
+)
 
 SPECS = (VIT, BEIT, DINOV2)

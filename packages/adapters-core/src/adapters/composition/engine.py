@@ -58,6 +58,14 @@ class ComposablePlace(ABC, Generic[S]):
     def average(self, states: Sequence[S], weights: Sequence[float]) -> S:
         """The children's outputs of one input, weighted."""
 
+    def join(self, whole: S, parts: Sequence[S], dim: int) -> S:
+        """The state after a slicing block's children ran on the parts of ``whole`` (default: :meth:`cat`).
+
+        A place whose state carries inputs the adapters only read can take those from ``whole``
+        instead of joining copies of its own slices (one copy of the batch less per field).
+        """
+        return self.cat(parts, dim)
+
     def repeat(self, state: S, copies: int) -> S:
         """The state for ``copies`` copies of the batch, stacked along dim 0."""
         return self.cat([state] * copies, 0)
@@ -119,7 +127,7 @@ def _run_slices(block: AdapterCompositionBlock, sizes: list[int], dim: int, stat
         part = place.slice(state, dim, slice(start, start + size))
         parts.append(_child(child, part, place))
         start += size
-    return place.cat(parts, dim)
+    return place.join(state, parts, dim)
 
 
 def _parallel(block: Parallel, state: S, place: ComposablePlace[S]) -> S:

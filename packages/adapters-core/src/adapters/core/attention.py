@@ -165,7 +165,7 @@ class AttentionPrefixHooks:
         bias = kwargs.get("position_bias")
         if isinstance(bias, torch.Tensor):
             kwargs["position_bias"] = F.pad(bias, (n, 0))  # prefix positions carry no position bias
-        implementation = ALL_ATTENTION_FUNCTIONS.get_interface(self._config._attn_implementation, self._eager)
+        implementation = _attention_function(self._config._attn_implementation, self._eager)
         if implementation is None:
             raise AdapterError(
                 f"{type(module).__name__} uses eager attention but its module defines no eager_attention_forward; "
@@ -312,6 +312,16 @@ def pad_front(tensor: torch.Tensor, n: int, dim: int, value: Any) -> torch.Tenso
 
 def _input_of(where: InputOf, args: tuple, kwargs: dict) -> Any:
     return input_at(where.index, where.keyword, args, kwargs)
+
+
+def _attention_function(name: str | None, eager: Callable | None) -> Callable | None:
+    """The attention implementation ``name`` (``eager``: the model's own function), as the model looks it up."""
+    get_interface = getattr(ALL_ATTENTION_FUNCTIONS, "get_interface", None)
+    if get_interface is not None:
+        return get_interface(name, eager)
+    # Early transformers 5 releases (5.0) have no get_interface: their models take ALL_ATTENTION_FUNCTIONS[name]
+    # for every implementation but "eager", which is each modeling file's own function.
+    return ALL_ATTENTION_FUNCTIONS.get(name, eager)
 
 
 def input_at(index: int, keyword: str | None, args: tuple, kwargs: dict) -> Any:

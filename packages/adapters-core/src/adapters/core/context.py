@@ -27,18 +27,30 @@ class AdapterSetup:
     """Context manager that activates ``adapter_setup`` for forward passes inside it.
 
     The hooks that switch the setup exist only while some ``AdapterSetup`` is open, so models
-    pay nothing for this feature otherwise.
+    pay nothing for this feature otherwise. ``skip_layers`` (AdapterDrop, an addition to the
+    reference's signature) bypasses the adapters in those layers for the passes inside; by
+    default the layers skipped by ``set_active_adapters(..., skip_layers=...)`` stay skipped, as
+    in the reference.
 
     Example:
         >>> import adapters
         >>> with adapters.AdapterSetup("sst2"):  # doctest: +SKIP
         ...     outputs = model(**batch)
+        >>> with adapters.AdapterSetup("sst2", skip_layers=[0, 1]):  # doctest: +SKIP
+        ...     faster = model(**batch)
     """
 
-    def __init__(self, adapter_setup: Any, head_setup: Any = None, ignore_empty: bool = False) -> None:
+    def __init__(
+        self,
+        adapter_setup: Any,
+        head_setup: Any = None,
+        ignore_empty: bool = False,
+        skip_layers: list[int] | None = None,
+    ) -> None:
         self.adapter_setup = adapter_setup
         self.head_setup = head_setup
         self.ignore_empty = ignore_empty
+        self.skip_layers = skip_layers
         self._token: contextvars.Token | None = None
 
     def __enter__(self) -> AdapterSetup:
@@ -58,6 +70,19 @@ class AdapterSetup:
             for handle in _HANDLES:
                 handle.remove()
             _HANDLES.clear()
+
+
+def setup_for_next_forward(state: Any) -> Any:
+    """The setup a forward pass would run now: the open AdapterSetup's, else the model's active one."""
+    context = _CURRENT.get()
+    if context is None:
+        return state.active_setup
+    try:
+        return state.resolve_setup(context.adapter_setup)
+    except AdapterNameError:
+        if context.ignore_empty:
+            return state.active_setup
+        raise
 
 
 def _hook(model: nn.Module) -> None:
@@ -84,8 +109,9 @@ def _enter(base: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | N
         if context.ignore_empty:
             return
         raise
-    state.context_stack.append(state.active_setup)
-    state.apply_setup(block)
+    skip = state.resolve_skip_layers(context.skip_layers) if context.skip_layers is not None else None
+    state.context_stack.append((state.active_setup, state.skip_layers))
+    state.apply_setup(block, skip)
     if state.parallel is not None:
         # Its own pre-hook was registered during this call's hooks, too late to see this forward.
         return state.parallel.start_forward(base, args, kwargs)
@@ -95,4 +121,4 @@ def _enter(base: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | N
 def _exit(base: nn.Module, args: tuple, output: Any) -> None:
     state = _state_of(base)
     if state is not None and state.context_stack:
-        state.apply_setup(state.context_stack.pop())
+        state.apply_setup(*state.context_stack.pop())

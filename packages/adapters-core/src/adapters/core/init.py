@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from torch import nn
+from transformers import GenerationMixin
 
+from ..composition.generation import ParallelGenerationMixin
 from ..errors import UnsupportedModelError
 from ..plugins.manager import get_registry
 from . import context
@@ -16,7 +18,9 @@ _CLASS_CACHE: dict[type, type] = {}
 def _with_mixin(cls: type) -> type:
     # A subclass with the same name, so save_pretrained's "architectures" and reprs are unchanged.
     if cls not in _CLASS_CACHE:
-        _CLASS_CACHE[cls] = type(cls.__name__, (ModelAdaptersMixin, cls), {"__module__": cls.__module__})
+        # Generative models also get generate() under Parallel setups; others get no generate().
+        generative = (ParallelGenerationMixin,) if issubclass(cls, GenerationMixin) else ()
+        _CLASS_CACHE[cls] = type(cls.__name__, (ModelAdaptersMixin, *generative, cls), {"__module__": cls.__module__})
     return _CLASS_CACHE[cls]
 
 
@@ -52,8 +56,9 @@ def attach_adapters(model: nn.Module, mix_in: bool = False) -> None:
             f"adapters.init expects a transformers PreTrainedModel with a config; got {type(model).__name__}."
         )
     registry = get_registry()
-    spec = registry.spec_for(model_type)
     base_model = getattr(model, "base_model", model)
+    # Checkpoint-dependent layouts (a gated FFN, cross-attention, sub-models) resolve here.
+    spec = registry.spec_for(model_type).for_model(base_model)
     base_prefix = "" if base_model is model else f"{model.base_model_prefix}."
     state = AdapterState(model, base_model, base_prefix, spec, registry)
     if mix_in:

@@ -95,7 +95,7 @@ class ModelAdaptersMixin:
             self.reset_adapter()
         if state.active_setup is not None and adapter_name in state.active_setup.flatten():
             remaining = [n for n in state.active_setup.flatten() if n != adapter_name]
-            self.set_active_adapters(remaining or None)
+            self.set_active_adapters(remaining or None, sorted(state.skip_layers))
         for method, _ in state.methods_of(config):
             method.delete(state, adapter_name)
         del state.configs[adapter_name]
@@ -103,11 +103,17 @@ class ModelAdaptersMixin:
 
     # -- activation and training ----------------------------------------------------------
     def set_active_adapters(self, adapter_setup: Any, skip_layers: list[int] | None = None) -> None:
-        """Activate a setup (a name, a list of names or a Stack) for every forward pass; ``None`` deactivates."""
-        if skip_layers:
-            raise AdapterError("skip_layers (AdapterDrop) is not available in this release.")
+        """Activate a setup (a name, a list of names or a block) for every forward pass; ``None`` deactivates.
+
+        ``skip_layers`` (AdapterDrop): the layers listed run as if no adapter were there; places
+        before the layers (invertible adapters, prompt tuning) still act, as in the reference.
+
+        Example:
+            >>> model.set_active_adapters("sst2", skip_layers=[0, 1, 2])  # doctest: +SKIP
+        """
         state = self.adapters_state
-        state.apply_setup(state.resolve_setup(adapter_setup))
+        skip = state.resolve_skip_layers(skip_layers)
+        state.apply_setup(state.resolve_setup(adapter_setup), skip)
 
     @property
     def active_adapters(self) -> AdapterCompositionBlock | None:
@@ -134,7 +140,8 @@ class ModelAdaptersMixin:
                 param.requires_grad = True
         if train_embeddings:
             self.get_input_embeddings().weight.requires_grad = True
-        state.apply_setup(block)
+        # As in the reference, training activates the setup in every layer (skip_layers reset).
+        state.apply_setup(block, frozenset())
 
     # -- averaging and merging ------------------------------------------------------------
     def average_adapter(

@@ -34,7 +34,14 @@ class ResidualBlockHooks:
         # h normally leaves the sublayer; a spec may read it from a module's input instead.
         self.h_from_input = isinstance(block.sublayer, InputOf)
         self.h_source = block.sublayer
-        self.sublayer = layer.get_submodule(block.sublayer.path if self.h_from_input else block.sublayer)
+        # No sublayer: the model adds h functionally (BART's F.dropout) and h is read off the post-LN's
+        # input as (h + x) - x, so that h is what the model adds, its dropout included.
+        self.h_from_sum = block.sublayer is None
+        self.sublayer = (
+            None
+            if self.h_from_sum
+            else layer.get_submodule(block.sublayer.path if self.h_from_input else block.sublayer)
+        )
         self.layer_norm = layer.get_submodule(block.layer_norm) if block.layer_norm else None
         # The LayerNorm's own computation, callable while its forward is rerouted to the block.
         self._layer_norm_fn = (
@@ -63,7 +70,9 @@ class ResidualBlockHooks:
             else:
                 self._handles.append(module.register_forward_hook(capture))
         if self.layer_norm is not None:
-            if self.h_from_input:
+            if self.h_from_sum:
+                pass
+            elif self.h_from_input:
                 self._handles.append(
                     self.sublayer.register_forward_pre_hook(self._capture_sublayer_input, with_kwargs=True)
                 )
@@ -120,6 +129,8 @@ class ResidualBlockHooks:
 
     def _post_ln_forward(self, summed: torch.Tensor) -> torch.Tensor:
         h, x = self._h, self._x
+        if self.h_from_sum and x is not None:
+            h = summed - x
         if h is None or x is None:
             # The model calls this LayerNorm somewhere else too (X-MOD reuses it around its
             # language adapters): only the call that closes the block is the block's output.

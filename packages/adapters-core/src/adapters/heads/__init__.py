@@ -15,6 +15,7 @@ from .classification import (
     TaggingHead,
 )
 from .conversion import STATIC_HEADS, StaticHead, static_head
+from .decoder import DECODER_HEAD_TYPES, DecoderAdapterModelBase
 from .dependency_parsing import Biaffine, BiaffineParsingHead, DependencyParsingOutput
 from .language_modeling import BertStyleMaskedLMHead, CausalLMHead, MaskedLMHead, Seq2SeqLMHead
 from .mixin import ModelWithFlexibleHeadsAdaptersMixin, heads_of_setup
@@ -23,6 +24,7 @@ from .registry import BUILTIN_HEADS, register_head
 
 __all__ = [
     "BUILTIN_HEADS",
+    "DECODER_HEAD_TYPES",
     "DEFAULT_HEAD",
     "ENCODER_HEAD_TYPES",
     "STATIC_HEADS",
@@ -33,6 +35,7 @@ __all__ = [
     "BiaffineParsingHead",
     "CausalLMHead",
     "ClassificationHead",
+    "DecoderAdapterModelBase",
     "DependencyParsingOutput",
     "ImageClassificationHead",
     "MaskedLMHead",

@@ -90,6 +90,9 @@ class PredictionHead(nn.Sequential):
         ...         return super().forward(outputs[0][:, 0])
     """
 
+    # Whether the head reads the sequence representation (cls_representation), not the token states.
+    reads_cls_output = False
+
     def __init__(self, name: str) -> None:
         super().__init__()
         self.name = name
@@ -111,33 +114,43 @@ class PredictionHead(nn.Sequential):
         """Append ``layers`` x (dropout, linear[, activation]); the last linear maps to the outputs.
 
         The last linear has ``num_labels`` outputs, one for a multiple-choice head, or the hidden
-        size (followed by the activation) when the config names neither.
+        size (followed by the activation) when the config names neither. The first linear reads
+        :meth:`input_size` features.
         """
         model_config = model.config
         hidden = model_config.hidden_size
+        width = self.input_size(model)
         dropout = self.dropout_prob(model_config)
         act = self.config.get("activation_function")
         n_layers = self.config["layers"]
         modules: list[nn.Module] = []
         for index in range(n_layers):
             modules.append(nn.Dropout(dropout))
+            in_features = width if index == 0 else hidden
             if index < n_layers - 1:
-                modules.append(nn.Linear(hidden, hidden))
+                modules.append(nn.Linear(in_features, hidden))
                 if act:
                     modules.append(head_activation(act))
                 continue
             bias = self.config.get("bias", True)
             if "num_labels" in self.config:
-                modules.append(nn.Linear(hidden, self.config["num_labels"], bias=bias))
+                modules.append(nn.Linear(in_features, self.config["num_labels"], bias=bias))
             elif "num_choices" in self.config:
-                modules.append(nn.Linear(hidden, 1, bias=bias))
+                modules.append(nn.Linear(in_features, 1, bias=bias))
             else:
-                modules.append(nn.Linear(hidden, hidden, bias=bias))
+                modules.append(nn.Linear(in_features, hidden, bias=bias))
                 if act:
                     modules.append(head_activation(act))
         for index, module in enumerate(modules):
             self.add_module(str(index), module)
         self.init_from(model)
+
+    def input_size(self, model: nn.Module) -> int:
+        """Features of what the head reads: the hidden size; for heads of the sequence representation
+        (``reads_cls_output``) the model's ``cls_output_size`` where it has one (DINOv2 classifies
+        its [CLS] state joined with the mean patch state)."""
+        hidden = model.config.hidden_size
+        return (getattr(model, "cls_output_size", None) or hidden) if self.reads_cls_output else hidden
 
     def init_from(self, model: nn.Module) -> None:
         """Initialize the new layers as the model initializes its own, on its device and dtype."""

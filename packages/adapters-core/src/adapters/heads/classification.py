@@ -22,6 +22,7 @@ from transformers.modeling_outputs import (
 )
 
 from .base import PredictionHead, is_seq2seq, label2id_of
+from .language_modeling import _CACHE_FIELD, body_cache
 
 IGNORE_INDEX = -100  # what CrossEntropyLoss skips
 
@@ -32,7 +33,7 @@ def _sequence_output(outputs: Any, loss: torch.Tensor | None, logits: torch.Tens
         return Seq2SeqSequenceClassifierOutput(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            **{_CACHE_FIELD: body_cache(outputs)},
             decoder_hidden_states=outputs.decoder_hidden_states,
             decoder_attentions=outputs.decoder_attentions,
             cross_attentions=outputs.cross_attentions,
@@ -60,6 +61,7 @@ class ClassificationHead(PredictionHead):
     """
 
     head_type = "classification"
+    reads_cls_output = True
 
     def __init__(
         self,
@@ -107,6 +109,8 @@ class MultiLabelClassificationHead(ClassificationHead):
 
 class MultipleChoiceHead(PredictionHead):
     """One score per (example, choice); inputs are ``(batch, num_choices, length)``, flattened by the model."""
+
+    reads_cls_output = True
 
     def __init__(
         self,
@@ -229,7 +233,7 @@ class QuestionAnsweringHead(PredictionHead):
                 loss=loss,
                 start_logits=start_logits,
                 end_logits=end_logits,
-                past_key_values=outputs.past_key_values,
+                **{_CACHE_FIELD: body_cache(outputs)},
                 decoder_hidden_states=outputs.decoder_hidden_states,
                 decoder_attentions=outputs.decoder_attentions,
                 cross_attentions=outputs.cross_attentions,
@@ -250,6 +254,8 @@ class QuestionAnsweringHead(PredictionHead):
 
 class ImageClassificationHead(PredictionHead):
     """Image classification on the first token or the pooler output; ``multilabel`` or regression options."""
+
+    reads_cls_output = True
 
     def __init__(
         self,

@@ -37,10 +37,13 @@ class StaticHead:
         config: dict[str, Any] = {"head_type": self.head_type, **self.options}
         if self.head_type in ("causal_lm", "masked_lm", "seq2seq_lm"):
             return config
+        key = "num_choices" if self.head_type == "multiple_choice" else "num_labels"
+        if key in self.options:  # a size the static class fixes (decoders' QA: 2), whatever the config's labels
+            num_labels, label2id = self.options[key], None
         if label2id is None:
             label2id = {f"LABEL_{i}": i for i in range(num_labels or 2)}
         label2id = {label: int(i) for label, i in label2id.items()}
-        config["num_choices" if self.head_type == "multiple_choice" else "num_labels"] = num_labels or len(label2id)
+        config[key] = num_labels or len(label2id)
         config["label2id"] = label2id
         return config
 
@@ -76,8 +79,12 @@ def _token(module: str = "classifier", head_type: str = "tagging", **extra: Any)
     return StaticHead(head_type, {module: 1}, {"layers": 1, "activation_function": None, **extra})
 
 
-def _qa(module: str = "qa_outputs") -> StaticHead:
-    return _token(module, "question_answering")
+def _qa(module: str = "qa_outputs", **extra: Any) -> StaticHead:
+    return _token(module, "question_answering", **extra)
+
+
+# Decoder-only QA classes (Generic* and GPT-2's) have two outputs, whatever config.num_labels says.
+_QA2 = _qa(num_labels=2)
 
 
 def _lm(head_type: str, dense: str, norm: str, decoder: str, bias: str | None = None, act: str = "gelu") -> StaticHead:
@@ -111,18 +118,23 @@ def _bart_like(prefix: str, qa: bool = True) -> dict[str, StaticHead]:
         f"{prefix}ForConditionalGeneration": _projection("seq2seq_lm"),
     }
     if qa:
-        heads[f"{prefix}ForQuestionAnswering"] = _qa()
+        # BART's QA classes set config.num_labels = 2; T5's project onto config.num_labels outputs.
+        heads[f"{prefix}ForQuestionAnswering"] = _QA2 if "T5" not in prefix else _qa()
     return heads
 
 
-def _decoder_only(prefix: str, causal_bias: bool = False, token_module: str | None = "score") -> dict[str, StaticHead]:
+def _decoder_only(
+    prefix: str, causal_bias: bool = False, token_module: str | None = "score", qa: bool = True
+) -> dict[str, StaticHead]:
+    # transformers' Generic*For* heads; sequence classification reads the last non-padding token.
     heads = {
         f"{prefix}ForSequenceClassification": StaticHead(
             "classification", {"score": 1}, {"layers": 1, "activation_function": None, "bias": False, "dropout_prob": 0}
         ),
         f"{prefix}ForCausalLM": _projection("causal_lm", **({"bias": True} if causal_bias else {})),
-        f"{prefix}ForQuestionAnswering": _qa(),
     }
+    if qa:
+        heads[f"{prefix}ForQuestionAnswering"] = _QA2
     if token_module:
         heads[f"{prefix}ForTokenClassification"] = _token(token_module)
     return heads
@@ -197,17 +209,26 @@ STATIC_HEADS: dict[str, StaticHead] = {
     ),
     "GPT2LMHeadModel": _projection("causal_lm"),
     "GPT2ForTokenClassification": _token(),
-    "GPT2ForQuestionAnswering": _qa(),
+    "GPT2ForQuestionAnswering": _QA2,
     "GPTJForSequenceClassification": StaticHead(
         "classification", {"score": 1}, {"layers": 1, "activation_function": None, "bias": False}
     ),
     "GPTJForCausalLM": _projection("causal_lm", bias=True),
-    "GPTJForQuestionAnswering": _qa(),
+    "GPTJForQuestionAnswering": _QA2,
     **_decoder_only("Llama"),
     **_decoder_only("Mistral"),
+    **_decoder_only("Qwen2"),
+    **_decoder_only("Qwen3"),
+    **_decoder_only("Gemma2", qa=False),
+    # Gemma 3 text-only: Gemma3ForCausalLM; Gemma3ForSequenceClassification is the multimodal model's.
+    "Gemma3ForCausalLM": _projection("causal_lm"),
+    "Gemma3TextForSequenceClassification": _decoder_only("Gemma3Text")["Gemma3TextForSequenceClassification"],
     # vision
     "ViTForImageClassification": _token("classifier", "image_classification"),
     "BeitForImageClassification": _pooler_classifier("image_classification"),
+    # DINOv2's classifier reads [CLS] joined with the mean patch state (the AdapterModel's cls_output)
+    "Dinov2ForImageClassification": _token("classifier", "image_classification"),
+    "Dinov2WithRegistersForImageClassification": _token("classifier", "image_classification"),
 }
 
 

@@ -14,10 +14,22 @@ from transformers.modeling_outputs import CausalLMOutput, CausalLMOutputWithPast
 
 from .base import PredictionHead, head_activation
 
+# transformers 5.x renamed the KV cache field from ``past_key_values`` to ``cache`` (in the body's
+# outputs and in CausalLMOutputWithPast); generate() reads the cache back under that name.
+_CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+def body_cache(outputs: Any) -> Any:
+    """The KV cache in a body's outputs (``cache`` or, before transformers 5.x renamed it, ``past_key_values``)."""
+    cache = outputs.get("cache")
+    return cache if cache is not None else outputs.get("past_key_values")
+
 
 class CausalLMHead(PredictionHead):
     """Next-token prediction: ``layers - 1`` transforms (linear, activation, LayerNorm), then the vocabulary
-    projection; labels are shifted by one position (``shift_labels``).
+    projection; labels are shifted by one position (``shift_labels``). ``logit_softcapping`` (Gemma 2:
+    ``cap * tanh(logits / cap)``) defaults to the model config's ``final_logit_softcapping`` and is
+    saved only when set.
 
     Example:
         >>> model.add_causal_lm_head("lm")  # doctest: +SKIP
@@ -35,6 +47,7 @@ class CausalLMHead(PredictionHead):
         bias: bool = False,
         shift_labels: bool = True,
         dropout_prob: float | None = None,
+        logit_softcapping: float | None = None,
     ) -> None:
         super().__init__(head_name)
         self.config = {
@@ -49,6 +62,10 @@ class CausalLMHead(PredictionHead):
             "label2id": None,
             "dropout_prob": dropout_prob,
         }
+        if logit_softcapping is None:
+            logit_softcapping = getattr(model.config, "final_logit_softcapping", None)
+        if logit_softcapping is not None:  # a key the reference's head configs do not have: only where needed
+            self.config["logit_softcapping"] = logit_softcapping
         self.build(model)
 
     def build(self, model: nn.Module) -> None:
@@ -74,11 +91,12 @@ class CausalLMHead(PredictionHead):
         self._modules[str(len(self) - 1)] = embeddings
 
     def make_output(self, loss: torch.Tensor | None, logits: torch.Tensor, outputs: Any) -> Any:
-        if outputs.get("past_key_values") is not None:
+        cache = body_cache(outputs)
+        if cache is not None:
             return CausalLMOutputWithPast(
                 loss=loss,
                 logits=logits,
-                past_key_values=outputs.past_key_values,
+                **{_CACHE_FIELD: cache},
                 hidden_states=outputs.get("hidden_states"),
                 attentions=outputs.get("attentions"),
             )
@@ -94,6 +112,9 @@ class CausalLMHead(PredictionHead):
         if inverse is not None:  # MAD-X: undo the embedding-side invertible adapter before projecting
             hidden = inverse(hidden, rev=True)
         logits = self[len(self) - 1](hidden)
+        cap = self.config.get("logit_softcapping")
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap
         labels = kwargs.get("labels")
         loss = None
         if labels is not None:
@@ -135,7 +156,7 @@ class Seq2SeqLMHead(CausalLMHead):
         return Seq2SeqLMOutput(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.get("past_key_values"),
+            **{_CACHE_FIELD: body_cache(outputs)},
             decoder_hidden_states=outputs.get("decoder_hidden_states"),
             decoder_attentions=outputs.get("decoder_attentions"),
             cross_attentions=outputs.get("cross_attentions"),

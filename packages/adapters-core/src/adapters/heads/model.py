@@ -17,9 +17,11 @@ import copy
 import functools
 import inspect
 import logging
+import re
 from typing import Any, ClassVar
 
 import torch
+import transformers
 from torch import nn
 from transformers.utils.generic import TransformersKwargs
 
@@ -87,9 +89,14 @@ def last_token_states(
     input_ids: torch.Tensor | None = None,
     pad_token_id: int | None = None,
 ) -> torch.Tensor:
-    """Each row's state at its last non-padding token (left or right padding), where decoder-only
-    models classify; without a mask or pad id, the last position. Under Parallel the hidden rows
-    are ``n`` copies of the input rows, and the positions repeat accordingly.
+    """Each row's state at its last token, where decoder-only models classify.
+
+    As transformers' ``XxxForSequenceClassification``: the rightmost token that is not
+    ``pad_token_id`` (left or right padding) when the ids and a pad id are known; else the rightmost
+    position a 2D attention mask keeps (``inputs_embeds``, no pad id); else the last position.
+    Positions the body adds in front (a prompt-tuning prompt) or leaves out (tokens already in the KV
+    cache) shift the index by the length difference. Under Parallel the hidden rows are ``n`` copies
+    of the input rows, and the positions repeat accordingly.
 
     Example:
         >>> h = torch.arange(12.0).view(2, 3, 2)
@@ -97,15 +104,28 @@ def last_token_states(
         tensor([[ 2.,  3.],
                 [10., 11.]])
     """
-    if attention_mask is None and input_ids is not None and pad_token_id is not None:
-        attention_mask = (input_ids != pad_token_id).long()
-    if attention_mask is None:
+    if input_ids is not None and pad_token_id is not None:
+        keep = input_ids != pad_token_id
+    elif attention_mask is not None and attention_mask.dim() == 2:
+        keep = attention_mask != 0
+    else:
         return hidden[:, -1]
-    positions = torch.arange(attention_mask.shape[-1], device=hidden.device)
-    last = (positions * (attention_mask != 0).to(positions.dtype)).argmax(-1)
+    positions = torch.arange(keep.shape[-1], device=hidden.device)
+    last = (positions * keep.to(device=hidden.device, dtype=positions.dtype)).argmax(-1)
+    last = (last + (hidden.shape[1] - keep.shape[-1])).clamp(0, hidden.shape[1] - 1)
     if hidden.shape[0] != last.shape[0]:
         last = last.repeat(hidden.shape[0] // last.shape[0])
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
+def _body_mapping(architecture: str, prefix: str) -> dict[str, str]:
+    """Renames the body of a static checkpoint whose class names it differently from the family
+    (``LlamaForQuestionAnswering`` keeps its ``LlamaModel`` as ``transformer``, ``LlamaForCausalLM`` as ``model``)."""
+    static_class = getattr(transformers, architecture, None)
+    theirs = getattr(static_class, "base_model_prefix", None)
+    if not theirs or theirs == prefix:
+        return {}
+    return {rf"^{re.escape(theirs)}\.": f"{prefix}."}
 
 
 def _total_loss(outputs: list[Any]) -> torch.Tensor | None:
@@ -118,11 +138,12 @@ def _total_loss(outputs: list[Any]) -> torch.Tensor | None:
 _HEAD_INPUTS = ("head", "labels", "start_positions", "end_positions", "word_starts")
 
 
-def _forward_for(base_class: type) -> Any:
-    """``AdapterModelBase.forward`` with a signature listing the body's inputs and the head inputs."""
+def _forward_for(owner: type, base_class: type) -> Any:
+    """``owner``'s inherited forward (``AdapterModelBase.forward`` or a family base's override) with a
+    signature listing the body's inputs and the head inputs."""
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return AdapterModelBase.forward(self, *args, **kwargs)
+        return super(owner, self).forward(*args, **kwargs)
 
     body = list(inspect.signature(base_class.forward).parameters.values())
     params = [p for p in body if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
@@ -160,7 +181,7 @@ class AdapterModelBase(ModelWithFlexibleHeadsAdaptersMixin):
         super().__init_subclass__(**kwargs)
         base = cls.__dict__.get("base_model_class")
         if base is not None and "forward" not in cls.__dict__:
-            cls.forward = _forward_for(base)
+            cls.forward = _forward_for(cls, base)
 
     def __init__(self, config: Any, *args: Any, **kwargs: Any) -> None:
         # The model's heads live in config.prediction_heads: a model of its own needs a config of its own.
@@ -195,6 +216,7 @@ class AdapterModelBase(ModelWithFlexibleHeadsAdaptersMixin):
                 label2id = getattr(config, "label2id", None)
                 config.prediction_heads = {DEFAULT_HEAD: conversion.head_config(label2id, len(label2id or {}) or None)}
                 ours = conversion.key_mapping(DEFAULT_HEAD)
+                ours.update(_body_mapping(architecture, cls.base_model_prefix))
             else:
                 logger.warning(
                     "%s has no %r heads; the head of the %s checkpoint is not loaded.",

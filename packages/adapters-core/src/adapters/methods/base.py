@@ -16,6 +16,7 @@ from ..errors import AdapterError, AdapterNameError
 
 if TYPE_CHECKING:
     from ..composition.blocks import AdapterCompositionBlock
+    from ..core.gating import GateSite
     from ..core.state import AdapterState
 
 _INVALID_NAME = re.compile(r"[.\s]")
@@ -114,3 +115,7 @@ class AdapterMethod(ABC):
 
     def unmerge(self, state: AdapterState, name: str) -> None:
         raise AdapterError(f"{self.name} adapters cannot be merged into the model weights.")
+
+    def gate_sites(self, state: AdapterState) -> list[GateSite]:
+        """The gates of this method's adapters (``use_gating``), for ``output_adapter_gating_scores``."""
+        return []

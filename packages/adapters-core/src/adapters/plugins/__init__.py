@@ -1,5 +1,6 @@
 """The plugin system: hook specifications, model specs and the plugin registry."""
 
+from .compose import SubModels
 from .hookspecs import ENTRY_POINT_GROUP, hookimpl, hookspec
 from .manager import get_registry, register_plugin
 from .spec import (
@@ -27,6 +28,7 @@ __all__ = [
     "ReferenceNames",
     "ResidualBlock",
     "SelfAttention",
+    "SubModels",
     "get_registry",
     "hookimpl",
     "hookspec",

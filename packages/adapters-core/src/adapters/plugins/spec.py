@@ -14,7 +14,10 @@ from torch import nn
 
 from ..errors import UnsupportedModelError
 
-LINEAR_ROLES = ("q", "k", "v", "attn_out", "ffn_in", "ffn_out")
+LINEAR_ROLES = ("q", "k", "v", "attn_out", "ffn_in", "ffn_out", "cross_q", "cross_k", "cross_v")
+# Roles of a decoder layer's cross-attention projections: LoRA's attn_matrices ("q", "v") adapt the
+# self- and the cross-attention alike, as the reference library's "selfattn" LoRA does.
+CROSS_ROLE_PREFIX = "cross_"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,10 +40,12 @@ class OutputOf:
 class FusedLinear:
     """One linear layer computing several roles at once (e.g. a fused q/k/v projection).
 
-    The output is read as ``len(roles)`` contiguous, equal slices in the order of ``roles``: slice
-    ``j`` of ``out_features // len(roles)`` rows belongs to ``roles[j]``. This is the layout the
-    reference library uses for LoRA on fused projections (DeBERTa's ``in_proj``), whatever the
-    model's own interleaving of heads is, so published adapters keep their meaning.
+    The layer is an ``nn.Linear`` or transformers' ``Conv1D`` (GPT-2's ``c_attn``, weight stored
+    ``(in, out)``). The output is read as ``len(roles)`` contiguous, equal slices in the order of
+    ``roles``: slice ``j`` of ``out_features // len(roles)`` outputs belongs to ``roles[j]``. This is
+    the layout the reference library uses for LoRA on fused projections (DeBERTa's ``in_proj``,
+    GPT-2's ``c_attn``), whatever the model's own interleaving of heads is, so published adapters
+    keep their meaning.
     """
 
     path: str
@@ -64,6 +69,8 @@ class ResidualBlock:
             residual addition (e.g. ``attention.output.dropout``). An :class:`InputOf` reads ``h``
             from a module's input instead; this lets a spec swap the roles of ``h`` and ``x``
             where the reference library does (ALBERT's attention block). Post-LN blocks only.
+            ``None`` (post-LN only): ``h`` is read off the LayerNorm's input as ``(h + x) - x``, for
+            models that add ``h`` after a functional dropout with no module to hook (BART).
             In a pre-LN block the layer may call the same module for both blocks (ViT's one
             dropout, BEiT's drop_path): each block takes the first call after its ``x`` was read.
         layer_norm: the post-LN module that normalizes ``h + x``; ``None`` for pre-LN blocks. If
@@ -73,14 +80,20 @@ class ResidualBlock:
 
     holder: str
     residual: InputOf | OutputOf | tuple[InputOf | OutputOf, ...]
-    sublayer: str | InputOf
+    sublayer: str | InputOf | None
     layer_norm: str | None = None
+    # The bottleneck config flag that places adapters here, where it is not the block's own
+    # (mh_adapter, output_adapter, cross_adapter): the reference library adapts a BERT decoder's
+    # cross-attention output (a BertSelfOutput, like the self-attention's) under mh_adapter.
+    config_flag: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.residual, tuple) and not self.residual:
             raise ValueError("ResidualBlock.residual needs at least one source.")
-        if isinstance(self.sublayer, InputOf) and self.layer_norm is None:
-            raise ValueError("ResidualBlock.sublayer may be an InputOf only for post-LN blocks (layer_norm set).")
+        if (self.sublayer is None or isinstance(self.sublayer, InputOf)) and self.layer_norm is None:
+            raise ValueError(
+                "ResidualBlock.sublayer may be an InputOf or None only for post-LN blocks (layer_norm set)."
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +112,42 @@ class LayerStack:
 
     path: str
     config: str | None = None
+    # Per-layer fields of the ModelSpec that differ in this stack's layers (an encoder-decoder's
+    # decoder layers add a cross-attention block and number their sub-layers differently), e.g.
+    # ``{"ffn_block": ResidualBlock(...), "cross_attention": SelfAttention(...)}``; see
+    # ModelSpec.for_stack. Only the names in LAYER_FIELDS may be given.
+    overrides: Mapping[str, object] = dataclasses.field(default_factory=dict)
+    # The module that runs this stack, where a Parallel setup copies the stack's other inputs (a
+    # decoder's own ids and masks); default: the parent of ``path`` (T5's ``decoder`` of
+    # ``decoder.block``). A stack of a sub-model is entered through that sub-model (``decoder``).
+    entry: str | None = None
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.overrides) - set(LAYER_FIELDS))
+        if unknown:
+            raise ValueError(
+                f"LayerStack.overrides has fields {unknown} that are not per-layer; valid: {LAYER_FIELDS}."
+            )
+
+    def __hash__(self) -> int:
+        return hash((self.path, self.config, tuple(sorted(self.overrides)), self.entry))
+
+    @property
+    def entry_path(self) -> str:
+        """Path of the module that runs this stack (``entry``, else the parent of ``path``)."""
+        return self.path.rpartition(".")[0] if self.entry is None else self.entry
+
+
+# The ModelSpec fields that describe one layer, and may differ per LayerStack.
+LAYER_FIELDS = (
+    "attention_block",
+    "ffn_block",
+    "cross_attention_block",
+    "linears",
+    "fused_linears",
+    "self_attention",
+    "cross_attention",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,8 +283,14 @@ class ModelSpec:
     layers: str = ""
     attention_block: ResidualBlock | None = None
     ffn_block: ResidualBlock | None = None
+    # The cross-attention sub-block of an encoder-decoder's decoder layers (bottleneck adapters with
+    # cross_adapter=True); usually given per stack (LayerStack.overrides), as encoder layers have none.
+    cross_attention_block: ResidualBlock | None = None
     linears: Mapping[str, str] = dataclasses.field(default_factory=dict)
     embeddings: str | None = "embeddings"
+    # Where prompt tuning inserts the prompt, when not at ``embeddings`` (whose output invertible
+    # adapters transform): BART's encoder adds positions and builds its mask after the token embeddings.
+    prompt_embeddings: str | None = None
     # For models whose layers are not one ModuleList (ALBERT's shared groups): yields
     # (layer index, layer module) from the base model.
     iter_layers: Callable[[nn.Module], Iterable[tuple[int, nn.Module]]] | None = None
@@ -248,11 +303,14 @@ class ModelSpec:
     reference_names: ReferenceNames | None = None
     # The self-attention module of each layer (prefix tuning); None if the plugin declares none.
     self_attention: SelfAttention | None = None
+    # The cross-attention module of a decoder layer (prefix tuning's cross_prefix; prefix_key "cross_prefix").
+    cross_attention: SelfAttention | None = None
     # Where the (batch, sequence) padding mask enters the module that first uses it after the
     # embeddings, relative to the base model ("" is the base model's own forward); prompt tuning
     # extends it for the prompt positions. The keyword is looked up in that forward's signature.
-    # None for models that take no padding mask (ViT).
-    padding_mask: InputOf | None = InputOf("", 1, "attention_mask")
+    # None for models that take no padding mask (ViT). A tuple names several places: an
+    # encoder-decoder's decoder also reads the encoder's mask (its cross-attention keys get the prompt).
+    padding_mask: InputOf | tuple[InputOf, ...] | None = InputOf("", 1, "attention_mask")
     # Methods (by AdapterMethod.name) the family cannot run correctly, with the reason add_adapter
     # gives in its AdapterConfigError (CLIP's text tower pools at a position prompt tokens shift).
     refused_methods: Mapping[str, str] = dataclasses.field(default_factory=dict)
@@ -260,9 +318,34 @@ class ModelSpec:
     # whose own code reads its inputs again after the layers (CLIP's text pooling indexes the
     # batch with input_ids) sets this: the inputs are then copied, and every layer runs per branch.
     parallel_copies_inputs: bool = False
+    # Prompt tuning normally inserts the prompt into the embeddings module's output. A model whose
+    # forward shapes its outputs by input_ids (GPT-2 reshapes its last hidden state to them) sets
+    # this: placeholder tokens are inserted into input_ids (and positions into position_ids), and
+    # their embeddings are replaced by the prompt (see methods/prompt_tuning/slots.py).
+    prompt_token_slots: bool = False
+    # Whether a model's LM head (get_output_embeddings) applies the inverse of the invertible adapter
+    # that transformed ``embeddings``. False where those embeddings do not feed the sequence the LM
+    # head reads (Whisper's audio encoder output: the reference library inverts nothing there).
+    invert_at_lm_head: bool = True
+    # Per-layer fields (as in LayerStack.overrides) for layers built with a cross-attention
+    # (``config.add_cross_attention``: a BERT model as the decoder of an EncoderDecoderModel).
+    cross_attention_overrides: Mapping[str, object] = dataclasses.field(default_factory=dict)
+    # The spec for one model, where it depends on the checkpoint's config or on other plugins'
+    # specs (T5 with a gated FFN; EncoderDecoderModel, whose stacks come from the specs of its
+    # sub-models: see plugins.compose.SubModels). Called by :meth:`for_model` before adapters attach.
+    specialize: Callable[[ModelSpec, nn.Module], ModelSpec] | None = None
 
     def __post_init__(self) -> None:
-        if bool(self.layers) == bool(self.layer_stacks) and self.iter_layers is None:
+        unknown_overrides = sorted(set(self.cross_attention_overrides) - set(LAYER_FIELDS))
+        if unknown_overrides:
+            raise ValueError(
+                f"ModelSpec.cross_attention_overrides has fields {unknown_overrides} that are not per-layer."
+            )
+        # A template completed per model (specialize) may leave its layers to that step.
+        layout_given = bool(self.layers) or bool(self.layer_stacks) or self.iter_layers is not None
+        if bool(self.layers) == bool(self.layer_stacks) and self.iter_layers is None and layout_given:
+            raise ValueError("ModelSpec needs exactly one of layers (one stack) and layer_stacks (several).")
+        if not layout_given and self.specialize is None:
             raise ValueError("ModelSpec needs exactly one of layers (one stack) and layer_stacks (several).")
         fused_roles = [role for fused in self.fused_linears for role in fused.roles]
         unknown = sorted((set(self.linears) | set(fused_roles)) - set(LINEAR_ROLES))
@@ -271,6 +354,31 @@ class ModelSpec:
         twice = sorted({r for r in fused_roles if fused_roles.count(r) > 1 or r in self.linears})
         if twice:
             raise ValueError(f"ModelSpec roles {twice} are declared more than once (linears / fused_linears).")
+
+    def for_model(self, base_model: nn.Module) -> ModelSpec:
+        """The spec as it applies to ``base_model``: ``specialize``, then ``cross_attention_overrides``.
+
+        Example:
+            >>> spec.for_model(model.base_model).model_types  # doctest: +SKIP
+            ('t5',)
+        """
+        spec = self.specialize(self, base_model) if self.specialize is not None else self
+        config = getattr(base_model, "config", None)
+        if spec.cross_attention_overrides and getattr(config, "add_cross_attention", False):
+            spec = dataclasses.replace(spec, **spec.cross_attention_overrides, cross_attention_overrides={})
+        return spec
+
+    def for_stack(self, stack: LayerStack) -> ModelSpec:
+        """The spec as it applies to the layers of ``stack`` (its ``overrides`` replace the per-layer fields)."""
+        if not stack.overrides:
+            return self
+        return dataclasses.replace(self, **stack.overrides)
+
+    @property
+    def padding_masks(self) -> tuple[InputOf, ...]:
+        """Every place a padding mask enters (``padding_mask`` as a tuple)."""
+        where = self.padding_mask
+        return () if where is None else where if isinstance(where, tuple) else (where,)
 
     def fused_linear_for(self, role: str) -> FusedLinear | None:
         """The fused linear that computes ``role``, if the role is a slice of one."""

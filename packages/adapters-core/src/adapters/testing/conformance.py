@@ -18,12 +18,16 @@ Example test module of a plugin::
                                                  vocab_size=100)),
         }
 
-Each check's name and assertion message say in plain words what the plugin got wrong.
+Each check's name and assertion message say in plain words what the plugin got wrong. A spec path
+that names no module of the model fails ``test_spec_matches_the_model`` with the field, the path
+and the modules that are there; a check that then breaks with an exception (say an
+``AttributeError`` inside ``add_adapter``) reports the same sentences instead of a bare traceback.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import tempfile
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
@@ -36,7 +40,9 @@ import adapters
 
 from ..composition import Average, BatchSplit, Fuse, Parallel, Split, Stack
 from ..configs.base import AdapterConfig
+from ..errors import AdapterError
 from ..plugins.manager import get_registry
+from .spec_check import spec_problems
 
 ADAPTER = "conformance"
 
@@ -60,6 +66,39 @@ def method_cases() -> list[Any]:
         for case_name, config in method.conformance_configs().items():
             cases.append(pytest.param((method, config), id=f"{method.name}-{case_name}"))
     return cases
+
+
+def _explains_spec_errors(check: Callable) -> Callable:
+    """Turn an exception a check raises because of a wrong spec path into a failure that names the path.
+
+    Assertion failures, skips and errors of a correct spec pass through unchanged.
+    """
+
+    @functools.wraps(check)
+    def run_check(self: ModelConformanceSuite, *args: Any, **kwargs: Any) -> None:
+        try:
+            check(self, *args, **kwargs)
+            return
+        except AssertionError:
+            raise
+        except Exception as error:
+            model_type = kwargs.get("model_type", args[0] if args else None)
+            problems = self.spec_problems(model_type) if model_type is not None else []
+            if not problems:
+                raise
+            message = f"{check.__name__} raised {type(error).__name__}: {error}\n" + _describe_problems(
+                model_type, problems
+            )
+        # Outside the except block, so that pytest shows the sentences without the chained traceback.
+        pytest.fail(message, pytrace=False)
+
+    return run_check
+
+
+def _describe_problems(model_type: str, problems: list[str]) -> str:
+    return f"The plugin's ModelSpec for {model_type!r} does not match the model:\n" + "\n".join(
+        f"  - {problem}" for problem in problems
+    )
 
 
 def _enable_checkpointing(model: nn.Module) -> None:
@@ -118,6 +157,25 @@ class ModelConformanceSuite:
         pytest.skip(f"{model_type} refuses {sorted(names)[0] if names else method.name} on purpose: {refusal.value}")
 
     # -- helpers a plugin may override ----------------------------------------------------
+    def spec_problems(self, model_type: str) -> list[str]:
+        """What in the plugin's spec does not match a model of ``model_type`` (see :mod:`.spec_check`).
+
+        Computed once per suite class and model type.
+        """
+        cache = type(self).__dict__.get("_spec_problem_cache")
+        if cache is None:
+            cache = {}
+            type(self)._spec_problem_cache = cache
+        if model_type not in cache:
+            model = self.make_model(model_type)
+            try:
+                adapters.init(model)
+            except AdapterError as error:
+                cache[model_type] = [f"adapters.init({type(model).__name__}) failed: {error}"]
+            else:
+                cache[model_type] = spec_problems(model)
+        return cache[model_type]
+
     def make_model(self, model_type: str) -> nn.Module:
         torch.manual_seed(0)
         model = self.model_factories[model_type]()
@@ -168,6 +226,11 @@ class ModelConformanceSuite:
         return model, self._inputs(model_type, model), case[1]
 
     # -- the checks -------------------------------------------------------------------------
+    def test_spec_matches_the_model(self, model_type: str) -> None:
+        problems = self.spec_problems(model_type)
+        assert not problems, _describe_problems(model_type, problems)
+
+    @_explains_spec_errors
     def test_no_active_adapter_is_bit_identical(self, model_type: str, case: Any) -> None:
         model = self.make_model(model_type)
         inputs = self._inputs(model_type, model)
@@ -179,6 +242,7 @@ class ModelConformanceSuite:
             randomize_adapter(model, ADAPTER)
             assert torch.equal(self.output_of(model, inputs), plain), "an added but inactive adapter changed the output"
 
+    @_explains_spec_errors
     def test_adds_trainable_parameters(self, model_type: str, case: Any) -> None:
         model, _, config = self._setup(model_type, case)
         before = {n for n, _ in model.named_parameters()}
@@ -193,6 +257,7 @@ class ModelConformanceSuite:
             f"extra: {sorted(trainable - added)[:3]}, frozen: {sorted(added - trainable)[:3]}"
         )
 
+    @_explains_spec_errors
     def test_activation_changes_output_and_deactivation_restores_it(self, model_type: str, case: Any) -> None:
         model, inputs, config = self._setup(model_type, case)
         with torch.no_grad():
@@ -210,6 +275,7 @@ class ModelConformanceSuite:
             model.set_active_adapters(None)
             assert torch.equal(self.output_of(model, inputs), plain), "deactivating did not restore the output exactly"
 
+    @_explains_spec_errors
     def test_save_load_round_trip(self, model_type: str, case: Any) -> None:
         model, inputs, config = self._setup(model_type, case)
         model.add_adapter(ADAPTER, config=config, set_active=True)
@@ -227,6 +293,7 @@ class ModelConformanceSuite:
         assert name == "reloaded"
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-6, msg="the reloaded adapter gives other outputs")
 
+    @_explains_spec_errors
     def test_training_step_changes_only_adapter_parameters(self, model_type: str, case: Any) -> None:
         model, inputs, config = self._setup(model_type, case)
         model.add_adapter(ADAPTER, config=config)
@@ -244,6 +311,7 @@ class ModelConformanceSuite:
         assert changed, "one optimizer step changed no parameter: the adapter gets no gradient"
         assert changed <= adapter_names, f"non-adapter parameters changed: {sorted(changed - adapter_names)[:3]}"
 
+    @_explains_spec_errors
     def test_delete_removes_every_parameter(self, model_type: str, case: Any) -> None:
         model, inputs, config = self._setup(model_type, case)
         keys = set(model.state_dict())
@@ -256,6 +324,7 @@ class ModelConformanceSuite:
         with torch.no_grad():
             assert torch.equal(self.output_of(model, inputs), plain), "output differs after delete_adapter"
 
+    @_explains_spec_errors
     def test_merge_and_reset_are_exact(self, model_type: str, case: Any) -> None:
         method, config = case
         if not method.supports_merge:
@@ -278,6 +347,7 @@ class ModelConformanceSuite:
         for key, value in weights.items():
             torch.testing.assert_close(state[key], value, rtol=0, atol=1e-6, msg=f"reset_adapter did not restore {key}")
 
+    @_explains_spec_errors
     def test_leave_out_is_respected(self, model_type: str, case: Any) -> None:
         model, _, config = self._setup(model_type, case)
         if not case[0].layer_wise:
@@ -291,6 +361,7 @@ class ModelConformanceSuite:
         assert 0 not in layers, "leave_out=[0] still put adapter modules into layer 0"
         assert layers, "with leave_out=[0] no other layer got the adapter"
 
+    @_explains_spec_errors
     def test_gradient_checkpointing_gives_same_gradients(self, model_type: str, case: Any) -> None:
         grads = []
         for checkpointing in (False, True):
@@ -333,6 +404,7 @@ class ModelConformanceSuite:
     def _supports(self, case: Any, block: type) -> bool:
         return block in case[0].supported_blocks
 
+    @_explains_spec_errors
     def test_batch_split_equals_each_adapter_on_its_examples(self, model_type: str, case: Any) -> None:
         if not self._supports(case, BatchSplit):
             pytest.skip(f"{case[0].name} does not support BatchSplit (see test_unsupported_blocks_are_refused)")
@@ -343,6 +415,7 @@ class ModelConformanceSuite:
         expected = torch.cat([self._composed(model, ADAPTER, first), self._composed(model, "second", rest)])
         torch.testing.assert_close(split, expected, rtol=1e-5, atol=1e-5, msg="BatchSplit differs from separate runs")
 
+    @_explains_spec_errors
     def test_parallel_equals_separate_runs(self, model_type: str, case: Any) -> None:
         if not self._supports(case, Parallel):
             pytest.skip(f"{case[0].name} does not support Parallel (see test_unsupported_blocks_are_refused)")
@@ -351,6 +424,7 @@ class ModelConformanceSuite:
         expected = torch.cat([self._composed(model, ADAPTER, inputs), self._composed(model, "second", inputs)])
         torch.testing.assert_close(parallel, expected, rtol=1e-5, atol=1e-5, msg="Parallel differs from separate runs")
 
+    @_explains_spec_errors
     def test_average_with_weights_one_zero_is_the_first_adapter(self, model_type: str, case: Any) -> None:
         if not self._supports(case, Average):
             pytest.skip(f"{case[0].name} does not support Average (see test_unsupported_blocks_are_refused)")
@@ -360,6 +434,7 @@ class ModelConformanceSuite:
             averaged, self._composed(model, ADAPTER, inputs), rtol=1e-5, atol=1e-5, msg="Average([1, 0]) != first"
         )
 
+    @_explains_spec_errors
     def test_unsupported_blocks_are_refused(self, model_type: str, case: Any) -> None:
         model, inputs = self._two_adapters(model_type, case)
         model.set_active_adapters(ADAPTER)
@@ -381,6 +456,7 @@ class ModelConformanceSuite:
         with torch.no_grad():
             assert torch.equal(self.output_of(model, inputs), before), "a refused setup changed the output"
 
+    @_explains_spec_errors
     def test_fuse_trains_saves_and_loads(self, model_type: str, case: Any) -> None:
         if not self._supports(case, Fuse):
             pytest.skip(f"{case[0].name} does not support Fuse (see test_unsupported_blocks_are_refused)")

@@ -39,6 +39,9 @@ class AdapterTrainer(Trainer):
     embeddings (call ``model.train_adapter(name)`` first), unless ``allow_trainable_base=True``;
     those parameters are then saved in ``head.safetensors`` too.
 
+    While an AdapterFusion with ``regularization`` (the ``"dynamic"`` config) trains, the loss is
+    the task loss plus ``model.get_fusion_regularization_loss()`` (``0.01 * sum ||I - V||^2``).
+
     Args:
         adapter_names: a setup to activate (``model.set_active_adapters``) before training.
         allow_trainable_base: train body parameters that are not frozen, instead of refusing.
@@ -76,6 +79,47 @@ class AdapterTrainer(Trainer):
 
     def _adapter_model(self) -> Any:
         return self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+
+    def compute_loss(
+        self,
+        model: Any,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ) -> Any:
+        """The task loss, plus AdapterFusion's value regularization while a fusion with one trains.
+
+        The term (``model.get_fusion_regularization_loss()``, ``None`` unless a fusion with
+        ``regularization`` has a trainable value matrix) is added in training only, so evaluation
+        losses stay task losses. It counts once per optimizer step: ``training_step`` divides an
+        unscaled loss by the accumulation steps, and an already scaled one gets the term divided here.
+        """
+        result = super().compute_loss(
+            model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+        )
+        if not model.training:
+            return result
+        regularization = self._fusion_regularization(num_items_in_batch)
+        if regularization is None:
+            return result
+        if return_outputs:
+            loss, outputs = result
+            return loss + regularization, outputs
+        return result + regularization
+
+    def _fusion_regularization(self, num_items_in_batch: Any) -> torch.Tensor | None:
+        getter = getattr(self._adapter_model(), "get_fusion_regularization_loss", None)
+        regularization = getter() if getter is not None else None
+        if regularization is None:
+            return None
+        # Mirrors Trainer.training_step: a loss normalized over the accumulated batch is not divided there.
+        scaled = getattr(self, "loss_is_scaled_for_ga", None)
+        if scaled is None:
+            scaled = (
+                self.model_accepts_loss_kwargs and num_items_in_batch is not None
+            ) or self.compute_loss_func is not None
+        steps = getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
+        return regularization / steps if scaled and steps > 1 else regularization
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         # Only the writing process saves; state_dict is the gathered full one under FSDP/DeepSpeed.

@@ -54,6 +54,8 @@ class ComposedBottlenecks(ComposablePlace[BottleneckState]):
         self.names = frozenset(present)
         self.last = adapters[present[-1]]
         self.fuser = fuser
+        # Only AdapterFusion reads the up-projections a slicing block joins; without a Fuse they are not joined.
+        self._joins_up = _has_fuse(block)
         self._layer_norm: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def __call__(self, h: torch.Tensor, x: torch.Tensor, layer_norm) -> torch.Tensor:
@@ -91,6 +93,21 @@ class ComposedBottlenecks(ComposablePlace[BottleneckState]):
             states = [s._replace(up=None) for s in states]
         return cat_states(states, dim)
 
+    def repeat(self, state: BottleneckState, copies: int) -> BottleneckState:
+        # Before any adapter ran, hidden is h: copy it once.
+        h, x = _repeat(state.h, copies), _repeat(state.x, copies)
+        hidden = h if state.hidden is state.h else _repeat(state.hidden, copies)
+        up = None if state.up is None or not self._joins_up else _repeat(state.up, copies)
+        return BottleneckState(hidden, h, x, up)
+
+    def join(self, whole: BottleneckState, parts: Sequence[BottleneckState], dim: int) -> BottleneckState:
+        # The adapters never change h and x (see single, average, fuse): the parts hold slices of whole's.
+        hidden = torch.cat([part.hidden for part in parts], dim)
+        up = None
+        if self._joins_up and all(part.up is not None for part in parts):
+            up = torch.cat([part.up for part in parts], dim)
+        return BottleneckState(hidden, whole.h, whole.x, up)
+
     def average(self, states: Sequence[BottleneckState], weights: Sequence[float]) -> BottleneckState:
         hidden = torch.stack([s.hidden for s in states]).mul_(
             torch.tensor(weights, dtype=states[0].hidden.dtype, device=states[0].hidden.device).view(-1, 1, 1, 1)
@@ -102,3 +119,13 @@ class ComposedBottlenecks(ComposablePlace[BottleneckState]):
         if self.fuser is None:
             return super().fuse(block, state)
         return self.fuser(self, block, state)
+
+
+def _has_fuse(block: AdapterCompositionBlock) -> bool:
+    return isinstance(block, Fuse) or any(
+        isinstance(child, AdapterCompositionBlock) and _has_fuse(child) for child in block
+    )
+
+
+def _repeat(tensor: torch.Tensor, copies: int) -> torch.Tensor:
+    return tensor.repeat(copies, *([1] * (tensor.dim() - 1)))

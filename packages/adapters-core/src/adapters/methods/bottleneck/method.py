@@ -23,6 +23,7 @@ from ...configs.bottleneck import (
     SeqBnConfig,
     SeqBnInvConfig,
 )
+from ...core.gating import GateSite, GatingScores
 from ...core.residual import ResidualBlockHooks
 from ...errors import AdapterConfigError
 from ..base import AdapterDict, AdapterMethod, adapter_dict
@@ -36,9 +37,16 @@ from .phm import SharedPHMParameters
 if TYPE_CHECKING:
     from ...core.state import AdapterState
 
-LOCATIONS = {"mh_adapter": "attention_block", "output_adapter": "ffn_block"}
+LOCATIONS = {"mh_adapter": "attention_block", "output_adapter": "ffn_block", "cross_adapter": "cross_attention_block"}
 # adapter-transformers 1.x kept invertible adapters in "invertible_lang_adapters".
 _LEGACY_INVERTIBLE = re.compile(r"(^|\.)invertible_lang_adapters\.")
+
+
+def _flag(block, location: str) -> str | None:
+    """The config flag that places adapters at ``block`` (``None``: the model has no such block)."""
+    if block is None:
+        return None
+    return block.config_flag or location
 
 
 class BottleneckPlace:
@@ -157,14 +165,16 @@ class BottleneckMethod(AdapterMethod):
         places = self._places(state)
         key = (layer_idx, location)
         if key not in places:
-            block = getattr(state.spec, LOCATIONS[location])
+            block = getattr(state.layer_spec(layer_idx), LOCATIONS[location])
             places[key] = BottleneckPlace(layer, block.holder, block)
         return places[key]
 
     def _invertible_place(self, state: AdapterState) -> InvertiblePlace:
         places = self._places(state)
         if INVERTIBLE_KEY not in places:
-            places[INVERTIBLE_KEY] = InvertiblePlace(state.model, state.base_model, state.spec.embeddings)
+            # The bare body has no LM head, so no inverse is hooked where the spec wants none.
+            head_model = state.model if state.spec.invert_at_lm_head else state.base_model
+            places[INVERTIBLE_KEY] = InvertiblePlace(head_model, state.base_model, state.spec.embeddings)
         return places[INVERTIBLE_KEY]
 
     def _shared_place(self, state: AdapterState) -> SharedPlace:
@@ -200,10 +210,13 @@ class BottleneckMethod(AdapterMethod):
 
     def add(self, state: AdapterState, name: str, config: BnConfig) -> None:
         for location, block_attr in LOCATIONS.items():
-            if getattr(config, location) and getattr(state.spec, block_attr) is None:
+            if getattr(config, location) and all(
+                _flag(getattr(state.layer_spec(i), block_attr), location) != location for i, _ in state.layers
+            ):
                 raise AdapterConfigError(
                     f"{type(config).__name__} asks for {location}=True but the "
-                    f"{state.base_model.config.model_type} plugin declares no {block_attr}."
+                    f"{state.base_model.config.model_type} plugin declares no {block_attr} that it places (the "
+                    "block may follow another flag, ResidualBlock.config_flag); set it to False."
                 )
         sizes = self._sizes(state, config)
         reference = next(state.base_model.parameters())
@@ -213,8 +226,10 @@ class BottleneckMethod(AdapterMethod):
             for layer_idx, layer in state.layers:
                 if layer_idx not in sizes:
                     continue
-                for location in LOCATIONS:
-                    if not getattr(config, location):
+                for location, block_attr in LOCATIONS.items():
+                    # Only decoder layers of encoder-decoder models have a cross-attention block.
+                    block = getattr(state.layer_spec(layer_idx), block_attr)
+                    if block is None or not getattr(config, _flag(block, location)):
                         continue
                     place = self._place(state, layer_idx, layer, location)
                     module = Bottleneck(state.layer_hidden_size(layer_idx), sizes[layer_idx], config, shared)
@@ -229,6 +244,8 @@ class BottleneckMethod(AdapterMethod):
                 )
                 place.add(name, module.train(state.base_model.training).to(reference.device, reference.dtype))
                 records[state.module_path(module)] = module
+        if config.use_gating:
+            GatingScores.ensure(state)
 
     def _add_shared(
         self, state: AdapterState, name: str, config: BnConfig, sizes: dict[int, int]
@@ -255,6 +272,16 @@ class BottleneckMethod(AdapterMethod):
             elif key != SHARED_KEY or isinstance(place.container._modules.get(name), SharedPHMParameters):
                 # The shared container also holds other methods' tensors (VeRA's); remove only ours.
                 place.container._modules.pop(name, None)
+        GatingScores.release_if_unused(state)
+
+    def gate_sites(self, state: AdapterState) -> list[GateSite]:
+        sites = []
+        for key, place in self._places(state).items():
+            if key not in (INVERTIBLE_KEY, SHARED_KEY):
+                for name, module in place.adapters._modules.items():
+                    if module._modules.get("gate") is not None:
+                        sites.append(GateSite(name, key[0], key[1], module.gate))
+        return sites
 
     # -- loading ---------------------------------------------------------------------------
     def convert_saved_weights(
@@ -298,4 +325,5 @@ class BottleneckMethod(AdapterMethod):
                 place.activate(setup, state.parallel)
             elif key != SHARED_KEY:
                 fuser = make_fuser(key) if make_fuser is not None else None
-                place.activate(tuple(n for n in names if n in place.adapters._modules), block, state.parallel, fuser)
+                here = () if state.skipped(key) else tuple(n for n in names if n in place.adapters._modules)
+                place.activate(here, block, state.parallel, fuser)

@@ -79,14 +79,16 @@ class InvertiblePlace:
         module = get() if get is not None else None
         if module is None:
             return None
+        # A composed model's config (EncoderDecoderConfig) has no vocabulary of its own; its head is the decoder's.
+        vocab_size = getattr(model_config, "vocab_size", None)
         if not (
             isinstance(module, nn.Linear)
             and module.in_features == self.size
-            and module.out_features == model_config.vocab_size
+            and (vocab_size is None or module.out_features == vocab_size)
         ):
             raise AdapterConfigError(
                 f"{type(model).__name__}.get_output_embeddings() is a {type(module).__name__} that does not project "
-                f"{self.size} hidden units onto the {model_config.vocab_size} tokens, so the invertible adapter cannot "
+                f"{self.size} hidden units onto the {vocab_size} tokens, so the invertible adapter cannot "
                 "be inverted before it; use inv_adapter=None with this model."
             )
         return module

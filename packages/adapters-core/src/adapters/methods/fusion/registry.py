@@ -92,17 +92,21 @@ class FusionRegistry:
         The place follows the adapters' configs (``mh_adapter``/``output_adapter``) in every
         layer, including layers their ``leave_out`` skips, so weight files match the reference's.
         """
-        from ..bottleneck.method import LOCATIONS, _get_or_create
+        from ..bottleneck.method import LOCATIONS, _flag, _get_or_create
 
         state = self.state
-        locations = _common_locations(state, adapter_names)
+        flags = _common_locations(state, adapter_names)
         fusion = Fusion(config, list(adapter_names))
         reference = next(state.base_model.parameters())
         self.fusions[name] = fusion
         try:
-            for location in locations:
-                block = getattr(state.spec, LOCATIONS[location])
+            for location in LOCATIONS:
                 for layer_idx, layer in state.layers:
+                    block = getattr(state.layer_spec(layer_idx), LOCATIONS[location])
+                    # cross_adapter: encoder layers have no cross-attention block; a block may follow
+                    # another flag (a BERT decoder's cross-attention takes the mh_adapter adapters).
+                    if _flag(block, location) not in flags:
+                        continue
                     container = adapter_dict(_get_or_create(layer, block.holder), CONTAINER)
                     module = FusionLayer(config, state.layer_hidden_size(layer_idx), _dropout(state, layer_idx, config))
                     module.train(state.base_model.training)
@@ -174,7 +178,7 @@ def _common_locations(state: AdapterState, adapter_names: list[str]) -> list[str
             )
         configs[name] = config
     locations = []
-    for location in ("mh_adapter", "output_adapter"):
+    for location in ("mh_adapter", "output_adapter", "cross_adapter"):
         values = {name: bool(getattr(config, location)) for name, config in configs.items()}
         if len(set(values.values())) > 1:
             raise AdapterConfigError(

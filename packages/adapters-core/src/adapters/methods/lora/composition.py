@@ -19,6 +19,7 @@ from ...composition.blocks import AdapterCompositionBlock, Stack
 from ...composition.engine import ComposablePlace, cat_states, compose, slice_state
 from ...errors import CompositionError
 from ..base import AdapterDict
+from .linears import weight_out_in
 
 
 class LoRAState(NamedTuple):
@@ -30,7 +31,7 @@ class LoRAState(NamedTuple):
 class ComposedLoRAs(ComposablePlace[LoRAState]):
     """Runs one composition block over the LoRA-family modules of one linear layer."""
 
-    def __init__(self, linear: nn.Linear, loras: AdapterDict, block: AdapterCompositionBlock, check_stack) -> None:
+    def __init__(self, linear: nn.Module, loras: AdapterDict, block: AdapterCompositionBlock, check_stack) -> None:
         present = [n for n in block.flatten() if n in loras._modules]
         modes = {loras[n].composition_mode for n in present}
         if len(modes) > 1:
@@ -61,7 +62,7 @@ class ComposedLoRAs(ComposablePlace[LoRAState]):
         adapter = self.loras[name]
         x = state.layer_input
         if getattr(adapter, "m", None) is not None:  # DoRA rescales the full output
-            return state._replace(output=adapter.apply(self._finish(state), x, self.linear.weight), hidden=None)
+            return state._replace(output=adapter.apply(self._finish(state), x, weight_out_in(self.linear)), hidden=None)
         if self.scaling_mode:
             scale = adapter.scale_vector(x)
             return state._replace(hidden=scale if state.hidden is None else state.hidden * scale)

@@ -27,7 +27,8 @@ class AdditiveModule(LoRAFamilyModule):
     slice (``pair_weights``), both without ``scaling``. DoRA follows the reference library:
     ``y = m / ||W + dW||_row * (W x + b + scaling * dW x)`` with ``dW`` the unscaled update and
     the norm not detached (so the bias is rescaled too, and the norm uses ``dW`` without
-    ``scaling``; both matter only when a bias exists or ``alpha != r``).
+    ``scaling``; both matter only when a bias exists or ``alpha != r``). ``W`` is always taken as
+    ``(out, in)``, so the norms are over each output's weights for ``Conv1D`` layers too.
     """
 
     composition_mode = "add"

@@ -9,12 +9,15 @@ from torch import nn
 
 from ...composition import AdapterCompositionBlock, Average, BatchSplit, Parallel, Split, Stack
 from ...configs.lora import DoRAConfig, DvoRAConfig, IA3Config, LoRAConfig, VeraConfig
+from ...core.gating import GateSite, GatingScores
 from ...errors import AdapterConfigError, AdapterError, AdapterLoadError, CompositionError
+from ...plugins.spec import CROSS_ROLE_PREFIX, ModelSpec
 from ..base import AdapterMethod, adapter_dict
 from ..init import seeded
 from .base import LoRAFamilyModule
 from .ia3 import IA3
 from .layer import LoRA
+from .linears import ADAPTABLE_LINEARS, is_adaptable, linear_features, weight_out_in
 from .place import LoRAPlace
 from .vera import SHARED_CONTAINER, VeRA, VeRAShared, diagonal_to_vector
 
@@ -23,17 +26,21 @@ if TYPE_CHECKING:
 
 # (place name, module path inside the layer, enabled slices of a fused linear or None)
 Target = tuple[str, str, "tuple[bool, ...] | None"]
+# Where output_adapter_gating_scores reports a gate of each FFN place (attention places: "selfattn_lora").
+_GATE_LOCATIONS = {"ffn_in": "intermediate_lora", "ffn_out": "output_lora"}
 
 
 def build_module(
-    config: LoRAConfig, linear: nn.Linear, slices: tuple[bool, ...] | None, shared: VeRAShared | None
+    config: LoRAConfig, linear: nn.Module, slices: tuple[bool, ...] | None, shared: VeRAShared | None
 ) -> LoRAFamilyModule:
-    """The module of the config's variant for one linear layer."""
+    """The module of the config's variant for one linear layer (``nn.Linear`` or ``Conv1D``)."""
+    in_features, out_features = linear_features(linear)
     if config.composition_mode == "scale":
-        return IA3(linear.in_features, linear.out_features, config, slices)
+        return IA3(in_features, out_features, config, slices)
+    weight = weight_out_in(linear)  # DoRA's magnitude starts at the norms of its output rows
     if config.is_vera:
-        return VeRA(linear.in_features, linear.out_features, config, shared, slices, weight=linear.weight)
-    return LoRA(linear.in_features, linear.out_features, config, slices, weight=linear.weight)
+        return VeRA(in_features, out_features, config, shared, slices, weight=weight)
+    return LoRA(in_features, out_features, config, slices, weight=weight)
 
 
 class LoRAMethod(AdapterMethod):
@@ -73,13 +80,13 @@ class LoRAMethod(AdapterMethod):
             roles.append("ffn_out")
         return roles
 
-    def _targets(self, state: AdapterState, config: LoRAConfig) -> list[Target]:
+    def _targets(self, state: AdapterState, config: LoRAConfig, spec: ModelSpec) -> list[Target]:
+        """The linears of one layer (described by ``spec``, the layer's view of the model spec)."""
         roles = self.roles(config)
         if not roles:
             raise AdapterConfigError(
                 "This LoRAConfig targets no layer: enable selfattn_lora, intermediate_lora or output_lora."
             )
-        spec = state.spec
         missing = [r for r in roles if r not in spec.linears and spec.fused_linear_for(r) is None]
         if missing:
             declared = sorted([*spec.linears, *(r for f in spec.fused_linears for r in f.roles)])
@@ -87,6 +94,9 @@ class LoRAMethod(AdapterMethod):
                 f"LoRA targets {missing} but the {state.base_model.config.model_type} plugin declares no such "
                 f"linear layers (declared: {declared})."
             )
+        if config.selfattn_lora:
+            # A decoder layer's cross-attention projections take the same attention LoRA (as in the reference).
+            roles += [CROSS_ROLE_PREFIX + m for m in config.attn_matrices if CROSS_ROLE_PREFIX + m in spec.linears]
         # One module per plain linear, and one per fused linear covering all its enabled roles.
         targets: dict[str, Target] = {}
         for role in roles:
@@ -99,15 +109,19 @@ class LoRAMethod(AdapterMethod):
         return list(targets.values())
 
     def add(self, state: AdapterState, name: str, config: LoRAConfig) -> None:
-        linears: dict[tuple[int, str], tuple[nn.Linear, tuple[bool, ...] | None]] = {}
-        targets = self._targets(state, config)
+        linears: dict[tuple[int, str], tuple[nn.Module, tuple[bool, ...] | None]] = {}
+        targets_of: dict[int, list[Target]] = {}  # one target list per layer spec (per stack)
         for layer_idx, layer in state.layers:
+            spec = state.layer_spec(layer_idx)
+            if id(spec) not in targets_of:
+                targets_of[id(spec)] = self._targets(state, config, spec)
             if layer_idx in config.leave_out:
                 continue
-            for place_name, path, slices in targets:
+            for place_name, path, slices in targets_of[id(spec)]:
                 linear = layer.get_submodule(path)
-                if not isinstance(linear, nn.Linear):
-                    raise AdapterConfigError(f"LoRA needs nn.Linear at {path!r}, found {type(linear).__name__}.")
+                if not is_adaptable(linear):
+                    kinds = " or ".join(cls.__name__ for cls in ADAPTABLE_LINEARS)
+                    raise AdapterConfigError(f"LoRA needs {kinds} at {path!r}, found {type(linear).__name__}.")
                 linears[(layer_idx, place_name)] = (linear, slices)
         if not linears:
             return
@@ -121,11 +135,14 @@ class LoRAMethod(AdapterMethod):
                 module = build_module(config, linear, slices, shared).to(linear.weight.device, linear.weight.dtype)
                 places[key].loras[name] = module
                 records[state.module_path(module)] = module
+        if config.use_gating:
+            GatingScores.ensure(state)
 
     def _add_shared(self, state: AdapterState, name: str, config: LoRAConfig, linears: dict) -> VeRAShared:
         """VeRA's random matrices, sized for the largest targeted linear (smaller ones use a corner)."""
-        max_in = max(linear.in_features for linear, _ in linears.values())
-        max_out = max(linear.out_features // (len(slices) if slices else 1) for linear, slices in linears.values())
+        sizes = [(linear_features(linear), slices) for linear, slices in linears.values()]
+        max_in = max(in_features for (in_features, _), _ in sizes)
+        max_out = max(out_features // (len(slices) if slices else 1) for (_, out_features), slices in sizes)
         # Seeded on their own, first, as the reference draws them: a seeded reference adapter is rebuilt exactly.
         with seeded(config.init_weights_seed):
             shared = VeRAShared(config.r, max_in, max_out, config.init_weights)
@@ -146,6 +163,17 @@ class LoRAMethod(AdapterMethod):
         container = state.base_model._modules.get(SHARED_CONTAINER)
         if container is not None and isinstance(container._modules.get(name), VeRAShared):
             del container._modules[name]
+        GatingScores.release_if_unused(state)
+
+    def gate_sites(self, state: AdapterState) -> list[GateSite]:
+        # The reference's location keys: attention projections (self and cross) share "selfattn_lora".
+        sites = []
+        for (layer_idx, place_name), place in self._places(state).items():
+            location = _GATE_LOCATIONS.get(place_name, "selfattn_lora")
+            for name, module in place.loras._modules.items():
+                if module.gate is not None:
+                    sites.append(GateSite(name, layer_idx, location, module.gate))
+        return sites
 
     def activate(self, state: AdapterState, setup: AdapterCompositionBlock | None) -> None:
         names = [n for n in (setup.flatten() if setup is not None else []) if n != state.merged]
@@ -157,8 +185,9 @@ class LoRAMethod(AdapterMethod):
                     "needs it unmerged: call reset_adapter() first."
                 )
             block = setup
-        for place in self._places(state).values():
-            place.activate(tuple(n for n in names if n in place.loras._modules), block, state.parallel)
+        for key, place in self._places(state).items():
+            here = () if state.skipped(key) else tuple(n for n in names if n in place.loras._modules)
+            place.activate(here, block, state.parallel)
 
     # -- merging --------------------------------------------------------------------------
     def _places_of(self, state: AdapterState, name: str) -> list[LoRAPlace]:

@@ -9,12 +9,17 @@ from ...composition.blocks import AdapterCompositionBlock
 from ...errors import AdapterError, CompositionError
 from ..base import AdapterDict, adapter_dict
 from .base import LoRAFamilyModule
+from .batched import BatchedLoRAs
 from .composition import ComposedLoRAs
 from .layer import AdditiveModule
+from .linears import weight_out_in
 
 
 class LoRAPlace:
     """The LoRA-family modules of one linear layer, and the forward hook that applies them.
+
+    The layer is an ``nn.Linear`` or a ``Conv1D`` (weight stored ``(in, out)``); merging works on
+    its weight as ``(out, in)`` (:func:`weight_out_in`), so both kinds merge alike.
 
     A single adapter acts through its own ``apply``. A Stack follows the reference library:
     additive adapters (LoRA, VeRA) chain, each reading the previous one's update; (IA)^3
@@ -22,7 +27,7 @@ class LoRAPlace:
     meaning and is refused.
     """
 
-    def __init__(self, linear: nn.Linear) -> None:
+    def __init__(self, linear: nn.Module) -> None:
         self.linear = linear
         self.loras: AdapterDict = adapter_dict(linear, "loras")
         self.container = self.loras
@@ -50,7 +55,8 @@ class LoRAPlace:
         if not modules:
             return
         if composed is not None:
-            hook = composed
+            # A BatchSplit of plain LoRAs runs as two batched multiplies (validated by ComposedLoRAs first).
+            hook = BatchedLoRAs.build(self.linear, self.loras, block) or composed
         elif len(modules) == 1:
             hook = self._apply_single
         else:
@@ -85,7 +91,7 @@ class LoRAPlace:
             )
 
     def _apply_single(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-        return self._modules[0].apply(output, args[0], self.linear.weight)
+        return self._modules[0].apply(output, args[0], weight_out_in(self.linear))
 
     def _add_stack(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
         # Each additive adapter reads the previous one's update; gates read the layer input.
@@ -109,7 +115,7 @@ class LoRAPlace:
                 f"Adapter {name!r} is gated (use_gating=True): its gate depends on the input, so it cannot be "
                 "merged into the weights."
             )
-        weight = self.linear.weight
+        weight = weight_out_in(self.linear)
         if adapter.composition_mode == "scale":
             scale = adapter.weight_scale()
         elif adapter.m is not None:
@@ -127,7 +133,7 @@ class LoRAPlace:
     @torch.no_grad()
     def merge(self, name: str, scale: torch.Tensor | None) -> None:
         adapter = self.loras[name]
-        weight, bias = self.linear.weight, self.linear.bias
+        weight, bias = weight_out_in(self.linear), self.linear.bias
         if isinstance(adapter, AdditiveModule):
             weight.add_(adapter.delta_weight().to(weight.dtype))
         if scale is not None:
@@ -139,7 +145,7 @@ class LoRAPlace:
     @torch.no_grad()
     def unmerge(self, name: str) -> None:
         adapter = self.loras[name]
-        weight, bias = self.linear.weight, self.linear.bias
+        weight, bias = weight_out_in(self.linear), self.linear.bias
         scale, self._merged_scale = self._merged_scale, None
         if scale is not None:
             weight.div_(scale.unsqueeze(1))

@@ -105,13 +105,14 @@ class FlatPrefixTuning(_Prefixes):
 
 
 class PrefixTuningGroup(nn.ModuleDict):
-    """The prefixes of one adapter: one module per kind of attention place (``self_prefix``).
+    """The prefixes of one adapter: one module per kind of attention place (``self_prefix``; in
+    encoder-decoder models ``encoder_prefix``, ``self_prefix`` and ``cross_prefix``).
 
-    ``layer_ids`` lists the model layers holding the prefix, in the order of the prefix modules'
-    per-layer slices (``leave_out`` layers are skipped, as in the reference library).
+    ``layer_ids`` maps each place kind to the model layers holding its prefix, in the order of that
+    prefix module's per-layer slices (``leave_out`` layers are skipped, as in the reference library).
     """
 
-    def __init__(self, layer_ids: tuple[int, ...]) -> None:
+    def __init__(self, layer_ids: dict[str, tuple[int, ...]]) -> None:
         super().__init__()
         self.layer_ids = layer_ids
 

@@ -22,7 +22,9 @@ from ...composition import AdapterCompositionBlock, Average, BatchSplit, Paralle
 from ...configs.prefix_tuning import PrefixTuningConfig
 from ...configs.union import ConfigUnion
 from ...core.attention import AttentionPrefixHooks
+from ...core.gating import GateSite, GatingScores
 from ...errors import AdapterConfigError, AdapterError
+from ...plugins.spec import SelfAttention
 from ..base import AdapterDict, AdapterMethod, adapter_dict
 from ..init import seeded
 from .composition import ComposedPrefixes, PrefixEntry, adapter_prefix
@@ -40,8 +42,7 @@ _LAYER_POOL_KEY = re.compile(r"^.+\.prefix_tuning\.pool\.(prefix_tunings\..+)$")
 class PrefixPlace:
     """The self-attention of one layer: the active prefixes there, and the hooks that add them."""
 
-    def __init__(self, layer_idx: int, layer: nn.Module, state: AdapterState) -> None:
-        spec = state.spec.self_attention
+    def __init__(self, layer_idx: int, layer: nn.Module, state: AdapterState, spec: SelfAttention) -> None:
         self.layer_idx = layer_idx
         self.prefix_key = spec.prefix_key
         self.attention = layer.get_submodule(spec.path)
@@ -72,7 +73,7 @@ class PrefixPlace:
         pool = _pool(self._state)
         gates = self.gates()
         for name, group in pool.prefix_tunings._modules.items() if pool is not None else ():
-            if self.layer_idx in group.layer_ids:
+            if self.layer_idx in group.layer_ids.get(self.prefix_key, ()):
                 parts = nn.ModuleDict({"prefix": group[self.prefix_key]})
                 if gates is not None and name in gates._modules:
                     parts["gate"] = gates[name]
@@ -85,10 +86,11 @@ class PrefixPlace:
         entries: dict[str, PrefixEntry] = {}
         for name in setup.flatten() if setup is not None else ():
             group = pool.prefix_tunings._modules.get(name) if pool is not None else None
-            if group is None or self.layer_idx not in group.layer_ids:
+            ids = group.layer_ids.get(self.prefix_key, ()) if group is not None else ()
+            if self.layer_idx not in ids:
                 continue
             gate = gates._modules.get(name) if gates is not None else None
-            entries[name] = PrefixEntry(group[self.prefix_key], group.layer_ids.index(self.layer_idx), gate)
+            entries[name] = PrefixEntry(group[self.prefix_key], ids.index(self.layer_idx), gate)
         self._entries = tuple(entries.values())
         if not entries:
             self.hooks.remove()
@@ -140,17 +142,36 @@ class PrefixTuningMethod(AdapterMethod):
     def _places(self, state: AdapterState) -> dict[tuple[int, str], PrefixPlace]:
         return state.method_data.setdefault(self.name, {})
 
+    @staticmethod
+    def attention_places(state: AdapterState, config: PrefixTuningConfig) -> list[tuple[int, nn.Module, SelfAttention]]:
+        """(layer index, layer, attention) of every place that gets a prefix, layer by layer.
+
+        A layer has its self-attention and, in an encoder-decoder's decoder, its cross-attention
+        (``cross_prefix``); ``encoder_prefix=False`` skips self-attentions keyed ``encoder_prefix``.
+        """
+        places = []
+        for idx, layer in state.layers:
+            if idx in config.leave_out:
+                continue
+            spec = state.layer_spec(idx)
+            if spec.self_attention is not None and (
+                config.encoder_prefix or not spec.self_attention.prefix_key.startswith("encoder")
+            ):
+                places.append((idx, layer, spec.self_attention))
+            if spec.cross_attention is not None and config.cross_prefix:
+                places.append((idx, layer, spec.cross_attention))
+        return places
+
     def add(self, state: AdapterState, name: str, config: PrefixTuningConfig) -> None:
-        spec = state.spec.self_attention
-        if spec is None:
+        if all(state.layer_spec(idx).self_attention is None for idx, _ in state.layers):
             raise AdapterConfigError(
                 f"Prefix tuning needs the self-attention modules of the model, but the "
                 f"{state.base_model.config.model_type} plugin declares none (ModelSpec.self_attention)."
             )
-        layers = [(idx, layer) for idx, layer in state.layers if idx not in config.leave_out]
-        if not layers:
+        attention_places = self.attention_places(state, config)
+        if not attention_places:
             return  # the core reports an adapter without modules
-        shapes = {_attention_shape(state.layer_config(idx)) for idx, _ in layers}
+        shapes = {_attention_shape(state.layer_config(idx)) for idx, _, _ in attention_places}
         if len(shapes) > 1:
             raise AdapterConfigError(f"Prefix tuning needs layers of one attention shape; found {sorted(shapes)}.")
         heads, head_dim, hidden = shapes.pop()
@@ -164,23 +185,29 @@ class PrefixTuningMethod(AdapterMethod):
         reference = next(state.base_model.parameters())
         records = state.modules_of(name)
         places = self._places(state)
+        layer_ids: dict[str, tuple[int, ...]] = {}
+        for idx, _, attention in attention_places:
+            layer_ids[attention.prefix_key] = (*layer_ids.get(attention.prefix_key, ()), idx)
         with seeded(config.init_weights_seed):
-            group = PrefixTuningGroup(tuple(idx for idx, _ in layers))
+            group = PrefixTuningGroup(layer_ids)
             prefix_class = FlatPrefixTuning if config.flat else PrefixTuning
-            group[spec.prefix_key] = prefix_class(len(layers), heads, hidden, head_dim, config)
+            for prefix_key, ids in layer_ids.items():
+                group[prefix_key] = prefix_class(len(ids), heads, hidden, head_dim, config)
             group.to(reference.device, reference.dtype)
             prefixes[name] = group
             records[state.module_path(group)] = group
-            for idx, layer in layers:
-                key = (idx, spec.prefix_key)
+            for idx, layer, attention in attention_places:
+                key = (idx, attention.prefix_key)
                 if key not in places:
-                    places[key] = PrefixPlace(idx, layer, state)
+                    places[key] = PrefixPlace(idx, layer, state, attention)
                 if config.use_gating:
                     gate = nn.Linear(hidden, 1 if config.shared_gating else 2)
                     nn.init.normal_(gate.weight, mean=0.0, std=0.02)
                     gate.to(reference.device, reference.dtype)
                     places[key].gates(create=True)[name] = gate
                     records[state.module_path(gate)] = gate
+        if config.use_gating:
+            GatingScores.ensure(state)
 
     def delete(self, state: AdapterState, name: str) -> None:
         for place in self._places(state).values():
@@ -190,10 +217,19 @@ class PrefixTuningMethod(AdapterMethod):
             pool.prefix_tunings._modules.pop(name, None)
             if not pool.prefix_tunings._modules:
                 del state.base_model._modules[POOL]
+        GatingScores.release_if_unused(state)
+
+    def gate_sites(self, state: AdapterState) -> list[GateSite]:
+        sites = []
+        for place in self._places(state).values():
+            gates = place.gates()
+            for name, gate in gates._modules.items() if gates is not None else ():
+                sites.append(GateSite(name, place.layer_idx, place.prefix_key, gate))
+        return sites
 
     def activate(self, state: AdapterState, setup: AdapterCompositionBlock | None) -> None:
-        for place in self._places(state).values():
-            place.activate(setup, state.parallel)
+        for key, place in self._places(state).items():
+            place.activate(None if state.skipped(key) else setup, state.parallel)
 
     def convert_saved_weights(
         self, state: AdapterState, name: str, saved_name: str, tensors: dict[str, torch.Tensor]

@@ -33,8 +33,11 @@ class PromptTuning(nn.Module):
                 scale = config.random_uniform_scale
                 nn.init.uniform_(self.prompt_embedding.weight, -scale, scale)
 
-    def forward(self, embedded: torch.Tensor) -> torch.Tensor:
-        """Insert the prompt at ``config.insert_at`` of ``embedded`` (batch, sequence, dim)."""
+    def forward(self, embedded: torch.Tensor, overwrite: bool = False) -> torch.Tensor:
+        """Insert the prompt at ``config.insert_at`` of ``embedded`` (batch, sequence, dim).
+
+        With ``overwrite`` the sequence has placeholder positions there already, which the prompt replaces.
+        """
         prompt = self.prompt_embedding.weight
         if prompt.shape[-1] != embedded.shape[-1]:
             raise AdapterError(
@@ -43,9 +46,10 @@ class PromptTuning(nn.Module):
             )
         prompt = prompt.to(embedded.dtype).unsqueeze(0).expand(embedded.shape[0], -1, -1)
         at = self.config.insert_at
+        after = at + prompt.shape[1] if overwrite else at
         if at == 0:
-            return torch.cat([prompt, embedded], dim=1)
-        return torch.cat([embedded[:, :at], prompt, embedded[:, at:]], dim=1)
+            return torch.cat([prompt, embedded[:, after:]], dim=1)
+        return torch.cat([embedded[:, :at], prompt, embedded[:, after:]], dim=1)
 
 
 def prompt_from_text(config: PromptTuningConfig, model_config: object, word_embeddings: nn.Module) -> torch.Tensor:

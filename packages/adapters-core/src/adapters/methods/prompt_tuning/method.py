@@ -3,9 +3,10 @@
 The prompt of the first adapter of the active setup (under a leading BatchSplit or Parallel: of
 each branch's first adapter, into that branch's examples or copy of the batch) is inserted into
 the embeddings module's output (``base_model.prompt_tuning.prompt_tunings.NAME.prompt_embedding.
-weight``, as in the reference library). The (batch, sequence) padding mask is extended where the model reads it
-(``ModelSpec.padding_mask``), so the model builds its attention masks, and relative positions,
-for the longer sequence itself.
+weight``, as in the reference library; models that shape their outputs by ``input_ids`` get it
+through placeholder tokens instead, see ``slots.py``). The (batch, sequence) padding mask is
+extended where the model reads it (``ModelSpec.padding_mask``), so the model builds its attention
+masks, and relative positions, for the longer sequence itself.
 
 Output shape: hidden states include the prompt positions (``prompt_length + L``), as in the
 reference library and PEFT. With ``combine="prefix"`` position 0 is the first prompt vector (a
@@ -18,6 +19,7 @@ the prompt, so token classification, masked LM and QA heads train as usual.
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
@@ -31,6 +33,8 @@ from ...errors import AdapterConfigError, AdapterError, AdapterNameError, Compos
 from ..base import AdapterDict, AdapterMethod, adapter_dict
 from ..init import seeded
 from .layer import PromptTuning, prompt_from_text
+from .slots import PromptSlots
+from .slots import insert_columns as _insert_columns
 
 if TYPE_CHECKING:
     from ...core.state import AdapterState
@@ -91,30 +95,41 @@ class PromptRuntime:
 
     def __init__(self, state: AdapterState) -> None:
         spec = state.spec
-        if spec.embeddings is None:
+        embeddings = spec.prompt_embeddings or spec.embeddings
+        if embeddings is None:
             raise AdapterConfigError(
                 f"Prompt tuning inserts the prompt after the embeddings module, but the "
                 f"{state.base_model.config.model_type} plugin declares none (ModelSpec.embeddings)."
             )
         self.state = state
-        self.embeddings = state.base_model.get_submodule(spec.embeddings)
-        # Models without a padding mask (ViT) need no mask extension.
-        where = spec.padding_mask
-        self.mask_module = None
-        if where is not None:
-            self.mask_module = state.base_model.get_submodule(where.path) if where.path else state.base_model
-            self.mask_index, self.mask_keyword = positional_index(self.mask_module, where), where.keyword
+        self.embeddings = state.base_model.get_submodule(embeddings)
+        # Models without a padding mask (ViT) need no mask extension; an encoder-decoder extends the
+        # encoder's mask where the encoder and where the decoder's cross-attention read it.
+        self.mask_places: list[tuple[nn.Module, int, str | None]] = []
+        for where in spec.padding_masks:
+            module = state.base_model.get_submodule(where.path) if where.path else state.base_model
+            self.mask_places.append((module, positional_index(module, where), where.keyword))
         self.plan: PromptPlan | None = None
         self._embeddings_handle: Any = None
         self._standing: list[Any] = []
+        # Models that shape their outputs by input_ids (GPT-2) get the prompt through placeholder tokens.
+        self.slots = None
+        if spec.prompt_token_slots:
+            self.slots = PromptSlots(state.base_model, self.embeddings, self._plan_for_call)
 
     # -- lifetime ---------------------------------------------------------------------------
     def attach(self) -> None:
         if self._standing:
             return
-        if self.mask_module is not None:
-            self._standing.append(self.mask_module.register_forward_pre_hook(self._extend_mask, with_kwargs=True))
-        if self.state.model is not self.state.base_model:
+        for module, index, keyword in self.mask_places:
+            hook = functools.partial(self._extend_mask, index, keyword)
+            self._standing.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+        if self.slots is not None:
+            self._standing.extend(self.slots.hooks(self.state.base_model))
+        # Labels of an encoder-decoder belong to the decoder's sequence, which gets no prompt.
+        if self.state.model is not self.state.base_model and not getattr(
+            self.state.model.config, "is_encoder_decoder", False
+        ):
             self._standing.append(self.state.model.register_forward_pre_hook(self._adjust_labels, with_kwargs=True))
 
     def detach(self) -> None:
@@ -128,7 +143,7 @@ class PromptRuntime:
         if plan is None and self._embeddings_handle is not None:
             self._embeddings_handle.remove()
             self._embeddings_handle = None
-        elif plan is not None and self._embeddings_handle is None:
+        elif plan is not None and self._embeddings_handle is None and self.slots is None:
             self._embeddings_handle = self.embeddings.register_forward_hook(self._insert_prompt)
 
     # -- which prompt acts in this forward pass -----------------------------------------------
@@ -204,9 +219,11 @@ class PromptRuntime:
             hidden = torch.cat([prompt(part) for part, (_, prompt) in zip(parts, slices, strict=True)])
         return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
-    def _extend_mask(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+    def _extend_mask(
+        self, index: int, keyword: str | None, module: nn.Module, args: tuple, kwargs: dict
+    ) -> tuple[tuple, dict] | None:
         plan = self._plan_for_call()
-        mask = input_at(self.mask_index, self.mask_keyword, args, kwargs) if plan is not None else None
+        mask = input_at(index, keyword, args, kwargs) if plan is not None else None
         if mask is None:
             return None
         if mask.dim() != 2:
@@ -214,7 +231,7 @@ class PromptRuntime:
                 f"Prompt tuning extends a (batch, sequence) attention mask; got one of shape {tuple(mask.shape)}."
             )
         mask = _insert_columns(mask, plan.insert_at(mask.shape[0]), plan.length, 1)
-        return replace_input(self.mask_index, self.mask_keyword, mask, args, kwargs)
+        return replace_input(index, keyword, mask, args, kwargs)
 
     def _adjust_labels(self, model: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         plan = self._plan_for_call()
@@ -241,16 +258,6 @@ class PromptRuntime:
                     positions >= at.view(-1, *([1] * (positions.dim() - 1))), positions + n, positions
                 )
         return (args, {**kwargs, **changes}) if changes else None
-
-
-def _insert_columns(tensor: torch.Tensor, runs: list[tuple[int, int]], n: int, fill: int) -> torch.Tensor:
-    """``tensor`` (batch, sequence) with ``n`` columns of ``fill`` at each run of examples' insert position."""
-    parts = tensor.split([size for size, _ in runs]) if len(runs) > 1 else (tensor,)
-    out = []
-    for part, (_, at) in zip(parts, runs, strict=True):
-        inserted = torch.full((part.shape[0], n), fill, dtype=part.dtype, device=part.device)
-        out.append(torch.cat([part[:, :at], inserted, part[:, at:]], dim=1))
-    return out[0] if len(out) == 1 else torch.cat(out)
 
 
 class PromptTuningMethod(AdapterMethod):

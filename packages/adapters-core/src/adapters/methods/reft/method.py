@@ -147,8 +147,9 @@ class ReftMethod(AdapterMethod):
         # Plain Stacks keep the fast path; any other setup runs through the composition engine.
         plain = setup is None or (isinstance(setup, Stack) and all(isinstance(c, str) for c in setup))
         block = None if plain else setup
-        for place in self._places(state).values():
-            place.activate(tuple(n for n in names if n in place.refts._modules), block, state.parallel)
+        for key, place in self._places(state).items():
+            here = () if state.skipped(key) else tuple(n for n in names if n in place.refts._modules)
+            place.activate(here, block, state.parallel)
 
 
 def _reads_padding_mask(state: AdapterState, layer_idx: int) -> bool:

@@ -1,0 +1,107 @@
+"""BatchSplit over plain LoRA adapters takes the batched path; it equals each adapter on its examples."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_bert
+
+import adapters
+from adapters import CompositionError
+from adapters.composition import BatchSplit, Stack
+from adapters.methods.lora.batched import BatchedLoRAs
+from adapters.methods.lora.composition import ComposedLoRAs
+from adapters.testing import randomize_adapter
+
+ALL_LINEARS = "lora[attn_matrices=['q','k','v'],intermediate_lora=True,output_lora=True,r=4,alpha={alpha}]"
+
+
+def adapted(configs: dict[str, str]):
+    model = tiny_bert(num_hidden_layers=2)
+    adapters.init(model)
+    for seed, (name, config) in enumerate(configs.items()):
+        model.add_adapter(name, config)
+        randomize_adapter(model, name, std=0.3, seed=seed)
+    return model
+
+
+def batch(rows: int):
+    generator = torch.Generator().manual_seed(3)
+    input_ids = torch.randint(3, 100, (rows, 5), generator=generator)
+    mask = torch.ones_like(input_ids)
+    mask[-1, -2:] = 0
+    return {"input_ids": input_ids, "attention_mask": mask}
+
+
+def hooks_of(model) -> set[type]:
+    return {type(hook) for layer in model.encoder.layer for m in layer.modules() for hook in m._forward_hooks.values()}
+
+
+def each_alone(model, names, sizes, inputs):
+    parts, start = [], 0
+    for name, size in zip(names, sizes, strict=True):
+        if size:  # (the model cannot run an empty batch)
+            model.set_active_adapters(name)
+            parts.append(model(**{k: v[start : start + size] for k, v in inputs.items()}).last_hidden_state)
+        start += size
+    return torch.cat(parts)
+
+
+@pytest.mark.parametrize("sizes", [[2, 2, 2], [1, 3, 0], [0, 4, 2]], ids=["equal", "unequal", "leading_empty"])
+@torch.no_grad()
+def test_batched_path_equals_each_adapter_on_its_examples(sizes):
+    # Different alphas: per-adapter scalings go into the stacked B.
+    model = adapted({n: ALL_LINEARS.format(alpha=a) for n, a in zip("abc", (4, 8, 2), strict=True)})
+    inputs = batch(sum(sizes))
+    model.set_active_adapters(BatchSplit("a", "b", "c", batch_sizes=sizes))
+    assert BatchedLoRAs in hooks_of(model) and ComposedLoRAs not in hooks_of(model)
+    out = model(**inputs).last_hidden_state
+    torch.testing.assert_close(out, each_alone(model, "abc", sizes, inputs), atol=1e-5, rtol=1e-5)
+    with torch.inference_mode():
+        model.set_active_adapters(BatchSplit("a", "b", "c", batch_sizes=sizes))
+        torch.testing.assert_close(model(**inputs).last_hidden_state, out)
+
+
+def test_batched_path_gradients_equal_the_engines():
+    configs = {n: ALL_LINEARS.format(alpha=8) for n in "ab"}
+    inputs = batch(4)
+    grads = []
+    for setup in (BatchSplit("a", "b", batch_sizes=[1, 3]), BatchSplit(Stack("a"), "b", batch_sizes=[1, 3])):
+        model = adapted(configs)
+        model.train_adapter(setup)
+        model.eval()  # no dropout in the body
+        model(**inputs).last_hidden_state.pow(2).sum().backward()
+        grads.append({k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None})
+        assert (BatchedLoRAs in hooks_of(model)) == (setup[0] == "a")
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) == 5 * 2 * 2 * 2
+    for key in grads[0]:
+        torch.testing.assert_close(grads[0][key], grads[1][key], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "configs",
+    [
+        {"a": "lora", "b": "lora[r=4]"},  # ranks differ
+        {"a": "lora", "b": "dora"},
+        {"a": "lora", "b": "lora[use_gating=True]"},
+        {"a": "lora", "b": "lora[dropout=0.1]"},
+        {"a": "lora", "b": "lora[leave_out=[1]]"},  # b is missing in layer 1
+        {"a": "ia3", "b": "ia3"},
+    ],
+    ids=["ranks", "dora", "gating", "dropout", "leave_out", "ia3"],
+)
+@torch.no_grad()
+def test_other_loras_run_through_the_engine_and_stay_exact(configs):
+    model = adapted(configs)
+    inputs = batch(3)
+    model.set_active_adapters(BatchSplit("a", "b", batch_sizes=[2, 1]))
+    out = model(**inputs).last_hidden_state
+    torch.testing.assert_close(out, each_alone(model, "ab", [2, 1], inputs), atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_batched_path_refuses_a_batch_its_sizes_do_not_cover():
+    model = adapted({"a": "lora", "b": "lora"})
+    model.set_active_adapters(BatchSplit("a", "b", batch_sizes=[1, 1]))
+    with pytest.raises(CompositionError, match="batch size 3"):
+        model(**batch(3))
