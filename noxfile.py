@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import tomllib
 from pathlib import Path
 
@@ -187,25 +188,40 @@ def evaluate(session: nox.Session) -> None:
     )
 
 
+def _fresh_dir(session: nox.Session, name: str) -> Path:
+    """An empty folder in the session's tmp (a reused session must not check an earlier run's files)."""
+    path = Path(session.create_tmp()) / name
+    shutil.rmtree(path, ignore_errors=True)
+    return path
+
+
 @nox.session(python="3.11")
 def reference_roundtrip(session: nox.Session) -> None:
     """Adapters and heads saved by this library load in the reference library with equal outputs."""
     # pytest: the export scripts use adapters.testing (randomize_adapter), which imports it.
     install_project(session, "pytest")
-    out = Path(session.create_tmp()) / "ours"
+    out = _fresh_dir(session, "ours")
     session.run("python", "tests/fixtures/reference/export_ours.py", str(out))
     ref = Path(session.create_tmp()) / "ref-venv"
     if not (ref / "bin" / "python").exists():
         session.run("python", "-m", "venv", str(ref), external=True)
         session.run(str(ref / "bin" / "pip"), "install", "-q", "torch==2.13.0", "adapters==1.3.0", external=True)
     session.run(str(ref / "bin" / "python"), "tests/fixtures/reference/check_in_reference.py", str(out), external=True)
-    decoders = Path(session.create_tmp()) / "ours-gpt2"
+    decoders = _fresh_dir(session, "ours-gpt2")
     session.run("python", "packages/adapters-gpt2/tests/fixtures/reference/export_ours.py", str(decoders))
     session.run(
         str(ref / "bin" / "python"), "tests/fixtures/reference/check_in_reference.py", str(decoders), external=True
     )
+    # Encoder-decoder adapters and heads (T5, BART): encoder and decoder states, head outputs. (Whisper
+    # and EncoderDecoderModel: reference -> ours only, packages/adapters-t5/tests/fixtures/reference.)
+    seq2seq = _fresh_dir(session, "ours-seq2seq")
+    session.run("python", "packages/adapters-t5/tests/fixtures/reference/export_ours.py", str(seq2seq), "t5,bart")
+    session.run(
+        str(ref / "bin" / "python"), "packages/adapters-t5/tests/fixtures/reference/check_in_reference.py",
+        str(seq2seq), external=True, env={"PYTHONPATH": ""},
+    )  # fmt: skip
     # Flexible heads (and an adapter with its head) saved here, loaded by the reference's AdapterModel.
-    heads = Path(session.create_tmp()) / "ours-heads"
+    heads = _fresh_dir(session, "ours-heads")
     session.run("python", "tests/fixtures/reference/export_our_heads.py", str(heads))
     session.run(
         str(ref / "bin" / "python"), "tests/fixtures/reference/make_head_fixtures.py", "--check", str(heads),

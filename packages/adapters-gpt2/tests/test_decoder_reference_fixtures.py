@@ -7,9 +7,6 @@ reference library (transformers 4.57); the base checkpoints are loaded here with
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,8 +17,6 @@ from safetensors.torch import load_file
 import adapters
 
 FIXTURES = Path(__file__).parent / "fixtures" / "reference"
-REPO = FIXTURES.parents[4]
-REFERENCE_PYTHON = Path("/tmp/ref/bin/python")
 MODELS = json.loads((FIXTURES / "manifest.json").read_text())["models"]
 CASES = [(model_type, case) for model_type, info in sorted(MODELS.items()) for case in info["cases"]]
 # The reference's built-in Gemma interface hooks its bottleneck adapters on o_proj / down_proj, before
@@ -36,7 +31,11 @@ def _load(model_type: str, name: str) -> torch.Tensor:
 
 def _base(model_type: str) -> torch.nn.Module:
     cls = getattr(transformers, MODELS[model_type]["base_class"])
-    return cls.from_pretrained(FIXTURES / model_type / "base").eval()
+    # The attention the reference ran (Gemma 2: eager, for its logit soft-capping); the default when
+    # config.json names none differs between transformers releases.
+    implementation = MODELS[model_type]["config"].get("attn_implementation")
+    options = {"attn_implementation": implementation} if implementation else {}
+    return cls.from_pretrained(FIXTURES / model_type / "base", **options).eval()
 
 
 @pytest.mark.parametrize("model_type", sorted(MODELS))
@@ -61,22 +60,3 @@ def test_reference_adapter_loads_and_matches(model_type: str, case: str) -> None
         return
     expected = _load(model_type, f"{case}.expected")["last_hidden_state"]
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
-
-
-@pytest.mark.parametrize("model_type", ["gpt2"])
-def test_our_files_load_in_the_reference_with_equal_outputs(model_type: str, tmp_path: Path) -> None:
-    """GPT-2 (LoRA on the fused Conv1D c_attn among them): export_ours.py, then check_in_reference.py.
-
-    The other decoders are checked by ``nox -s reference_roundtrip``; this runs only where the
-    reference library's venv exists.
-    """
-    if not REFERENCE_PYTHON.exists():
-        pytest.skip("the reference library's venv (/tmp/ref) is not installed")
-    env = {**os.environ, "PYTHONPATH": ""}
-    run = dict(capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
-    export = subprocess.run([sys.executable, str(FIXTURES / "export_ours.py"), str(tmp_path), model_type], **run)
-    assert export.returncode == 0, export.stdout + export.stderr
-    check = [str(REFERENCE_PYTHON), str(REPO / "tests" / "fixtures" / "reference" / "check_in_reference.py")]
-    result = subprocess.run([*check, str(tmp_path)], **run)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "0 failed" in result.stdout and f"{model_type}/lora_all: OK" in result.stdout, result.stdout

@@ -14,6 +14,7 @@ from tiny_decoders import causal_lm
 import adapters
 from adapters import AdapterSetup, CompositionError, LoRAConfig
 from adapters.composition import Parallel, Stack
+from adapters.heads.language_modeling import body_cache
 from adapters.testing import randomize_adapter
 
 NEW_TOKENS = 4
@@ -99,7 +100,7 @@ def test_parallel_generate_refuses_a_given_cache() -> None:
     model = _model("llama", LORA)
     prompt = _prompt()
     model.set_active_adapters("a")
-    cache = model(**prompt, use_cache=True).past_key_values
+    cache = body_cache(model(**prompt, use_cache=True))
     model.set_active_adapters(Parallel("a", "b"))
     with pytest.raises(CompositionError, match="past_key_values"):
         model.generate(**prompt, past_key_values=cache, max_new_tokens=2)

@@ -13,6 +13,7 @@ from tiny_seq2seq import CONFIGS, VOCAB, config, generation_model
 import adapters
 from adapters import AutoAdapterModel, LoRAConfig
 from adapters.errors import AdapterConfigError
+from adapters.heads.language_modeling import body_cache
 from adapters.testing import randomize_adapter
 
 MODEL_TYPES = sorted(CONFIGS)
@@ -194,7 +195,8 @@ def test_generate_with_the_seq2seq_lm_head_matches_the_static_model(model_type, 
     for got, expected in zip(ours.logits, theirs.logits, strict=True):
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
     start = torch.full((2, 1), model.config.decoder_start_token_id)
-    assert model(**inputs, decoder_input_ids=start, use_cache=True).cache is not None  # the cache reaches generate
+    # the cache reaches generate
+    assert body_cache(model(**inputs, decoder_input_ids=start, use_cache=True)) is not None
 
 
 def test_generate_needs_one_seq2seq_lm_head():

@@ -16,6 +16,7 @@ from tiny_seq2seq import VOCAB, generation_model
 import adapters
 from adapters import AdapterSetup, AutoAdapterModel, CompositionError, LoRAConfig
 from adapters.composition import Parallel, Stack
+from adapters.heads.language_modeling import body_cache
 from adapters.testing import randomize_adapter
 
 NEW_TOKENS = 4
@@ -139,7 +140,7 @@ def test_parallel_generate_refuses_a_given_cache() -> None:
     source = _source()
     model.set_active_adapters("a")
     start = torch.full((2, 1), model.config.decoder_start_token_id)
-    cache = model(**source, decoder_input_ids=start, use_cache=True).cache
+    cache = body_cache(model(**source, decoder_input_ids=start, use_cache=True))
     model.set_active_adapters(Parallel("a", "b"))
     with pytest.raises(CompositionError, match="past_key_values"):
         model.generate(**source, past_key_values=cache, max_new_tokens=2)

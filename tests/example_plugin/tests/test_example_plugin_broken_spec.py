@@ -5,12 +5,12 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from adapters_example_plugin import TINY_TRANSFORMER, TinyTransformerConfig, TinyTransformerModel
 
 from adapters.plugins import InputOf, ResidualBlock, hookimpl, register_plugin
 from adapters.plugins.manager import Registry, get_registry
 from adapters.testing import ModelConformanceSuite
 from adapters.testing.conformance import method_cases
+from adapters_example_plugin import TINY_TRANSFORMER, TinyTransformerConfig, TinyTransformerModel
 
 
 class BrokenConfig(TinyTransformerConfig):

@@ -8,9 +8,8 @@ folder sits under the repository's ``tests/``, where a conftest.py of its own wo
 
 from __future__ import annotations
 
-from adapters_example_plugin import TinyTransformerConfig, TinyTransformerModel
-
 from adapters.testing import ModelConformanceSuite
+from adapters_example_plugin import TinyTransformerConfig, TinyTransformerModel
 
 
 class TestTinyTransformer(ModelConformanceSuite):

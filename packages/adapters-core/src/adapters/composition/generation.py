@@ -67,6 +67,13 @@ class ParallelGenerationMixin:
         return inputs, input_name, model_kwargs
 
     def _prepare_text_encoder_decoder_kwargs_for_generation(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return self._encode_for_generation(super()._prepare_text_encoder_decoder_kwargs_for_generation, args, kwargs)
+
+    def _prepare_encoder_decoder_kwargs_for_generation(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        # The same step's name before transformers 5.18 (a release defines only one of the two).
+        return self._encode_for_generation(super()._prepare_encoder_decoder_kwargs_for_generation, args, kwargs)
+
+    def _encode_for_generation(self, prepare: Any, args: tuple, kwargs: dict) -> dict[str, Any]:
         # generate() runs an encoder-decoder model's encoder by itself, not through the base model's
         # forward, whose hooks apply an AdapterSetup's setup and start a Parallel forward (the batch
         # size its branches split by): run those around this encoder call too.
@@ -86,13 +93,13 @@ class ParallelGenerationMixin:
 
         encoder = self.get_encoder()
         if encoder is base:  # the base model's own hooks run
-            return super()._prepare_text_encoder_decoder_kwargs_for_generation(*args, **kwargs)
+            return prepare(*args, **kwargs)
         handles = [
             encoder.register_forward_pre_hook(enter, with_kwargs=True),
             encoder.register_forward_hook(leave, always_call=True),
         ]
         try:
-            return super()._prepare_text_encoder_decoder_kwargs_for_generation(*args, **kwargs)
+            return prepare(*args, **kwargs)
         finally:
             for handle in handles:
                 handle.remove()

@@ -6,7 +6,10 @@ to ``ALL_ATTENTION_FUNCTIONS[config._attn_implementation]``. While prefixes are 
 module, :class:`AttentionPrefixHooks` gives that one module a view of its config whose
 ``_attn_implementation`` names :func:`_attention_with_prefix` (registered below); that function
 prepends the prefix keys/values, extends the mask and calls the implementation the model chose
-(sdpa, eager, ...). Modules with their own attention code (DeBERTa) declare their projections
+(sdpa, eager, ...). Modules that attend in a method of their own, ``_attn(query, key, value,
+attention_mask)`` (GPT-Neo; GPT-J before transformers moved it onto the interface), get that method
+wrapped the same way instead: found by the method, so a plugin's spec needs no change between
+releases. Modules with their own attention code (DeBERTa) declare their projections
 instead (:class:`~adapters.plugins.KVProjections`): the prefix positions are spliced into the
 projections' outputs. Nothing is installed while no prefix is active at a module.
 """
@@ -66,6 +69,22 @@ def _attention_with_prefix(
 
 AttentionInterface.register(ATTENTION_FUNCTION_NAME, _attention_with_prefix)
 
+#: The method in which some attention modules compute attention themselves, from heads-split
+#: ``query, key, value`` (keys after the cache) and the model's attention mask.
+ATTENTION_METHOD = "_attn"
+
+
+def _own_attention_method(module: nn.Module) -> bool:
+    """Whether ``module`` attends in its own ``_attn(query, key, value, attention_mask, ...)``."""
+    method = getattr(type(module), ATTENTION_METHOD, None)
+    if not callable(method):
+        return False
+    try:
+        names = list(inspect.signature(method).parameters)[1:5]
+    except (TypeError, ValueError):
+        return False
+    return names == ["query", "key", "value", "attention_mask"]
+
 
 class AttentionPrefixHooks:
     """Prepends the keys/values of ``fn`` to one self-attention module's own, while installed.
@@ -83,8 +102,12 @@ class AttentionPrefixHooks:
         self._hidden: torch.Tensor | None = None
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._config: Any = None
+        self._routed = False  # whether the attention went through the prefix since install
+        self._own_method = spec.projections is None and _own_attention_method(self.module)
         projections = spec.projections
-        if projections is None:
+        if self._own_method:
+            self._eager = None
+        elif projections is None:
             if "config" not in self.module.__dict__:
                 raise AdapterConfigError(
                     f"{type(self.module).__name__} at {spec.path!r} has no config attribute, so it does not call "
@@ -112,8 +135,16 @@ class AttentionPrefixHooks:
         if self.spec.projections is None:
             if needs_hidden:
                 self._handles.append(self.module.register_forward_pre_hook(self._capture_hidden, with_kwargs=True))
+            if self._own_method:
+                self.module.__dict__[ATTENTION_METHOD] = self._attend_in_method
+                return
             self._config = self.module.__dict__["config"]
             self.module.__dict__["config"] = _ConfigView(self._config, self)
+            # Checked on the first forward pass only: a module that computes attention in code of its own
+            # never reaches the prefix function, and the prefix would silently do nothing.
+            self._routed = False
+            self._check = self.module.register_forward_hook(self._check_routed)
+            self._handles.append(self._check)
             return
         projections = self.spec.projections
         self._handles.append(self.module.register_forward_pre_hook(self._before_projections, with_kwargs=True))
@@ -132,6 +163,7 @@ class AttentionPrefixHooks:
         if self._config is not None:
             self.module.__dict__["config"] = self._config
             self._config = None
+        self.module.__dict__.pop(ATTENTION_METHOD, None)
         if self.spec.projections is not None:
             if self.spec.projections.position_bias is not None:
                 self.module.__dict__.pop(self.spec.projections.position_bias, None)
@@ -153,6 +185,44 @@ class AttentionPrefixHooks:
         **kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Prepend the prefix to ``key``/``value`` (batch, heads, seq, dim), then attend as the model would."""
+        self._routed = True
+        query, key, value, attention_mask, kwargs = self._with_prefix(module, query, key, value, attention_mask, kwargs)
+        implementation = _attention_function(self._config._attn_implementation, self._eager)
+        if implementation is None:
+            raise AdapterError(
+                f"{type(module).__name__} uses eager attention but its module defines no eager_attention_forward; "
+                "set attn_implementation='sdpa' on the model."
+            )
+        return implementation(module, query, key, value, attention_mask, **kwargs)
+
+    def _attend_in_method(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: Any = None, **kwargs: Any
+    ) -> Any:
+        """The module's own ``_attn``, over the prefix followed by its keys and values."""
+        query, key, value, attention_mask, kwargs = self._with_prefix(
+            self.module, query, key, value, attention_mask, kwargs
+        )
+        return getattr(type(self.module), ATTENTION_METHOD)(self.module, query, key, value, attention_mask, **kwargs)
+
+    def _check_routed(self, module: nn.Module, args: tuple, output: Any) -> None:
+        if not self._routed:
+            raise AdapterError(
+                f"{type(module).__name__} computed its attention without transformers' attention interface, so "
+                "prefix tuning could not act; this transformers release's module needs KVProjections in the "
+                "model plugin's spec (or use a release whose module calls the interface)."
+            )
+        self._check.remove()
+        self._handles.remove(self._check)
+
+    def _with_prefix(
+        self,
+        module: nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        kwargs: dict,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, dict]:
         hidden, self._hidden = self._hidden, None
         batch = key.shape[0]
         prefix_keys, prefix_values, valid = self._fn(hidden, batch)
@@ -165,13 +235,7 @@ class AttentionPrefixHooks:
         bias = kwargs.get("position_bias")
         if isinstance(bias, torch.Tensor):
             kwargs["position_bias"] = F.pad(bias, (n, 0))  # prefix positions carry no position bias
-        implementation = _attention_function(self._config._attn_implementation, self._eager)
-        if implementation is None:
-            raise AdapterError(
-                f"{type(module).__name__} uses eager attention but its module defines no eager_attention_forward; "
-                "set attn_implementation='sdpa' on the model."
-            )
-        return implementation(module, query, key, value, attention_mask, **kwargs)
+        return query, key, value, attention_mask, kwargs
 
     # -- modules with their own attention code (KVProjections) -----------------------------
     def _before_projections(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:

@@ -128,6 +128,13 @@ def _body_mapping(architecture: str, prefix: str) -> dict[str, str]:
     return {rf"^{re.escape(theirs)}\.": f"{prefix}."}
 
 
+def _source_patterns(conversion: Any) -> set[str]:
+    """The key patterns a transformers weight conversion was built from (newer releases keep the
+    originals apart from the compiled ``source_patterns``; older ones have only the latter)."""
+    original = getattr(conversion, "_original_source_patterns", None) or ()
+    return set(original) | set(getattr(conversion, "source_patterns", None) or ())
+
+
 def _total_loss(outputs: list[Any]) -> torch.Tensor | None:
     losses = [out.get("loss") if isinstance(out, dict) else None for out in outputs]
     return torch.stack(losses).sum() if losses and all(loss is not None for loss in losses) else None
@@ -232,9 +239,7 @@ class AdapterModelBase(ModelWithFlexibleHeadsAdaptersMixin):
             # transformers keeps user key mappings to undo them on save; the head keeps its flexible names.
             conversions = getattr(loaded, "_weight_conversions", None)
             if conversions:
-                loaded._weight_conversions = [
-                    c for c in conversions if not set(getattr(c, "_original_source_patterns", ())) & set(ours)
-                ]
+                loaded._weight_conversions = [c for c in conversions if not _source_patterns(c) & set(ours)]
         return model
 
     # -- forward ------------------------------------------------------------------------

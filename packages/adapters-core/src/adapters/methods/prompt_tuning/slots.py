@@ -8,8 +8,11 @@ forward hook overwrites their embeddings with the prompt: every shape the model 
 inputs is the prompted one, and position embeddings count the prompt positions. Given
 ``position_ids`` get the prompt's positions inserted too. With a filled KV cache (``generate``
 after its first step) the prompt is in the cache already: nothing is inserted, and given positions
-move past the prompt. Any Parallel copying of the inputs happens after this pre-hook, so the
-embeddings hook sees the copies and gives each its branch's prompt.
+move past the prompt. A given ``cache_position`` (the cache slots of this call's tokens, which
+some transformers releases pass and build their causal mask from) gets the same treatment: the
+prompt's slots with the first step, a shift by the prompt's length after it. Any Parallel copying
+of the inputs happens after this pre-hook, so the embeddings hook sees the copies and gives each
+its branch's prompt.
 """
 
 from __future__ import annotations
@@ -40,18 +43,36 @@ def insert_columns(tensor: torch.Tensor, runs: list[tuple[int, int]], n: int, fi
     return out[0] if len(out) == 1 else torch.cat(out)
 
 
-def positions_with_prompt(positions: torch.Tensor, runs: list[tuple[int, int]], n: int) -> torch.Tensor:
+def positions_with_prompt(
+    positions: torch.Tensor, runs: list[tuple[int, int]], n: int, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """``position_ids`` (batch, sequence) with ``n`` consecutive prompt positions at each run's insert position.
 
-    The prompt takes the positions from the first token after it on (positions from a left-padded
-    row's mask start at its first real token), and every later token moves ``n`` further.
+    The prompt takes the positions from the first real token after it on (positions from a left-padded
+    row's mask start at its first real token), and every later token moves ``n`` further. Padding
+    positions carry filler values (0 or 1, by transformers release), so the first real token is found
+    through the (batch, sequence) padding ``mask`` when given (with or without the prompt's columns).
     """
     batch = sum(size for size, _ in runs)
     positions = positions.expand(batch, -1) if positions.shape[0] != batch else positions
-    parts = positions.split([size for size, _ in runs]) if len(runs) > 1 else (positions,)
+    length = positions.shape[1]
+    if mask is not None and (mask.dim() != 2 or mask.shape[1] not in (length, length + n)):
+        mask = None
+    if mask is not None and mask.shape[0] != batch:
+        mask = mask.expand(batch, -1)
+    sizes = [size for size, _ in runs]
+    parts = positions.split(sizes) if len(runs) > 1 else (positions,)
+    masks = (mask.split(sizes) if len(runs) > 1 else (mask,)) if mask is not None else (None,) * len(runs)
     out = []
-    for part, (_, at) in zip(parts, runs, strict=True):
-        start = part[:, at : at + 1] if at < part.shape[1] else part[:, -1:] + 1
+    for part, part_mask, (_, at) in zip(parts, masks, runs, strict=True):
+        if at >= length:
+            start = part[:, -1:] + 1
+        elif part_mask is not None:
+            # A mask that already has the prompt's columns has them at ``at``: the tokens follow them.
+            real = part_mask[:, at + part_mask.shape[1] - length :] != 0
+            start = part[:, at:].gather(1, real.int().argmax(-1, keepdim=True))  # no real token: the first
+        else:
+            start = part[:, at : at + 1]
         prompt = start + torch.arange(n, device=part.device, dtype=part.dtype)
         out.append(torch.cat([part[:, :at], prompt, part[:, at:] + n], dim=1))
     return out[0] if len(out) == 1 else torch.cat(out)
@@ -78,6 +99,8 @@ class PromptSlots:
         self.plan_for_call = plan_for_call
         self._ids_index = _signature_index(base_model, "input_ids") or 0
         self._positions_index = _signature_index(base_model, "position_ids")
+        self._mask_index = _signature_index(base_model, "attention_mask")
+        self._slots_index = _signature_index(base_model, "cache_position")
         self._cache_indices = {k: _signature_index(base_model, k) for k in _CACHE_KEYWORDS}
         self._pending: PromptPlan | None = None  # the plan whose placeholders the embeddings fill next
 
@@ -104,10 +127,14 @@ class PromptSlots:
         n = plan.length
         where = self._positions_index if self._positions_index is not None else len(args)
         positions = input_at(where, "position_ids", args, kwargs)
+        slots_at = self._slots_index if self._slots_index is not None else len(args)
+        slots = input_at(slots_at, "cache_position", args, kwargs)
         if self._cached(args, kwargs):
             # The prompt entered the cache with the first step; these tokens come after it.
             if positions is not None:
                 args, kwargs = replace_input(where, "position_ids", positions + n, args, kwargs)
+            if slots is not None:
+                args, kwargs = replace_input(slots_at, "cache_position", slots + n, args, kwargs)
             return args, kwargs
         if kwargs.get("token_type_ids") is not None:
             raise AdapterError(
@@ -133,7 +160,15 @@ class PromptSlots:
         else:
             return None
         if positions is not None:
-            args, kwargs = replace_input(where, "position_ids", positions_with_prompt(positions, runs, n), args, kwargs)
+            mask_at = self._mask_index if self._mask_index is not None else len(args)
+            mask = input_at(mask_at, "attention_mask", args, kwargs)
+            mask = mask if isinstance(mask, torch.Tensor) else None
+            positions = positions_with_prompt(positions, runs, n, mask)
+            args, kwargs = replace_input(where, "position_ids", positions, args, kwargs)
+        if slots is not None:
+            # The sequence is n longer: its cache slots run on from the first given one.
+            longer = slots[:1] + torch.arange(slots.shape[-1] + n, device=slots.device, dtype=slots.dtype)
+            args, kwargs = replace_input(slots_at, "cache_position", longer, args, kwargs)
         return args, kwargs
 
     def fill(self, module: nn.Module, args: tuple, output: Any) -> Any:
