@@ -36,7 +36,7 @@ PROMPT_SETUPS = {
     "prompt_tuning_after_bos": [("prompt", PromptTuningConfig(prompt_length=3, combine="prefix_after_bos"))],
     "prompt_tuning+lora": [("prompt", "prompt_tuning"), ("lora", LORA)],
 }
-PROMPT_TYPES = ("gpt2",)
+PROMPT_TYPES = tuple(sorted(CONFIGS))
 ALL_SETUPS = {**SETUPS, **PROMPT_SETUPS}
 CASES = [(t, s) for t in sorted(CONFIGS) for s in sorted(SETUPS)] + [
     (t, s) for t in PROMPT_TYPES for s in sorted(PROMPT_SETUPS)

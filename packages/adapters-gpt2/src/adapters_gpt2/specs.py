@@ -12,6 +12,10 @@ inside the attention after the projections, so LoRA on q/k changes what gets rot
 change of the projection weights would (which is what merging does). Prefix tuning adds its keys
 and values at the attention function, after the rotation and the KV cache (as the reference does):
 prefix positions carry no rotation and never enter the cache.
+
+Prompt tuning uses placeholder tokens in every decoder here (``prompt_token_slots``): ``generate``
+then counts the prompt in its attention mask, positions and KV cache like any token, so the prompt
+enters the cache once and cached decoding equals cache-free decoding.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ LLAMA = ModelSpec(
     ffn_block=_PRE_NORM_FFN,
     linears={**_ATTENTION, "ffn_in": "mlp.down_proj", "ffn_out": "mlp.up_proj"},
     self_attention=SelfAttention("self_attn"),
+    prompt_token_slots=True,
 )
 
 # Qwen2 and Qwen3 (q/k/v with bias in Qwen2; per-head q/k RMSNorm after the projections in Qwen3)
@@ -55,6 +60,7 @@ QWEN = ModelSpec(
     ffn_block=_PRE_NORM_FFN,
     linears={**_ATTENTION, "ffn_in": "mlp.up_proj", "ffn_out": "mlp.down_proj"},
     self_attention=SelfAttention("self_attn"),
+    prompt_token_slots=True,
 )
 
 # Gemma 2 and Gemma 3 (text) norm both sides of each sub-layer:
@@ -80,6 +86,7 @@ GEMMA = ModelSpec(
     ),
     linears={**_ATTENTION, "ffn_in": "mlp.up_proj", "ffn_out": "mlp.down_proj"},
     self_attention=SelfAttention("self_attn"),
+    prompt_token_slots=True,
 )
 
 # GPT-J runs attention and FFN in parallel on one norm: x + attn(ln_1(x)) + mlp(ln_1(x)). As in the
@@ -103,6 +110,7 @@ GPTJ = ModelSpec(
         "ffn_out": "mlp.fc_out",
     },
     self_attention=SelfAttention("attn"),
+    prompt_token_slots=True,
 )
 
 # GPT-2: x + attn(ln_1(x)), then x + mlp(ln_2(x)), like Llama's blocks. Its projections are
