@@ -89,7 +89,10 @@ class Seq2SeqAdapterModelBase(AdapterModelBase, ParallelGenerationMixin):
 
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
         """The decoder input for ``labels``: the family's right shift (as its static LM class)."""
-        raise NotImplementedError
+        raise NotImplementedError(
+            f"{type(self).__name__} must define prepare_decoder_input_ids_from_labels (its family's right shift of "
+            "labels); pass decoder_input_ids explicitly meanwhile."
+        )
 
     def scales_decoder_output(self) -> bool:
         """Whether heads read the decoder output times ``d_model ** -0.5`` (T5 with tied embeddings)."""

@@ -93,20 +93,23 @@ def save_adapter(
         save_weights(weights, scratch / weights_name, use_safetensors)
 
 
-def read_adapter_config(folder: Path) -> dict[str, Any]:
-    path = folder / fmt.ADAPTER_CONFIG
+def read_config_file(folder: Path, filename: str, loader: str, saver: str, kind: str) -> dict[str, Any]:
+    """The JSON dict of ``folder/filename``, which must hold a ``config`` object (adapter or fusion files)."""
+    path = folder / filename
     if not path.is_file():
-        raise AdapterLoadError(
-            f"{folder} has no {fmt.ADAPTER_CONFIG}; point load_adapter() at a folder written by save_adapter()."
-        )
+        raise AdapterLoadError(f"{folder} has no {filename}; point {loader}() at a folder written by {saver}().")
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise AdapterLoadError(f"{path} is not valid JSON ({error}); the file is corrupt.") from error
     if not isinstance(data, dict) or not isinstance(data.get("config"), dict):
-        raise AdapterLoadError(f"{path} has no 'config' object; it is not an adapter config file.")
+        raise AdapterLoadError(f"{path} has no 'config' object; it is not an {kind} config file.")
     return data
+
+
+def read_adapter_config(folder: Path) -> dict[str, Any]:
+    return read_config_file(folder, fmt.ADAPTER_CONFIG, "load_adapter", "save_adapter", "adapter")
 
 
 def check_compatible(state: AdapterState, data: dict[str, Any], folder: Path) -> None:

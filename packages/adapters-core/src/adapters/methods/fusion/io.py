@@ -69,19 +69,9 @@ def read_fusion_folder(
     state: AdapterState, folder: Path, use_safetensors: bool | None = None
 ) -> tuple[dict[str, Any], AdapterFusionConfig, dict[str, torch.Tensor]]:
     """The saved config dict, the fusion config and the weights of a fusion folder (nothing changes yet)."""
-    path = folder / fmt.FUSION_CONFIG
-    if not path.is_file():
-        raise AdapterLoadError(
-            f"{folder} has no {fmt.FUSION_CONFIG}; point load_adapter_fusion() at a folder written by "
-            "save_adapter_fusion()."
-        )
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise AdapterLoadError(f"{path} is not valid JSON ({error}); the file is corrupt.") from error
-    if not isinstance(data, dict) or not isinstance(data.get("config"), dict):
-        raise AdapterLoadError(f"{path} has no 'config' object; it is not an AdapterFusion config file.")
+    data = adapter_io.read_config_file(
+        folder, fmt.FUSION_CONFIG, "load_adapter_fusion", "save_adapter_fusion", "AdapterFusion"
+    )
     adapter_io.check_compatible(state, data, folder)
     try:
         config = AdapterFusionConfig.load(data["config"])
