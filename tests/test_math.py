@@ -75,6 +75,17 @@ def test_seq_bn_is_pfeiffer_adapter(inputs):
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("scaling", [1.0, 0.5])
+def test_seq_bn_inference_and_autograd_paths_agree(inputs, scaling):
+    """Without autograd the up-projection is written over its input; with it, a fresh tensor (same values)."""
+    model, _, _, got = _adapted_last_layer(f"seq_bn[scaling={scaling}]", inputs)
+    model.train_adapter("a")
+    model.eval()
+    with_grad = model(**inputs).last_hidden_state
+    assert with_grad.requires_grad
+    torch.testing.assert_close(with_grad.detach(), got, rtol=0, atol=1e-6)
+
+
 def test_par_bn_is_scaled_parallel_adapter(inputs):
     """par_bn: out = LN(h + x + 4.0 * up(relu(down(x)))) with x the FFN input."""
     got, x, h, layer = _ffn_block_case("par_bn", inputs)

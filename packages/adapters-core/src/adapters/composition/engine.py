@@ -132,17 +132,25 @@ def _run_slices(block: AdapterCompositionBlock, sizes: list[int], dim: int, stat
 
 def _parallel(block: Parallel, state: S, place: ComposablePlace[S]) -> S:
     runtime = place.parallel_runtime
-    copies = len(block)
-    batch = place.batch_size(state)
+    if parallel_needs_copies(block, place.batch_size(state), runtime):
+        state = place.repeat(state, len(block))
+    return _run_slices(block, [runtime.batch_size] * len(block), 0, state, place)
+
+
+def parallel_needs_copies(block: Parallel, batch: int, runtime) -> bool:
+    """Whether a place that sees ``batch`` examples under ``block`` must make the branches' copies now.
+
+    True at the first place acting on the original batch (before any layer, or at the last block of
+    the first adapted layer); False where the batch holds the copies already. Any other size is an error.
+    """
     if runtime is None or runtime.batch_size is None:
         raise CompositionError(f"{block!r} is active but its runtime is not installed; activate it with the model API.")
     if batch == runtime.batch_size:
-        # The first place acting before any layer (e.g. on the embeddings) makes the copies.
-        state = place.repeat(state, copies)
         runtime.replicated = True
-    elif batch != runtime.batch_size * copies:
-        raise CompositionError(f"{block!r}: expected a batch of {runtime.batch_size * copies} here, got {batch}.")
-    return _run_slices(block, [runtime.batch_size] * copies, 0, state, place)
+        return True
+    if batch != runtime.batch_size * len(block):
+        raise CompositionError(f"{block!r}: expected a batch of {runtime.batch_size * len(block)} here, got {batch}.")
+    return False
 
 
 # -- helpers for NamedTuple states of batch-first tensors ---------------------------------------

@@ -18,11 +18,15 @@ from torch import nn
 
 from ..plugins.spec import InputOf, ResidualBlock
 
-BlockFn = Callable[[torch.Tensor, torch.Tensor, Callable[[torch.Tensor], torch.Tensor] | None], torch.Tensor]
+#: ``fn(h, x, layer_norm, summed)`` -> the block output. ``summed`` is the model's own ``h + x`` where
+#: the block closes with a post-LN (it arrives as the LayerNorm's input), else ``None``.
+BlockFn = Callable[
+    [torch.Tensor, torch.Tensor, Callable[[torch.Tensor], torch.Tensor] | None, torch.Tensor | None], torch.Tensor
+]
 
 
 class ResidualBlockHooks:
-    """Routes one residual block of one layer through ``fn(h, x, layer_norm)`` while installed."""
+    """Routes one residual block of one layer through ``fn(h, x, layer_norm, summed)`` while installed."""
 
     def __init__(self, layer: nn.Module, block: ResidualBlock) -> None:
         # x is read at one place, or summed from several (parallel blocks such as GPT-J's).
@@ -136,7 +140,7 @@ class ResidualBlockHooks:
             # language adapters): only the call that closes the block is the block's output.
             return self._layer_norm_fn(summed)
         self._h = self._x = None
-        return self._fn(h, x, self._layer_norm_fn)
+        return self._fn(h, x, self._layer_norm_fn, summed)
 
     def _pre_ln_output(self, module: nn.Module, args: tuple, output):
         x, self._x = self._x, None
@@ -146,7 +150,7 @@ class ResidualBlockHooks:
             return None
         h = output[0] if isinstance(output, tuple) else output
         # The model adds x itself after this module, so hand back (new block output - x).
-        new_h = self._fn(h, x, None) - x
+        new_h = self._fn(h, x, None, None) - x
         return (new_h, *output[1:]) if isinstance(output, tuple) else new_h
 
 

@@ -58,7 +58,9 @@ class ComposedBottlenecks(ComposablePlace[BottleneckState]):
         self._joins_up = _has_fuse(block)
         self._layer_norm: Callable[[torch.Tensor], torch.Tensor] | None = None
 
-    def __call__(self, h: torch.Tensor, x: torch.Tensor, layer_norm) -> torch.Tensor:
+    def __call__(
+        self, h: torch.Tensor, x: torch.Tensor, layer_norm, summed: torch.Tensor | None = None
+    ) -> torch.Tensor:
         self._layer_norm = layer_norm
         state = compose(self.block, BottleneckState(h, h, x), self)
         return self.last.post_forward(state.hidden, state.h, state.x, layer_norm)

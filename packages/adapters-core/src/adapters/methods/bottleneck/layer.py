@@ -90,6 +90,23 @@ class Bottleneck(nn.Module):
             self.gate = nn.Linear(hidden_size, 1)
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         self.drop_path = float(config.stochastic_depth or 0.0)
+        # Pfeiffer, Houlsby and He et al.'s parallel placement: the block output is
+        # LN(adapter branch + h + x), and the model has already formed h + x, so one addition
+        # closes the block (see block_output).
+        self._adds_into_sum = (
+            (config.is_parallel or config.residual_before_ln is True)
+            and config.original_ln_after
+            and not config.ln_after
+        )
+        # Pfeiffer's plain branch at inference: the up-projection can overwrite its own input LN(h + x).
+        self._overwrites_input = (
+            self._adds_into_sum
+            and not config.is_parallel
+            and config.original_ln_before
+            and self._fold_scaling
+            and not config.ln_before
+            and not config.use_gating
+        )
         self.reset_parameters()
 
     @property
@@ -131,17 +148,63 @@ class Bottleneck(nn.Module):
         up = torch.addmm(self.adapter_up.bias, flat, self.adapter_up.weight.t(), beta=self.scaling, alpha=self.scaling)
         return up.view(*down.shape[:-1], up.shape[-1])
 
+    def block_output(
+        self, h: torch.Tensor, x: torch.Tensor, layer_norm: LayerNormFn, summed: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The residual block's output with this adapter alone: pre_forward, forward, post_forward.
+
+        ``summed`` is the model's own ``h + x`` when the block closes with a post-LN.
+
+        >>> import torch
+        >>> from adapters import SeqBnConfig
+        >>> adapter = Bottleneck(8, 2, SeqBnConfig())
+        >>> h, x = torch.randn(1, 3, 8), torch.randn(1, 3, 8)
+        >>> adapter.block_output(h, x, None).shape
+        torch.Size([1, 3, 8])
+        """
+        if self._adds_into_sum:
+            # The adapter's residual (h, or nothing for a parallel adapter) and the block's x add up to h + x.
+            total = h + x if summed is None else summed
+            if self._overwrites_input and layer_norm is not None and not (self.training or torch.is_grad_enabled()):
+                return layer_norm(self._branch_into_input(layer_norm(total), total))
+            # Fresh from the adapter's last projection and needed by no backward: added to in place.
+            output = self.branch(self.input_from_sum(h, x, total, layer_norm)).add_(total)
+            return layer_norm(output) if layer_norm is not None else output
+        hidden, residual = self.pre_forward(h, x, layer_norm, summed)
+        return self.post_forward(self(hidden, residual), h, x, layer_norm)
+
+    def _branch_into_input(self, hidden: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+        """``total + branch(hidden)`` written over ``hidden`` (no autograd, no dropout): no new hidden-size tensor."""
+        down = self.adapter_down(hidden)
+        up = self.adapter_up
+        out = hidden.view(-1, hidden.shape[-1])
+        torch.addmm(total.reshape(out.shape), down.view(-1, down.shape[-1]), up.weight.t(), alpha=self.scaling, out=out)
+        return hidden.add_(up.bias, alpha=self.scaling)
+
+    def input_from_sum(
+        self, h: torch.Tensor, x: torch.Tensor, total: torch.Tensor, layer_norm: LayerNormFn
+    ) -> torch.Tensor:
+        """The adapter's input, as :meth:`pre_forward` reads it, given ``total = h + x``."""
+        if self.is_parallel:
+            return x
+        if not self.config.original_ln_before:
+            return h
+        return layer_norm(total) if layer_norm is not None else total
+
     # -- the three steps --------------------------------------------------------------------
     def pre_forward(
-        self, h: torch.Tensor, x: torch.Tensor, layer_norm: LayerNormFn
+        self, h: torch.Tensor, x: torch.Tensor, layer_norm: LayerNormFn, summed: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (adapter input, residual to add to its output)."""
+        """Return (adapter input, residual to add to its output).
+
+        ``summed``, when given, is ``h + x`` already computed (by the model, before its post-LN).
+        """
         if self.is_parallel:
             # He et al.: the adapter reads the block input, in parallel to the sub-block.
             return x, x
         residual = h if self.residual_before_ln is True else None
         if self.config.original_ln_before:
-            h = h + x
+            h = h + x if summed is None else summed
             if self.residual_before_ln == "post_add":
                 residual = h
             if layer_norm is not None:
@@ -160,12 +223,19 @@ class Bottleneck(nn.Module):
             up = drop_path(up, self.drop_path)
         return up
 
-    def finish(self, up: torch.Tensor, hidden: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        """The adapter output from :meth:`project`'s ``up``, its input ``hidden`` and ``residual``."""
-        output = self.dropout(up)
+    def branch(self, hidden: torch.Tensor) -> torch.Tensor:
+        """What the adapter adds to its residual: the up-projection after dropout and gating."""
+        return self._gated(self.dropout(self.project(hidden)), hidden)
+
+    def _gated(self, output: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         if self.config.use_gating:
             gate = torch.sigmoid(self.gate(hidden)).mean(dim=1, keepdim=True)
             output = output * gate
+        return output
+
+    def finish(self, up: torch.Tensor, hidden: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """The adapter output from :meth:`project`'s ``up``, its input ``hidden`` and ``residual``."""
+        output = self._gated(self.dropout(up), hidden)
         if self.is_parallel:
             return self.adapter_norm_after(output) if self.config.ln_after else output
         if self.config.adapter_residual_before_ln:

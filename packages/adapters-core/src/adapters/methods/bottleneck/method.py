@@ -28,6 +28,7 @@ from ...core.residual import ResidualBlockHooks
 from ...errors import AdapterConfigError
 from ..base import AdapterDict, AdapterMethod, adapter_dict
 from ..init import seeded
+from .batched import BatchedBottlenecks
 from .composition import ComposedBottlenecks
 from .invertible import invertible_adapter
 from .layer import Bottleneck
@@ -77,19 +78,19 @@ class BottleneckPlace:
         elif block is not None:
             composed = ComposedBottlenecks(self.adapters, block, fuser)
             composed.parallel_runtime = parallel_runtime
-            self.hooks.install(composed)
+            # Parallel or BatchSplit of plain adapters: all at once (validated by ComposedBottlenecks first).
+            self.hooks.install(BatchedBottlenecks.build(self.adapters, block, parallel_runtime) or composed)
         else:
             self.hooks.install(self._single if len(names) == 1 else self._stack)
 
-    def _single(self, h: torch.Tensor, x: torch.Tensor, layer_norm) -> torch.Tensor:
-        adapter = self._active[0]
-        hidden, residual = adapter.pre_forward(h, x, layer_norm)
-        return adapter.post_forward(adapter(hidden, residual), h, x, layer_norm)
+    def _single(self, h: torch.Tensor, x: torch.Tensor, layer_norm, summed: torch.Tensor | None) -> torch.Tensor:
+        return self._active[0].block_output(h, x, layer_norm, summed)
 
-    def _stack(self, h: torch.Tensor, x: torch.Tensor, layer_norm) -> torch.Tensor:
+    def _stack(self, h: torch.Tensor, x: torch.Tensor, layer_norm, summed: torch.Tensor | None) -> torch.Tensor:
         hidden = h
         for adapter in self._active:
-            hidden, residual = adapter.pre_forward(hidden, x, layer_norm)
+            # summed is h + x only for the first adapter; the next ones read the previous output.
+            hidden, residual = adapter.pre_forward(hidden, x, layer_norm, summed if hidden is h else None)
             hidden = adapter(hidden, residual)
         return self._active[-1].post_forward(hidden, h, x, layer_norm)
 
