@@ -26,6 +26,26 @@ def tiny_bert_classifier(**overrides) -> BertForSequenceClassification:
     return BertForSequenceClassification(BertConfig(**{**TINY_BERT, "num_labels": 3, **overrides})).eval()
 
 
+def padded_batch(rows: int) -> dict[str, torch.Tensor]:
+    """``rows`` examples of 5 tokens, the last one padded at its end (for routing tests)."""
+    generator = torch.Generator().manual_seed(3)
+    input_ids = torch.randint(3, 100, (rows, 5), generator=generator)
+    mask = torch.ones_like(input_ids)
+    mask[-1, -2:] = 0
+    return {"input_ids": input_ids, "attention_mask": mask}
+
+
+def each_adapter_alone(model, names, sizes, inputs) -> torch.Tensor:
+    """The outputs of each adapter alone on its slice of ``inputs`` (what a BatchSplit must equal)."""
+    parts, start = [], 0
+    for name, size in zip(names, sizes, strict=True):
+        if size:  # (the model cannot run an empty batch)
+            model.set_active_adapters(name)
+            parts.append(model(**{k: v[start : start + size] for k, v in inputs.items()}).last_hidden_state)
+        start += size
+    return torch.cat(parts)
+
+
 @pytest.fixture
 def inputs() -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(1)

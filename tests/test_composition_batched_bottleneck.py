@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_bert
+from conftest import each_adapter_alone, padded_batch, tiny_bert
 from transformers import GPT2Config, GPT2Model
 
 import adapters
@@ -25,14 +25,6 @@ def adapted(configs: dict[str, str], model=None):
     return model
 
 
-def batch(rows: int):
-    generator = torch.Generator().manual_seed(3)
-    input_ids = torch.randint(3, 100, (rows, 5), generator=generator)
-    mask = torch.ones_like(input_ids)
-    mask[-1, -2:] = 0
-    return {"input_ids": input_ids, "attention_mask": mask}
-
-
 def block_functions(model) -> set[type]:
     """The types of the functions the active residual-block hooks route through."""
     found = set()
@@ -44,16 +36,6 @@ def block_functions(model) -> set[type]:
             if isinstance(getattr(hook, "__self__", None), ResidualBlockHooks) and hook.__self__._fn is not None:
                 found.add(type(hook.__self__._fn))
     return found
-
-
-def each_alone(model, names, sizes, inputs):
-    parts, start = [], 0
-    for name, size in zip(names, sizes, strict=True):
-        if size:  # (the model cannot run an empty batch)
-            model.set_active_adapters(name)
-            parts.append(model(**{k: v[start : start + size] for k, v in inputs.items()}).last_hidden_state)
-        start += size
-    return torch.cat(parts)
 
 
 def separate_passes(model, names, inputs):
@@ -74,7 +56,7 @@ SEQ_BN = "seq_bn[reduction_factor=4,scaling={scaling},leave_out={leave_out}]"
 def test_parallel_batched_path_equals_separate_passes(leave_out):
     configs = {n: SEQ_BN.format(scaling=s, leave_out=leave_out) for n, s in zip("abc", (1.0, 0.5, 2.0), strict=True)}
     model = adapted(configs)
-    inputs = batch(2)
+    inputs = padded_batch(2)
     model.set_active_adapters(Parallel("a", "b", "c"))
     assert block_functions(model) == {BatchedBottlenecks}
     out = model(**inputs).last_hidden_state
@@ -85,7 +67,7 @@ def test_parallel_batched_path_equals_separate_passes(leave_out):
 @pytest.mark.parametrize("config", ["double_seq_bn[reduction_factor=4]", "par_bn[reduction_factor=4,leave_out=[0]]"])
 def test_houlsby_and_parallel_adapters_take_the_batched_path(config):
     model = adapted({n: config for n in "ab"})
-    inputs = batch(2)
+    inputs = padded_batch(2)
     model.set_active_adapters(Parallel("a", "b"))
     assert block_functions(model) == {BatchedBottlenecks}
     with torch.no_grad():
@@ -99,11 +81,11 @@ def test_houlsby_and_parallel_adapters_take_the_batched_path(config):
 def test_batch_split_batched_path_equals_each_adapter_on_its_examples(sizes):
     configs = {n: SEQ_BN.format(scaling=s, leave_out=[]) for n, s in zip("abc", (1.0, 0.5, 2.0), strict=True)}
     model = adapted(configs)
-    inputs = batch(sum(sizes))
+    inputs = padded_batch(sum(sizes))
     model.set_active_adapters(BatchSplit("a", "b", "c", batch_sizes=sizes))
     assert block_functions(model) == {BatchedBottlenecks}
     out = model(**inputs).last_hidden_state
-    torch.testing.assert_close(out, each_alone(model, "abc", sizes, inputs), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out, each_adapter_alone(model, "abc", sizes, inputs), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -116,7 +98,7 @@ def test_batch_split_batched_path_equals_each_adapter_on_its_examples(sizes):
 )
 def test_batched_path_gradients_equal_the_engines(batched, engine):
     configs = {n: "seq_bn[reduction_factor=4,leave_out=[0]]" for n in "ab"}
-    inputs = batch(4 if isinstance(batched, BatchSplit) else 2)
+    inputs = padded_batch(4 if isinstance(batched, BatchSplit) else 2)
     grads, losses = [], []
     for setup in (batched, engine):
         model = adapted(configs)
@@ -150,13 +132,13 @@ def test_batched_path_gradients_equal_the_engines(batched, engine):
 @torch.no_grad()
 def test_other_bottlenecks_run_through_the_engine_and_stay_exact(configs):
     model = adapted(configs)
-    inputs = batch(3)
+    inputs = padded_batch(3)
     # Where b is left out, only that layer runs through the engine.
     expected = {ComposedBottlenecks, BatchedBottlenecks} if "leave_out" in configs["b"] else {ComposedBottlenecks}
     model.set_active_adapters(BatchSplit("a", "b", batch_sizes=[2, 1]))
     assert block_functions(model) == expected
     out = model(**inputs).last_hidden_state
-    torch.testing.assert_close(out, each_alone(model, "ab", [2, 1], inputs), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out, each_adapter_alone(model, "ab", [2, 1], inputs), atol=1e-5, rtol=1e-5)
     model.set_active_adapters(Parallel("a", "b"))
     assert block_functions(model) == expected
     torch.testing.assert_close(
@@ -169,7 +151,7 @@ def test_pre_ln_model_parallel_batched_path_equals_separate_passes():
     torch.manual_seed(0)
     gpt2 = GPT2Model(GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=100, n_positions=32)).eval()
     model = adapted({n: "seq_bn[reduction_factor=4]" for n in "ab"}, gpt2)
-    inputs = batch(2)
+    inputs = padded_batch(2)
     model.set_active_adapters(Parallel("a", "b"))
     assert block_functions(model) == {BatchedBottlenecks}
     torch.testing.assert_close(
@@ -182,4 +164,4 @@ def test_batched_path_refuses_a_batch_its_sizes_do_not_cover():
     model = adapted({"a": "seq_bn", "b": "seq_bn"})
     model.set_active_adapters(BatchSplit("a", "b", batch_sizes=[1, 1]))
     with pytest.raises(CompositionError, match="batch size 3"):
-        model(**batch(3))
+        model(**padded_batch(3))

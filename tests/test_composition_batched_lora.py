@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_bert
+from conftest import each_adapter_alone, padded_batch, tiny_bert
 
 import adapters
 from adapters import CompositionError
@@ -25,26 +25,8 @@ def adapted(configs: dict[str, str]):
     return model
 
 
-def batch(rows: int):
-    generator = torch.Generator().manual_seed(3)
-    input_ids = torch.randint(3, 100, (rows, 5), generator=generator)
-    mask = torch.ones_like(input_ids)
-    mask[-1, -2:] = 0
-    return {"input_ids": input_ids, "attention_mask": mask}
-
-
 def hooks_of(model) -> set[type]:
     return {type(hook) for layer in model.encoder.layer for m in layer.modules() for hook in m._forward_hooks.values()}
-
-
-def each_alone(model, names, sizes, inputs):
-    parts, start = [], 0
-    for name, size in zip(names, sizes, strict=True):
-        if size:  # (the model cannot run an empty batch)
-            model.set_active_adapters(name)
-            parts.append(model(**{k: v[start : start + size] for k, v in inputs.items()}).last_hidden_state)
-        start += size
-    return torch.cat(parts)
 
 
 @pytest.mark.parametrize("sizes", [[2, 2, 2], [1, 3, 0], [0, 4, 2]], ids=["equal", "unequal", "leading_empty"])
@@ -52,11 +34,11 @@ def each_alone(model, names, sizes, inputs):
 def test_batched_path_equals_each_adapter_on_its_examples(sizes):
     # Different alphas: per-adapter scalings go into the stacked B.
     model = adapted({n: ALL_LINEARS.format(alpha=a) for n, a in zip("abc", (4, 8, 2), strict=True)})
-    inputs = batch(sum(sizes))
+    inputs = padded_batch(sum(sizes))
     model.set_active_adapters(BatchSplit("a", "b", "c", batch_sizes=sizes))
     assert BatchedLoRAs in hooks_of(model) and ComposedLoRAs not in hooks_of(model)
     out = model(**inputs).last_hidden_state
-    torch.testing.assert_close(out, each_alone(model, "abc", sizes, inputs), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out, each_adapter_alone(model, "abc", sizes, inputs), atol=1e-5, rtol=1e-5)
     with torch.inference_mode():
         model.set_active_adapters(BatchSplit("a", "b", "c", batch_sizes=sizes))
         torch.testing.assert_close(model(**inputs).last_hidden_state, out)
@@ -64,7 +46,7 @@ def test_batched_path_equals_each_adapter_on_its_examples(sizes):
 
 def test_batched_path_gradients_equal_the_engines():
     configs = {n: ALL_LINEARS.format(alpha=8) for n in "ab"}
-    inputs = batch(4)
+    inputs = padded_batch(4)
     grads = []
     for setup in (BatchSplit("a", "b", batch_sizes=[1, 3]), BatchSplit(Stack("a"), "b", batch_sizes=[1, 3])):
         model = adapted(configs)
@@ -93,10 +75,10 @@ def test_batched_path_gradients_equal_the_engines():
 @torch.no_grad()
 def test_other_loras_run_through_the_engine_and_stay_exact(configs):
     model = adapted(configs)
-    inputs = batch(3)
+    inputs = padded_batch(3)
     model.set_active_adapters(BatchSplit("a", "b", batch_sizes=[2, 1]))
     out = model(**inputs).last_hidden_state
-    torch.testing.assert_close(out, each_alone(model, "ab", [2, 1], inputs), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out, each_adapter_alone(model, "ab", [2, 1], inputs), atol=1e-5, rtol=1e-5)
 
 
 @torch.no_grad()
@@ -104,4 +86,4 @@ def test_batched_path_refuses_a_batch_its_sizes_do_not_cover():
     model = adapted({"a": "lora", "b": "lora"})
     model.set_active_adapters(BatchSplit("a", "b", batch_sizes=[1, 1]))
     with pytest.raises(CompositionError, match="batch size 3"):
-        model(**batch(3))
+        model(**padded_batch(3))

@@ -170,3 +170,23 @@ def cat_states(states: Sequence[S], dim: int) -> S:
 
 def _sliceable(value: object, dim: int) -> bool:
     return isinstance(value, torch.Tensor) and value.dim() > dim
+
+
+class ExampleBranches:
+    """Which branch of a BatchSplit each example of the batch belongs to, as an index tensor per device.
+
+    For batched paths that pick each example's adapter weights (``weights[index]``) in one gather.
+
+    >>> ExampleBranches([1, 2])(torch.device("cpu"))
+    tensor([0, 1, 1])
+    """
+
+    def __init__(self, sizes: Sequence[int]) -> None:
+        self.sizes = list(sizes)
+        self._index: torch.Tensor | None = None
+
+    def __call__(self, device: torch.device) -> torch.Tensor:
+        if self._index is None or self._index.device != device:
+            counts = torch.tensor(self.sizes, device=device)
+            self._index = torch.repeat_interleave(torch.arange(len(self.sizes), device=device), counts)
+        return self._index

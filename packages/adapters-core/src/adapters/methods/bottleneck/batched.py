@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ...composition.blocks import AdapterCompositionBlock, BatchSplit, Parallel
-from ...composition.engine import parallel_needs_copies
+from ...composition.engine import ExampleBranches, parallel_needs_copies
 from ...errors import CompositionError
 from ..base import AdapterDict
 from .composition import PLACEMENT_FIELDS
@@ -45,13 +45,13 @@ class BatchedBottlenecks:
         self.parallel_runtime = parallel_runtime
         self.sizes = list(block.batch_sizes) if isinstance(block, BatchSplit) else None
         self.equal = self.sizes is None or len(set(self.sizes)) == 1
+        self.example_branches = ExampleBranches(self.sizes or [])
         first = modules[0]
         self.activation = first.adapter_down[-1]
         self.dropout = first.dropout
         # Each adapter's fixed scaling goes into its stacked up-projection; all ones cost nothing.
         scalings = [float(m.scaling) for m in modules]
         self._scalings = None if all(s == 1.0 for s in scalings) else torch.tensor(scalings).view(-1, 1, 1)
-        self._rows: torch.Tensor | None = None  # example -> adapter index (unequal BatchSplit sizes)
 
     @classmethod
     def build(
@@ -122,17 +122,11 @@ class BatchedBottlenecks:
         elif self.equal:
             down = torch.baddbmm(down_b, hidden.reshape(n, -1, width), down_w)
         else:
-            rows = self._row_index(hidden.device)
+            rows = self.example_branches(hidden.device)
             down_w, down_b, up_w, up_b = down_w[rows], down_b[rows], up_w[rows], up_b[rows]
             down = torch.baddbmm(down_b, hidden.reshape(hidden.shape[0], -1, width), down_w)
         up = torch.baddbmm(up_b, self.activation(down), up_w)
         return self.dropout(up)
-
-    def _row_index(self, device: torch.device) -> torch.Tensor:
-        if self._rows is None or self._rows.device != device:
-            counts = torch.tensor(self.sizes, device=device)
-            self._rows = torch.repeat_interleave(torch.arange(len(self.sizes), device=device), counts)
-        return self._rows
 
 
 def _plain(module: nn.Module | None) -> bool:

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ...composition.blocks import AdapterCompositionBlock, BatchSplit
+from ...composition.engine import ExampleBranches
 from ...errors import CompositionError
 from ..base import AdapterDict
 from .layer import LoRA
@@ -37,11 +38,11 @@ class BatchedLoRAs:
         self.sizes = list(block.batch_sizes)
         self.total = sum(self.sizes)
         self.equal = len(set(self.sizes)) == 1
+        self.example_branches = ExampleBranches(self.sizes)
         scalings = {m.scaling for m in modules}
         # One scaling for all: it goes into the multiply-add; otherwise into the stacked B.
         self.scaling = scalings.pop() if len(scalings) == 1 else None
         self._scalings = torch.tensor([m.scaling for m in modules]).view(-1, 1, 1)
-        self._rows: torch.Tensor | None = None  # example -> adapter index (unequal sizes)
 
     @classmethod
     def build(cls, linear: nn.Module, loras: AdapterDict, block: AdapterCompositionBlock) -> BatchedLoRAs | None:
@@ -70,7 +71,7 @@ class BatchedLoRAs:
             low = torch.bmm(x.reshape(n, -1, x.shape[-1]), a.transpose(1, 2))
             target = output.view(n, -1, width) if output.is_contiguous() else None
         else:
-            rows = self._row_index(x.device)
+            rows = self.example_branches(x.device)
             low = torch.bmm(x.reshape(x.shape[0], -1, x.shape[-1]), a[rows].transpose(1, 2))
             b = b[rows]
             target = output.view(x.shape[0], -1, width) if output.is_contiguous() else None
@@ -81,12 +82,6 @@ class BatchedLoRAs:
         if alpha != 1.0:
             update = update * alpha
         return output + update.view_as(output)
-
-    def _row_index(self, device: torch.device) -> torch.Tensor:
-        if self._rows is None or self._rows.device != device:
-            counts = torch.tensor(self.sizes, device=device)
-            self._rows = torch.repeat_interleave(torch.arange(len(self.sizes), device=device), counts)
-        return self._rows
 
 
 def _plain(module: nn.Module | None) -> bool:
