@@ -29,6 +29,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from ..errors import AdapterConfigError, AdapterError
 from ..plugins.spec import InputOf, SelfAttention
+from .hook_order import HookStage, register_staged_forward_hook
 
 ATTENTION_FUNCTION_NAME = "adapters_kv_prefix"
 
@@ -149,12 +150,15 @@ class AttentionPrefixHooks:
         projections = self.spec.projections
         self._handles.append(self.module.register_forward_pre_hook(self._before_projections, with_kwargs=True))
         for slot, projection in enumerate(self._projections):
-            self._handles.append(projection.register_forward_hook(self._splice_hook(slot)))
+            # After a LoRA update of the projection: the prefix rows join the adapted keys and values.
+            self._handles.append(register_staged_forward_hook(projection, self._splice_hook(slot), HookStage.REPLACE))
         if projections.position_bias is not None:
             original = getattr(type(self.module), projections.position_bias)
             self.module.__dict__[projections.position_bias] = self._bias_without_prefix(original)
         if self._fused:
-            self._handles.append(self.module.register_forward_hook(self._drop_prefix_queries))
+            self._handles.append(
+                register_staged_forward_hook(self.module, self._drop_prefix_queries, HookStage.REPLACE)
+            )
 
     def remove(self) -> None:
         for handle in self._handles:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..plugins.spec import InputOf, ResidualBlock
+from .hook_order import HookStage, register_staged_forward_hook
 
 #: ``fn(h, x, layer_norm, summed)`` -> the block output. ``summed`` is the model's own ``h + x`` where
 #: the block closes with a post-LN (it arrives as the LayerNorm's input), else ``None``.
@@ -85,9 +86,10 @@ class ResidualBlockHooks:
             # The block's output is computed in place of the post-LN, which receives h + x.
             self.layer_norm.forward = self._post_ln_forward
         else:
-            # First among the module's forward hooks, so that an OutputOf source of another block
-            # (GPT-J's FFN reads the attention output) sees the output this block hands back.
-            self._handles.append(self.sublayer.register_forward_hook(self._pre_ln_output, prepend=True))
+            # Ahead of the readers of the module's output, so that an OutputOf source of another block
+            # (GPT-J's FFN reads the attention output) sees the output this block hands back; after a
+            # LoRA update of the sub-layer itself (mBART's fc2), which h must include.
+            self._handles.append(register_staged_forward_hook(self.sublayer, self._pre_ln_output, HookStage.REPLACE))
 
     def remove(self) -> None:
         for handle in self._handles:

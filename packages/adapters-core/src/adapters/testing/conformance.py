@@ -40,11 +40,17 @@ import adapters
 
 from ..composition import Average, BatchSplit, Fuse, Parallel, Split, Stack
 from ..configs.base import AdapterConfig
+from ..configs.lora import LoRAConfig
 from ..errors import AdapterError
 from ..plugins.manager import get_registry
 from .spec_check import spec_problems
 
 ADAPTER = "conformance"
+# A LoRA on every linear layer an adapter method may share a hook with (q, k, v, FFN in and out).
+_EVERY_LINEAR = "conformance_lora"
+_LORA_ON_EVERY_LINEAR = LoRAConfig(
+    r=4, alpha=8, attn_matrices=("q", "k", "v"), intermediate_lora=True, output_lora=True
+)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -346,6 +352,39 @@ class ModelConformanceSuite:
         state = model.state_dict()
         for key, value in weights.items():
             torch.testing.assert_close(state[key], value, rtol=0, atol=1e-6, msg=f"reset_adapter did not restore {key}")
+
+    @_explains_spec_errors
+    def test_lora_on_every_linear_acts_with_the_method_as_if_merged(self, model_type: str, case: Any) -> None:
+        """Another method's hooks on a linear layer (a bottleneck reading ``h``, prefix keys and values)
+        see the output with LoRA's update: the same as with that LoRA merged into the weights."""
+        method, config = case
+        if method.name == "lora":
+            pytest.skip("two LoRA-family adapters on one linear layer stack (test_unsupported_blocks_are_refused)")
+        refused = set(self.refused.get(model_type, ()))
+        if {"lora", "lora-lora_all_linears"} & refused:
+            pytest.skip(f"{model_type} refuses LoRA on every linear layer")
+        # Hooks on one module run in the order they were registered, which follows the order the
+        # adapters were added: both orders.
+        for lora_first in (False, True):
+            model, inputs, config = self._setup(model_type, case)
+            adds = [(ADAPTER, config, 0.1), (_EVERY_LINEAR, _LORA_ON_EVERY_LINEAR, 0.05)]
+            for seed, (name, adapter_config, std) in enumerate(adds[::-1] if lora_first else adds):
+                model.add_adapter(name, config=adapter_config)
+                randomize_adapter(model, name, std=std, seed=seed)
+            model.set_active_adapters(Stack(ADAPTER, _EVERY_LINEAR))
+            # With autograd on, as in training: without it LoRA adds its update in place, where a hook
+            # that kept the output before the update would see it too.
+            together = self.output_of(model, inputs).detach()
+            model.set_active_adapters(None)
+            model.merge_adapter(_EVERY_LINEAR)
+            merged = self._composed(model, ADAPTER, inputs)
+            # Merging reorders float sums through every layer: a looser atol than merge's own check, still
+            # ten times below what a hook reading the output without the update gives.
+            message = (
+                f"{method.name} with an active LoRA (added {'before' if lora_first else 'after'} it) differs from "
+                "the LoRA merged: a hook misses LoRA's update"
+            )
+            torch.testing.assert_close(together, merged, rtol=1e-5, atol=5e-5, msg=message)
 
     @_explains_spec_errors
     def test_leave_out_is_respected(self, model_type: str, case: Any) -> None:

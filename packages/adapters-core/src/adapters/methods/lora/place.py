@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ...composition.blocks import AdapterCompositionBlock
+from ...core.hook_order import HookStage, register_staged_forward_hook
 from ...errors import AdapterError, CompositionError
 from ..base import AdapterDict, adapter_dict
 from .base import LoRAFamilyModule
@@ -61,7 +62,8 @@ class LoRAPlace:
             hook = self._apply_single
         else:
             hook = self._scale_stack if modules[0].composition_mode == "scale" else self._add_stack
-        self._handle = self.linear.register_forward_hook(hook)
+        # The update is part of what the linear computes: every other hook on it must see it.
+        self._handle = register_staged_forward_hook(self.linear, hook, HookStage.COMPUTE)
 
     @staticmethod
     def _check_stack(names: tuple[str, ...], modules: tuple[LoRAFamilyModule, ...]) -> None:

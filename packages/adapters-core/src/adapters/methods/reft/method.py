@@ -9,6 +9,7 @@ from torch import nn
 
 from ...composition import AdapterCompositionBlock, Average, BatchSplit, Parallel, Stack
 from ...configs.reft import DiReftConfig, LoReftConfig, NoReftConfig, ReftConfig
+from ...core.hook_order import HookStage, register_staged_forward_hook
 from ...errors import AdapterConfigError
 from ..base import AdapterDict, AdapterMethod, adapter_dict
 from .composition import ComposedRefts
@@ -55,10 +56,10 @@ class ReftPlace:
         # Resolved once here, not on every forward pass.
         self._active = tuple(self.refts[n] for n in names)
         if names:
-            # First among the layer's hooks: transformers records hidden states with a forward hook
+            # Ahead of the layer's readers: transformers records hidden states with a forward hook
             # on the layer, which must see the intervened output that the next layer receives.
             hook = composed if composed is not None else self._intervene
-            self._handle = self.layer.register_forward_hook(hook, prepend=True)
+            self._handle = register_staged_forward_hook(self.layer, hook, HookStage.REPLACE)
 
     def _intervene(self, module: nn.Module, args: tuple, output):
         hidden = output[0] if isinstance(output, tuple) else output
