@@ -39,6 +39,9 @@ Composition cases (their own baselines and inputs):
     parallel_seq_bn        Parallel of 4 seq_bn adapters, each with leave_out=[0, 1, 2] (the lower half
                            of the 6 layers runs once), batch 8 x 128; baseline: four passes, each
                            through a model with one of the adapters active. "FLOPs" is the floor.
+Pre-LN decoder cases (informative): GPT-2's layout at MiniLM's size (384 wide, 6 layers, 12 heads),
+random weights, the same batch; one active adapter against the plain model:
+    decoder_seq_bn / decoder_double_seq_bn
 
 The script runs unchanged under the reference library (``adapters`` 1.3.0 in its own venv, ``nox -s
 bench_reference``): the cases use the API both libraries share, and the JSON's ``environment``
@@ -85,12 +88,17 @@ TARGETS = {
     "batch_split_lora": 1.03,
     "peft_batch_split_lora": None,
     "parallel_seq_bn": 0.50,
+    "decoder_seq_bn": None,
+    "decoder_double_seq_bn": None,
 }
 INFERENCE_CASES = ["init_no_adapter", "seq_bn", "par_bn", "lora", "lora_merged"]
 TRAIN_CASES = ["train_seq_bn", "train_lora", "train_floor"]
 PEFT_CASES = ["peft_lora", "peft_lora_merged", "peft_train_lora"]
 COMPOSITION_CASES = ["batch_split_lora", "peft_batch_split_lora", "parallel_seq_bn"]
-ALL_CASES = INFERENCE_CASES + TRAIN_CASES + PEFT_CASES + COMPOSITION_CASES
+# A pre-LN decoder: GPT-2's layout at MiniLM's size, random weights (no GPT-2 checkpoint ships offline).
+DECODER_CASES = ["decoder_seq_bn", "decoder_double_seq_bn"]
+DECODER_SIZE = {"n_embd": 384, "n_layer": 6, "n_head": 12}
+ALL_CASES = INFERENCE_CASES + TRAIN_CASES + PEFT_CASES + COMPOSITION_CASES + DECODER_CASES
 
 # Composition cases: BatchSplit routes 8 examples to each of 8 LoRA adapters; Parallel serves 4 tasks.
 SPLIT_ADAPTERS, SPLIT_BATCH, SPLIT_SEQ_LEN = 8, 64, 64
@@ -460,6 +468,23 @@ def parallel_case(base, args) -> dict:
     return res
 
 
+def decoder_case(case: str, args) -> dict:
+    """One bottleneck adapter on a pre-LN decoder (GPT-2 layout: the model adds x after each block)."""
+    from transformers import GPT2Config, GPT2Model
+
+    import adapters
+
+    torch.manual_seed(SEED)
+    config = GPT2Config(n_positions=SEQ_LEN, vocab_size=8192, **DECODER_SIZE)
+    plain = GPT2Model(config).eval()
+    adapted = copy.deepcopy(plain)
+    adapters.init(adapted)
+    adapted.add_adapter("bench", config=case[len("decoder_") :])
+    adapted.set_active_adapters("bench")
+    inputs, _ = make_inputs(config.vocab_size)
+    return inference_case(plain, adapted, inputs, args.rounds, args.warmup, args.case_seconds)
+
+
 COMPOSITION_BUILDERS = {
     "batch_split_lora": batch_split_case,
     "peft_batch_split_lora": peft_batch_split_case,
@@ -470,6 +495,10 @@ _INPUTS: list = []  # (inputs, labels), set in main
 
 
 def run_case(base, case, inputs, labels, args) -> dict:
+    if case in DECODER_CASES:
+        res = decoder_case(case, args)
+        gc.collect()
+        return res
     if case in COMPOSITION_BUILDERS:
         res = COMPOSITION_BUILDERS[case](base, args)
         gc.collect()

@@ -40,6 +40,7 @@ def bench(monkeypatch, tmp_path):
         return BertModel(config).eval()
 
     monkeypatch.setattr(module, "load_base_model", tiny_model)
+    monkeypatch.setattr(module, "DECODER_SIZE", {"n_embd": 32, "n_layer": 2, "n_head": 4})
     monkeypatch.setattr(module, "model_dir", lambda: tmp_path)
     monkeypatch.setattr(sys, "argv", ["bench.py"])
     return module
@@ -64,6 +65,7 @@ def test_every_case_runs_and_checks_its_own_outputs(bench, tmp_path, capsys):
     assert cases["batch_split_lora"]["max_abs_diff_vs_each_adapter_alone"] < 1e-5
     assert cases["parallel_seq_bn"]["max_abs_diff_vs_separate_passes"] < 1e-5
     assert cases["par_bn"]["flops_ratio"] > cases["seq_bn"]["flops_ratio"] > 1.0
+    assert cases["decoder_double_seq_bn"]["flops_ratio"] > cases["decoder_seq_bn"]["flops_ratio"] > 1.0
     # The floor trains only the embeddings' LayerNorm; adapters train fewer weights than full fine-tuning.
     assert cases["train_floor"]["trainable_params_adapted"] == 2 * 32
     for name in ("train_seq_bn", "train_lora"):

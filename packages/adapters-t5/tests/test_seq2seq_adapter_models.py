@@ -260,5 +260,7 @@ def test_parallel_heads_each_read_their_branch(model_type):
     model.set_active_adapters(adapters.Parallel("a", "b"))
     out = model(**inputs)
     assert len(out) == 2
+    # Float sums in another order: one adapter on a pre-LN block hands back branch + h, a Parallel
+    # block (branch + h + x) - x (as the conformance suite's Parallel check, to 1e-5).
     for got, expected in zip(out, alone, strict=True):
-        torch.testing.assert_close(got.logits, expected, rtol=0, atol=1e-6)
+        torch.testing.assert_close(got.logits, expected, rtol=1e-5, atol=1e-5)

@@ -24,6 +24,8 @@ from .hook_order import HookStage, register_staged_forward_hook
 BlockFn = Callable[
     [torch.Tensor, torch.Tensor, Callable[[torch.Tensor], torch.Tensor] | None, torch.Tensor | None], torch.Tensor
 ]
+#: ``fn(h, x)`` -> the block output minus ``x``, for a block without a post-LN (the model adds ``x``).
+WithoutResidualFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class ResidualBlockHooks:
@@ -54,12 +56,19 @@ class ResidualBlockHooks:
         )
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._fn: BlockFn | None = None
+        self._without_residual: WithoutResidualFn | None = None
         self._x: torch.Tensor | None = None
         self._h: torch.Tensor | None = None
 
-    def install(self, fn: BlockFn) -> None:
+    def install(self, fn: BlockFn, without_residual: WithoutResidualFn | None = None) -> None:
+        """Route the block through ``fn``.
+
+        ``without_residual(h, x)``, when given, is ``fn(h, x, None, None) - x`` computed without adding
+        and subtracting ``x``: what a block without a post-LN hands back (the model adds ``x`` itself).
+        """
         self.remove()
         self._fn = fn
+        self._without_residual = without_residual
         # Each layer call starts afresh: a forward pass that stopped midway (an exception) must not
         # leave an x or h behind that a later call would take for its own.
         self._handles.append(self._layer.register_forward_pre_hook(self._forget))
@@ -97,7 +106,7 @@ class ResidualBlockHooks:
         self._handles.clear()
         if self.layer_norm is not None:
             self.layer_norm.__dict__.pop("forward", None)
-        self._fn = None
+        self._fn = self._without_residual = None
         self._x = self._h = None
         self._parts = [None] * len(self._parts)
 
@@ -152,7 +161,10 @@ class ResidualBlockHooks:
             return None
         h = output[0] if isinstance(output, tuple) else output
         # The model adds x itself after this module, so hand back (new block output - x).
-        new_h = self._fn(h, x, None, None) - x
+        if self._without_residual is not None:
+            new_h = self._without_residual(h, x)
+        else:
+            new_h = self._fn(h, x, None, None) - x
         return (new_h, *output[1:]) if isinstance(output, tuple) else new_h
 
 

@@ -173,6 +173,22 @@ class Bottleneck(nn.Module):
         hidden, residual = self.pre_forward(h, x, layer_norm, summed)
         return self.post_forward(self(hidden, residual), h, x, layer_norm)
 
+    def block_output_without_residual(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``block_output(h, x, None) - x``: the block output of a block without a post-LN, less the ``x``
+        the model adds after it (pre-LN models), with ``x`` neither added nor subtracted where it cancels.
+
+        >>> import torch
+        >>> from adapters import SeqBnConfig
+        >>> adapter = Bottleneck(8, 2, SeqBnConfig())
+        >>> h, x = torch.randn(1, 3, 8), torch.randn(1, 3, 8)
+        >>> torch.allclose(adapter.block_output_without_residual(h, x), adapter.block_output(h, x, None) - x)
+        True
+        """
+        if not self._adds_into_sum:
+            return self.block_output(h, x, None) - x
+        # block_output is branch(input) + h + x here.
+        return self.branch(self.input_from_sum(h, x, None, None)).add_(h)
+
     def _branch_into_input(self, hidden: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
         """``total + branch(hidden)`` written over ``hidden`` (no autograd, no dropout): no new hidden-size tensor."""
         down = self.adapter_down(hidden)
@@ -182,13 +198,15 @@ class Bottleneck(nn.Module):
         return hidden.add_(up.bias, alpha=self.scaling)
 
     def input_from_sum(
-        self, h: torch.Tensor, x: torch.Tensor, total: torch.Tensor, layer_norm: LayerNormFn
+        self, h: torch.Tensor, x: torch.Tensor, total: torch.Tensor | None, layer_norm: LayerNormFn
     ) -> torch.Tensor:
-        """The adapter's input, as :meth:`pre_forward` reads it, given ``total = h + x``."""
+        """The adapter's input, as :meth:`pre_forward` reads it, given ``total = h + x`` (or None: formed here)."""
         if self.is_parallel:
             return x
         if not self.config.original_ln_before:
             return h
+        if total is None:
+            total = h + x
         return layer_norm(total) if layer_norm is not None else total
 
     # -- the three steps --------------------------------------------------------------------

@@ -80,8 +80,10 @@ class BottleneckPlace:
             composed.parallel_runtime = parallel_runtime
             # Parallel or BatchSplit of plain adapters: all at once (validated by ComposedBottlenecks first).
             self.hooks.install(BatchedBottlenecks.build(self.adapters, block, parallel_runtime) or composed)
+        elif len(names) == 1:
+            self.hooks.install(self._single, self._active[0].block_output_without_residual)
         else:
-            self.hooks.install(self._single if len(names) == 1 else self._stack)
+            self.hooks.install(self._stack)
 
     def _single(self, h: torch.Tensor, x: torch.Tensor, layer_norm, summed: torch.Tensor | None) -> torch.Tensor:
         return self._active[0].block_output(h, x, layer_norm, summed)
