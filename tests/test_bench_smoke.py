@@ -14,8 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-from transformers import BertConfig, BertModel
+from conftest import tiny_bert
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
 
@@ -27,17 +26,8 @@ def bench(monkeypatch, tmp_path):
     spec.loader.exec_module(module)
 
     def tiny_model():
-        torch.manual_seed(0)
         # make_inputs draws token ids from 1000 up; 4 layers so that Parallel's leave_out [0, 1, 2] leaves one.
-        config = BertConfig(
-            hidden_size=32,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            intermediate_size=37,
-            vocab_size=1100,
-            max_position_embeddings=module.SEQ_LEN,
-        )
-        return BertModel(config).eval()
+        return tiny_bert(num_hidden_layers=4, vocab_size=1100, max_position_embeddings=module.SEQ_LEN)
 
     monkeypatch.setattr(module, "load_base_model", tiny_model)
     monkeypatch.setattr(module, "DECODER_SIZE", {"n_embd": 32, "n_layer": 2, "n_head": 4})
