@@ -6,6 +6,9 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification, BertModel
 
+import adapters
+from adapters.testing import randomize_adapter
+
 TINY_BERT = dict(
     hidden_size=32,
     num_hidden_layers=2,
@@ -24,6 +27,16 @@ def tiny_bert(**overrides) -> BertModel:
 def tiny_bert_classifier(**overrides) -> BertForSequenceClassification:
     torch.manual_seed(0)
     return BertForSequenceClassification(BertConfig(**{**TINY_BERT, "num_labels": 3, **overrides})).eval()
+
+
+def with_random_adapters(configs: dict[str, str], model=None):
+    """``model`` (a 3-layer tiny BERT by default) with one adapter per ``name: config``, every weight random."""
+    model = model if model is not None else tiny_bert(num_hidden_layers=3)
+    adapters.init(model)
+    for seed, (name, config) in enumerate(configs.items()):
+        model.add_adapter(name, config)
+        randomize_adapter(model, name, std=0.3, seed=seed)
+    return model
 
 
 def padded_batch(rows: int) -> dict[str, torch.Tensor]:

@@ -4,25 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import each_adapter_alone, padded_batch, tiny_bert
+from conftest import each_adapter_alone, padded_batch, with_random_adapters
 from transformers import GPT2Config, GPT2Model
 
-import adapters
 from adapters import CompositionError
 from adapters.composition import BatchSplit, Parallel, Stack
 from adapters.core.residual import ResidualBlockHooks
 from adapters.methods.bottleneck.batched import BatchedBottlenecks
 from adapters.methods.bottleneck.composition import ComposedBottlenecks
-from adapters.testing import randomize_adapter
-
-
-def adapted(configs: dict[str, str], model=None):
-    model = model if model is not None else tiny_bert(num_hidden_layers=3)
-    adapters.init(model)
-    for seed, (name, config) in enumerate(configs.items()):
-        model.add_adapter(name, config)
-        randomize_adapter(model, name, std=0.3, seed=seed)
-    return model
 
 
 def block_functions(model) -> set[type]:
@@ -55,7 +44,7 @@ SEQ_BN = "seq_bn[reduction_factor=4,scaling={scaling},leave_out={leave_out}]"
 @torch.no_grad()
 def test_parallel_batched_path_equals_separate_passes(leave_out):
     configs = {n: SEQ_BN.format(scaling=s, leave_out=leave_out) for n, s in zip("abc", (1.0, 0.5, 2.0), strict=True)}
-    model = adapted(configs)
+    model = with_random_adapters(configs)
     inputs = padded_batch(2)
     model.set_active_adapters(Parallel("a", "b", "c"))
     assert block_functions(model) == {BatchedBottlenecks}
@@ -66,7 +55,7 @@ def test_parallel_batched_path_equals_separate_passes(leave_out):
 
 @pytest.mark.parametrize("config", ["double_seq_bn[reduction_factor=4]", "par_bn[reduction_factor=4,leave_out=[0]]"])
 def test_houlsby_and_parallel_adapters_take_the_batched_path(config):
-    model = adapted({n: config for n in "ab"})
+    model = with_random_adapters({n: config for n in "ab"})
     inputs = padded_batch(2)
     model.set_active_adapters(Parallel("a", "b"))
     assert block_functions(model) == {BatchedBottlenecks}
@@ -80,7 +69,7 @@ def test_houlsby_and_parallel_adapters_take_the_batched_path(config):
 @torch.no_grad()
 def test_batch_split_batched_path_equals_each_adapter_on_its_examples(sizes):
     configs = {n: SEQ_BN.format(scaling=s, leave_out=[]) for n, s in zip("abc", (1.0, 0.5, 2.0), strict=True)}
-    model = adapted(configs)
+    model = with_random_adapters(configs)
     inputs = padded_batch(sum(sizes))
     model.set_active_adapters(BatchSplit("a", "b", "c", batch_sizes=sizes))
     assert block_functions(model) == {BatchedBottlenecks}
@@ -101,7 +90,7 @@ def test_batched_path_gradients_equal_the_engines(batched, engine):
     inputs = padded_batch(4 if isinstance(batched, BatchSplit) else 2)
     grads, losses = [], []
     for setup in (batched, engine):
-        model = adapted(configs)
+        model = with_random_adapters(configs)
         model.train_adapter(setup)
         model.eval()  # no dropout in the body
         loss = model(**inputs).last_hidden_state.pow(2).sum()
@@ -131,7 +120,7 @@ def test_batched_path_gradients_equal_the_engines(batched, engine):
 )
 @torch.no_grad()
 def test_other_bottlenecks_run_through_the_engine_and_stay_exact(configs):
-    model = adapted(configs)
+    model = with_random_adapters(configs)
     inputs = padded_batch(3)
     # Where b is left out, only that layer runs through the engine.
     expected = {ComposedBottlenecks, BatchedBottlenecks} if "leave_out" in configs["b"] else {ComposedBottlenecks}
@@ -150,7 +139,7 @@ def test_other_bottlenecks_run_through_the_engine_and_stay_exact(configs):
 def test_pre_ln_model_parallel_batched_path_equals_separate_passes():
     torch.manual_seed(0)
     gpt2 = GPT2Model(GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=100, n_positions=32)).eval()
-    model = adapted({n: "seq_bn[reduction_factor=4]" for n in "ab"}, gpt2)
+    model = with_random_adapters({n: "seq_bn[reduction_factor=4]" for n in "ab"}, gpt2)
     inputs = padded_batch(2)
     model.set_active_adapters(Parallel("a", "b"))
     assert block_functions(model) == {BatchedBottlenecks}
@@ -161,7 +150,7 @@ def test_pre_ln_model_parallel_batched_path_equals_separate_passes():
 
 @torch.no_grad()
 def test_batched_path_refuses_a_batch_its_sizes_do_not_cover():
-    model = adapted({"a": "seq_bn", "b": "seq_bn"})
+    model = with_random_adapters({"a": "seq_bn", "b": "seq_bn"})
     model.set_active_adapters(BatchSplit("a", "b", batch_sizes=[1, 1]))
     with pytest.raises(CompositionError, match="batch size 3"):
         model(**padded_batch(3))

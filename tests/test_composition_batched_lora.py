@@ -4,25 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import each_adapter_alone, padded_batch, tiny_bert
+from conftest import each_adapter_alone, padded_batch, tiny_bert, with_random_adapters
 
-import adapters
 from adapters import CompositionError
 from adapters.composition import BatchSplit, Stack
 from adapters.methods.lora.batched import BatchedLoRAs
 from adapters.methods.lora.composition import ComposedLoRAs
-from adapters.testing import randomize_adapter
 
 ALL_LINEARS = "lora[attn_matrices=['q','k','v'],intermediate_lora=True,output_lora=True,r=4,alpha={alpha}]"
-
-
-def adapted(configs: dict[str, str]):
-    model = tiny_bert(num_hidden_layers=2)
-    adapters.init(model)
-    for seed, (name, config) in enumerate(configs.items()):
-        model.add_adapter(name, config)
-        randomize_adapter(model, name, std=0.3, seed=seed)
-    return model
 
 
 def hooks_of(model) -> set[type]:
@@ -33,7 +22,9 @@ def hooks_of(model) -> set[type]:
 @torch.no_grad()
 def test_batched_path_equals_each_adapter_on_its_examples(sizes):
     # Different alphas: per-adapter scalings go into the stacked B.
-    model = adapted({n: ALL_LINEARS.format(alpha=a) for n, a in zip("abc", (4, 8, 2), strict=True)})
+    model = with_random_adapters(
+        {n: ALL_LINEARS.format(alpha=a) for n, a in zip("abc", (4, 8, 2), strict=True)}, tiny_bert()
+    )
     inputs = padded_batch(sum(sizes))
     model.set_active_adapters(BatchSplit("a", "b", "c", batch_sizes=sizes))
     assert BatchedLoRAs in hooks_of(model) and ComposedLoRAs not in hooks_of(model)
@@ -49,7 +40,7 @@ def test_batched_path_gradients_equal_the_engines():
     inputs = padded_batch(4)
     grads = []
     for setup in (BatchSplit("a", "b", batch_sizes=[1, 3]), BatchSplit(Stack("a"), "b", batch_sizes=[1, 3])):
-        model = adapted(configs)
+        model = with_random_adapters(configs, tiny_bert())
         model.train_adapter(setup)
         model.eval()  # no dropout in the body
         model(**inputs).last_hidden_state.pow(2).sum().backward()
@@ -74,7 +65,7 @@ def test_batched_path_gradients_equal_the_engines():
 )
 @torch.no_grad()
 def test_other_loras_run_through_the_engine_and_stay_exact(configs):
-    model = adapted(configs)
+    model = with_random_adapters(configs, tiny_bert())
     inputs = padded_batch(3)
     model.set_active_adapters(BatchSplit("a", "b", batch_sizes=[2, 1]))
     out = model(**inputs).last_hidden_state
@@ -83,7 +74,7 @@ def test_other_loras_run_through_the_engine_and_stay_exact(configs):
 
 @torch.no_grad()
 def test_batched_path_refuses_a_batch_its_sizes_do_not_cover():
-    model = adapted({"a": "lora", "b": "lora"})
+    model = with_random_adapters({"a": "lora", "b": "lora"}, tiny_bert())
     model.set_active_adapters(BatchSplit("a", "b", batch_sizes=[1, 1]))
     with pytest.raises(CompositionError, match="batch size 3"):
         model(**padded_batch(3))

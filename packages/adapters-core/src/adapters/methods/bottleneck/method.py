@@ -81,12 +81,10 @@ class BottleneckPlace:
             # Parallel or BatchSplit of plain adapters: all at once (validated by ComposedBottlenecks first).
             self.hooks.install(BatchedBottlenecks.build(self.adapters, block, parallel_runtime) or composed)
         elif len(names) == 1:
-            self.hooks.install(self._single, self._active[0].block_output_without_residual)
+            adapter = self._active[0]
+            self.hooks.install(adapter.block_output, adapter.block_output_without_residual)
         else:
             self.hooks.install(self._stack)
-
-    def _single(self, h: torch.Tensor, x: torch.Tensor, layer_norm, summed: torch.Tensor | None) -> torch.Tensor:
-        return self._active[0].block_output(h, x, layer_norm, summed)
 
     def _stack(self, h: torch.Tensor, x: torch.Tensor, layer_norm, summed: torch.Tensor | None) -> torch.Tensor:
         hidden = h
