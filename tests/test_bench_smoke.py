@@ -14,7 +14,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import tiny_bert
+
+from adapters.testing import tolerance
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
 
@@ -51,9 +54,13 @@ def test_every_case_runs_and_checks_its_own_outputs(bench, tmp_path, capsys):
     # What each case checks of its own outputs (the numbers the README's claims stand on).
     assert cases["init_no_adapter"]["max_abs_diff_vs_plain"] == 0.0
     assert cases["init_no_adapter"]["flops_ratio"] == 1.0
-    assert cases["lora_merged"]["merged_vs_unmerged_max_abs_diff"] < 1e-5
-    assert cases["batch_split_lora"]["max_abs_diff_vs_each_adapter_alone"] < 1e-5
-    assert cases["parallel_seq_bn"]["max_abs_diff_vs_separate_passes"] < 1e-5
+    # Other computations of the same outputs (float32): equal up to rounding of the outputs' scale.
+    for case, diff, scale in (
+        ("lora_merged", "merged_vs_unmerged_max_abs_diff", "merged_vs_unmerged_scale"),
+        ("batch_split_lora", "max_abs_diff_vs_each_adapter_alone", "each_adapter_alone_scale"),
+        ("parallel_seq_bn", "max_abs_diff_vs_separate_passes", "separate_passes_scale"),
+    ):
+        assert cases[case][diff] <= tolerance(torch.tensor(cases[case][scale])), (case, cases[case])
     assert cases["par_bn"]["flops_ratio"] > cases["seq_bn"]["flops_ratio"] > 1.0
     assert cases["decoder_double_seq_bn"]["flops_ratio"] > cases["decoder_seq_bn"]["flops_ratio"] > 1.0
     # The floor trains only the embeddings' LayerNorm; adapters train fewer weights than full fine-tuning.

@@ -9,7 +9,7 @@ from conftest import tiny_bert
 import adapters
 from adapters import CompositionError
 from adapters.composition import Average, BatchSplit, Parallel, Split, Stack
-from adapters.testing import randomize_adapter
+from adapters.testing import assert_close, randomize_adapter
 
 CONFIGS = ["seq_bn", "par_bn", "lora", "ia3", "dora"]
 
@@ -47,7 +47,7 @@ def test_batch_split_equals_each_adapter_on_its_examples(config, batch):
     model = adapted(config)
     out = run(model, BatchSplit("a", Stack("b"), batch_sizes=[1, 2]), batch)
     expected = torch.cat([run(model, "a", sliced(batch, slice(0, 1))), run(model, "b", sliced(batch, slice(1, 3)))])
-    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    assert_close(out, expected)
     with pytest.raises(CompositionError, match="batch size 3"):
         run(model, BatchSplit("a", "b", batch_sizes=[1, 1]), batch)
 
@@ -57,7 +57,7 @@ def test_parallel_equals_separate_runs_concatenated(config, batch):
     model = adapted(config, layers=3, leave_out=[0])
     out = run(model, Parallel("a", "b", "c"), batch)
     expected = torch.cat([run(model, name, batch) for name in "abc"])
-    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    assert_close(out, expected)
     model.set_active_adapters(None)
     with torch.no_grad():
         assert model(**batch).last_hidden_state.shape[0] == 3, "deactivating Parallel restores the batch"
@@ -66,7 +66,7 @@ def test_parallel_equals_separate_runs_concatenated(config, batch):
 @pytest.mark.parametrize("config", CONFIGS)
 def test_average_with_weights_one_zero_is_the_first_adapter(config, batch):
     model = adapted(config)
-    torch.testing.assert_close(run(model, Average("a", "b", weights=[1, 0]), batch), run(model, "a", batch))
+    assert_close(run(model, Average("a", "b", weights=[1, 0]), batch), run(model, "a", batch))
     both = run(model, Average("a", "b"), batch)
     assert not torch.allclose(both, run(model, "a", batch)) and not torch.allclose(both, run(model, "b", batch))
 
@@ -78,7 +78,7 @@ def test_split_on_a_one_layer_model_is_per_position(config, batch):
     model = adapted(config if config == "seq_bn" else "lora[attn_matrices=[],selfattn_lora=False,output_lora=True]", 1)
     out = run(model, Split("a", "b", splits=[2, 4]), batch)
     expected = torch.cat([run(model, "a", batch)[:, :2], run(model, "b", batch)[:, 2:]], dim=1)
-    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    assert_close(out, expected)
 
 
 @pytest.mark.parametrize(
@@ -103,4 +103,4 @@ def test_parallel_computes_the_layers_below_the_first_adapter_once(config, first
         out = model(**batch).last_hidden_state
     assert calls == [(0, 3), (1, 3), (2, first_layer_rows), (3, 6)]
     expected = torch.cat([run(model, name, batch) for name in "ab"])
-    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    assert_close(out, expected)

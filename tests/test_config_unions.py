@@ -42,7 +42,8 @@ def test_union_adapter_acts_trains_and_reloads(config, inputs, tmp_path):
     adapters.init(fresh)
     fresh.load_adapter(tmp_path, set_active=True)
     with torch.no_grad():
-        torch.testing.assert_close(fresh(**inputs).last_hidden_state, adapted, rtol=0, atol=1e-6)
+        # The same base weights and the adapter's tensors saved and loaded back: the same computation.
+        assert torch.equal(fresh(**inputs).last_hidden_state, adapted)
 
     model.train_adapter("x")
     target = torch.randn(plain.shape, generator=torch.Generator().manual_seed(0))

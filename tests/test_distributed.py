@@ -17,6 +17,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from adapters.testing import assert_close
+
 sys.path.insert(0, str(Path(__file__).parent))  # conftest's tiny models, also when run by torchrun
 
 GLOBAL_BATCH = 8
@@ -147,8 +149,10 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
     start = trainable(build_model())
     for key, value in expected.items():
         assert (value - start[key]).abs().max() > 0.05, f"{key} barely trained: the comparison would prove little"
-        # Summation order differs (4 + 4 examples vs 8): allow float noise, far below the training's movement.
-        torch.testing.assert_close(distributed[key], value, rtol=1e-4, atol=1e-4, msg=key)
+        # Summation order differs (4 + 4 examples vs 8), and three SGD steps at lr 0.5 carry each step's rounding
+        # into the next gradients (measured: up to ~250 ulps of the weights' scale): 2048 ulps, still hundreds of
+        # times below the training's movement.
+        assert_close(distributed[key], value, ulps=2048, msg=key)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from transformers import (
 
 import adapters
 from adapters import AdapterConfigError, CompositionError, PrefixTuningConfig, PromptTuningConfig, Stack
-from adapters.testing import randomize_adapter
+from adapters.testing import assert_close, randomize_adapter
 
 
 @pytest.fixture
@@ -100,7 +100,7 @@ def test_prefix_tuning_is_attention_over_mlp_prefix_and_own_keys(inputs):
         keys, values = _mlp_prefix(prefix, 4, 8)
         expected = _bert_layer(model.encoder.layer[0], x, inputs["attention_mask"], keys, values)
     assert got.shape == (*inputs["input_ids"].shape, 32)
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    assert_close(got, expected)
 
 
 def test_flat_prefix_with_separate_gates(inputs):
@@ -118,7 +118,7 @@ def test_flat_prefix_with_separate_gates(inputs):
         keys = keys * scores[:, 0].view(-1, 1, 1, 1)
         values = values * scores[:, 1].view(-1, 1, 1, 1)
         expected = _bert_layer(model.encoder.layer[0], x, inputs["attention_mask"], keys, values)
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    assert_close(got, expected)
 
 
 def test_stacked_prefixes_are_concatenated_later_first(inputs):
@@ -134,7 +134,7 @@ def test_stacked_prefixes_are_concatenated_later_first(inputs):
         (ka, va), (kb, vb) = (_flat_prefix(pool[n]["self_prefix"], 4, 8) for n in ("a", "b"))
         keys, values = torch.cat([kb, ka], dim=2), torch.cat([vb, va], dim=2)
         expected = _bert_layer(model.encoder.layer[0], x, inputs["attention_mask"], keys, values)
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    assert_close(got, expected)
 
 
 def test_prefix_tuning_sdpa_and_eager_agree_in_causal_decoder():
@@ -160,9 +160,9 @@ def test_prefix_tuning_sdpa_and_eager_agree_in_causal_decoder():
             full = model(input_ids=ids).last_hidden_state
             prefix_only = model(input_ids=ids[:, :3]).last_hidden_state
         # Causality: the first 3 positions do not depend on the later tokens.
-        torch.testing.assert_close(full[:, :3], prefix_only, rtol=0, atol=1e-5)
+        assert_close(full[:, :3], prefix_only)
         outputs.append(full)
-    torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=1e-5)
+    assert_close(outputs[0], outputs[1])
 
 
 def test_eject_prefix_tuning_keeps_outputs_and_drops_the_mlp(inputs, tmp_path):
@@ -177,13 +177,13 @@ def test_eject_prefix_tuning_keeps_outputs_and_drops_the_mlp(inputs, tmp_path):
     keys = [k for k in model.state_dict() if ".a." in k]
     assert keys == ["prefix_tuning.prefix_tunings.a.self_prefix.control_trans"]
     with torch.no_grad():
-        torch.testing.assert_close(model(**inputs).last_hidden_state, before, rtol=0, atol=1e-6)
+        assert_close(model(**inputs).last_hidden_state, before)
     model.save_adapter(tmp_path, "a")
     fresh = tiny_bert()
     adapters.init(fresh)
     fresh.load_adapter(tmp_path, set_active=True)
     with torch.no_grad():
-        torch.testing.assert_close(fresh(**inputs).last_hidden_state, before, rtol=0, atol=1e-6)
+        assert_close(fresh(**inputs).last_hidden_state, before)
 
 
 def test_no_active_prefix_installs_nothing(inputs):
@@ -238,8 +238,8 @@ def test_prompt_tuning_is_the_model_on_embeddings_with_the_prompt_inserted(input
         expected = _bert_layer(model.encoder.layer[0], x, mask)
         pooled = torch.tanh(F.linear(expected[:, 0], model.pooler.dense.weight, model.pooler.dense.bias))
     assert got.last_hidden_state.shape == (2, 10, 32)
-    torch.testing.assert_close(got.last_hidden_state, expected, rtol=0, atol=1e-5)
-    torch.testing.assert_close(got.pooler_output, pooled, rtol=0, atol=1e-5)
+    assert_close(got.last_hidden_state, expected)
+    assert_close(got.pooler_output, pooled)
 
 
 def test_prompt_tuning_pads_token_labels_for_a_token_classification_head(inputs):
@@ -256,7 +256,7 @@ def test_prompt_tuning_pads_token_labels_for_a_token_classification_head(inputs)
     assert out.logits.shape == (2, 11, 3)
     # The prompt positions carry no label: the loss is the cross entropy over the input's tokens.
     expected = F.cross_entropy(out.logits[:, 4:].reshape(-1, 3), labels.reshape(-1))
-    torch.testing.assert_close(out.loss, expected)
+    assert_close(out.loss, expected)
 
 
 def test_prompt_tuning_shifts_answer_positions_for_question_answering(inputs):
@@ -274,7 +274,7 @@ def test_prompt_tuning_shifts_answer_positions_for_question_answering(inputs):
     expected = (
         F.cross_entropy(out.start_logits, torch.tensor([0, 6])) + F.cross_entropy(out.end_logits, torch.tensor([7, 8]))
     ) / 2
-    torch.testing.assert_close(out.loss, expected)
+    assert_close(out.loss, expected)
 
 
 def test_prompt_tuning_inside_adapter_setup_matches_set_active(inputs):
@@ -319,7 +319,8 @@ def test_prompt_init_from_string_uses_word_embeddings(tmp_path):
     )
     ids = torch.tensor([2, 5, 6, 3, 2, 5])  # [CLS] hello world [SEP], repeated to length 6
     expected = model.embeddings.word_embeddings.weight[ids]
-    torch.testing.assert_close(model.prompt_tuning.prompt_tunings["a"].prompt_embedding.weight, expected)
+    # The prompt is a copy of those embedding rows.
+    assert torch.equal(model.prompt_tuning.prompt_tunings["a"].prompt_embedding.weight, expected)
 
 
 def test_prompt_config_errors():
@@ -359,7 +360,7 @@ def test_batch_split_gives_each_example_its_own_prefix(inputs, implementation, w
         expected = torch.cat(
             [_bert_layer(layer, x[i : i + 1], mask[i : i + 1], *prefixes[name]) for i, name in enumerate("ab")]
         )
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    assert_close(got, expected)
 
 
 def test_parallel_gives_each_copy_its_branch_prefix(inputs):
@@ -372,7 +373,7 @@ def test_parallel_gives_each_copy_its_branch_prefix(inputs):
         layer, mask = model.encoder.layer[0], inputs["attention_mask"]
         expected = torch.cat([_bert_layer(layer, x, mask, *prefixes[name]) for name in "ab"])
     assert got.shape == (4, 7, 32)
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    assert_close(got, expected)
 
 
 def test_average_of_prefixes_is_the_weighted_sum_of_keys_and_values(inputs):
@@ -385,7 +386,7 @@ def test_average_of_prefixes_is_the_weighted_sum_of_keys_and_values(inputs):
         x = model.embeddings(input_ids=inputs["input_ids"])
         keys, values = 0.3 * ka + 0.7 * kb, 0.3 * va + 0.7 * vb
         expected = _bert_layer(model.encoder.layer[0], x, inputs["attention_mask"], keys, values)
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    assert_close(got, expected)
 
 
 def test_average_inside_a_stack_weights_only_the_averaged_prefixes(inputs):
@@ -401,7 +402,7 @@ def test_average_inside_a_stack_weights_only_the_averaged_prefixes(inputs):
         x = model.embeddings(input_ids=inputs["input_ids"])
         keys, values = torch.cat([kb + kc, ka], dim=2), torch.cat([vb + vc, va], dim=2)
         expected = _bert_layer(model.encoder.layer[0], x, inputs["attention_mask"], keys, values)
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    assert_close(got, expected)
 
 
 def test_batch_split_of_stacks_pads_to_the_longest(inputs):
@@ -418,7 +419,7 @@ def test_batch_split_of_stacks_pads_to_the_longest(inputs):
         )
         first = _bert_layer(layer, x[:1], mask[:1], torch.cat([kb, ka], dim=2), torch.cat([vb, va], dim=2))
         second = _bert_layer(layer, x[1:], mask[1:], kb, vb)
-    torch.testing.assert_close(got, torch.cat([first, second]), rtol=0, atol=1e-5)
+    assert_close(got, torch.cat([first, second]))
 
 
 def test_prefix_composition_errors(inputs):
@@ -453,9 +454,9 @@ def test_batch_split_and_parallel_of_prefixes_of_different_lengths_equal_separat
 
     alone = {name: run(name) for name in "ab"}
     split = run(adapters.BatchSplit("b", "a", batch_sizes=[1, 1]))
-    torch.testing.assert_close(split, torch.cat([run("b", slice(0, 1)), run("a", slice(1, 2))]), rtol=1e-5, atol=1e-5)
+    assert_close(split, torch.cat([run("b", slice(0, 1)), run("a", slice(1, 2))]))
     parallel = run(adapters.Parallel("a", "b"))
-    torch.testing.assert_close(parallel, torch.cat([alone["a"], alone["b"]]), rtol=1e-5, atol=1e-5)
+    assert_close(parallel, torch.cat([alone["a"], alone["b"]]))
 
 
 def _tiny_model(model_type):
@@ -509,7 +510,7 @@ def test_prompt_batch_split_gives_each_example_its_prompt_by_hand(inputs):
         m1 = torch.cat([mask[1:, :1], ones, mask[1:, 1:]], dim=1)
         layer = model.encoder.layer[0]
         expected = torch.cat([_bert_layer(layer, x0, m0), _bert_layer(layer, x1, m1)])
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    assert_close(got, expected)
 
 
 def test_prompt_parallel_gives_each_copy_its_prompt(inputs):
@@ -526,8 +527,8 @@ def test_prompt_parallel_gives_each_copy_its_prompt(inputs):
         with adapters.AdapterSetup(adapters.Parallel("b", "a")):
             swapped = model(**inputs).last_hidden_state
     assert got.shape == (4, 10, 32)
-    torch.testing.assert_close(got, torch.cat(alone), rtol=0, atol=1e-5)
-    torch.testing.assert_close(swapped, torch.cat(alone[::-1]), rtol=0, atol=1e-5)
+    assert_close(got, torch.cat(alone))
+    assert_close(swapped, torch.cat(alone[::-1]))
 
 
 def test_prompt_batch_split_pads_each_examples_labels_at_its_prompt():
@@ -546,7 +547,7 @@ def test_prompt_batch_split_pads_each_examples_labels_at_its_prompt():
     with torch.no_grad():
         out = model(input_ids=ids, labels=labels)
     logits = torch.cat([out.logits[:2, 2:], out.logits[2:, [0, 3, 4, 5, 6]]])  # the input tokens' positions
-    torch.testing.assert_close(out.loss, F.cross_entropy(logits.reshape(-1, 3), labels.reshape(-1)))
+    assert_close(out.loss, F.cross_entropy(logits.reshape(-1, 3), labels.reshape(-1)))
 
 
 def test_prompt_composition_errors(inputs):

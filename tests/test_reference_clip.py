@@ -18,6 +18,7 @@ import transformers
 from safetensors.torch import load_file
 
 import adapters
+from adapters.testing import CROSS_LIBRARY_ULPS, assert_close
 
 FIXTURES = Path(__file__).parent / "fixtures" / "reference"
 DUAL = json.loads((FIXTURES / "manifest.json").read_text()).get("dual_models", {})
@@ -41,7 +42,7 @@ def load(model_type: str) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
 def test_plain_dual_model_matches_reference(model_type: str) -> None:
     model, inputs = load(model_type)
     expected = load_file(FIXTURES / model_type / "output_plain.safetensors")["last_hidden_state"]
-    torch.testing.assert_close(both_towers(model, inputs), expected, rtol=0, atol=1e-5)
+    assert_close(both_towers(model, inputs), expected, ulps=CROSS_LIBRARY_ULPS)
 
 
 @pytest.mark.parametrize("model_type,case", CASES, ids=[f"{m}-{c}" for m, c in CASES])
@@ -50,4 +51,4 @@ def test_reference_adapter_gives_reference_output_in_both_towers(model_type: str
     adapters.init(model)
     model.load_adapter(FIXTURES / model_type / case, set_active=True)
     expected = load_file(FIXTURES / model_type / f"{case}.expected.safetensors")["last_hidden_state"]
-    torch.testing.assert_close(both_towers(model, inputs), expected, rtol=0, atol=1e-5)
+    assert_close(both_towers(model, inputs), expected, ulps=CROSS_LIBRARY_ULPS)

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 import adapters
 from adapters.composition import AdapterCompositionBlock, Average
+from adapters.testing import CROSS_LIBRARY_ULPS, assert_close
 
 FIXTURES = Path(__file__).parent / "fixtures" / "reference"
 FOLDER = FIXTURES / "composition"
@@ -52,7 +53,7 @@ def test_setup_matches_the_reference(model, case):
     model.set_active_adapters(setup)
     with torch.no_grad():
         out = model(**load_file(FIXTURES / "bert" / "inputs.safetensors")).last_hidden_state
-    torch.testing.assert_close(out, EXPECTED[case], atol=1e-5, rtol=1e-4)
+    assert_close(out, EXPECTED[case], ulps=CROSS_LIBRARY_ULPS)
 
 
 @pytest.mark.parametrize("case", sorted(DIFFERENT_DEFINITION))

@@ -16,6 +16,7 @@ import transformers
 from safetensors.torch import load_file
 
 import adapters
+from adapters.testing import CROSS_LIBRARY_ULPS, assert_close
 
 FIXTURES = Path(__file__).parent / "fixtures" / "reference"
 MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())
@@ -75,7 +76,7 @@ def test_plain_model_matches_reference_plain_output(model_type: str) -> None:
     expected = load_file(FIXTURES / model_type / "output_plain.safetensors")["last_hidden_state"]
     with torch.no_grad():
         got = model(**inputs_of(model_type)).last_hidden_state
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    assert_close(got, expected, ulps=CROSS_LIBRARY_ULPS)
 
 
 @pytest.mark.parametrize("model_type", sorted(REFERENCE_MODEL_SETUP))
@@ -85,7 +86,7 @@ def test_reference_model_setup_matches_reference_output_after_init(model_type: s
     expected = load_file(FIXTURES / model_type / "output_after_init.safetensors")["last_hidden_state"]
     with torch.no_grad():
         got = model(**inputs_of(model_type)).last_hidden_state
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    assert_close(got, expected, ulps=CROSS_LIBRARY_ULPS)
 
 
 def test_xmod_init_keeps_language_adapters() -> None:
@@ -112,7 +113,7 @@ def test_reference_adapter_gives_reference_output(model_type: str, case: str) ->
     rows = REFERENCE_PADDING_DEFECTS.get((model_type, case))
     if rows is not None:
         got, expected = got[rows], expected[rows]
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    assert_close(got, expected, ulps=CROSS_LIBRARY_ULPS)
 
 
 @pytest.mark.parametrize("model_type,case", UNPADDED_CASES, ids=[f"{m}-{c}" for m, c in UNPADDED_CASES])
@@ -125,7 +126,7 @@ def test_reference_adapter_gives_reference_output_without_padding(model_type: st
     inputs["attention_mask"] = torch.ones_like(inputs["attention_mask"])
     with torch.no_grad():
         got = model(**inputs).last_hidden_state
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    assert_close(got, expected, ulps=CROSS_LIBRARY_ULPS)
 
 
 def test_adapter_saved_from_head_model_loads_into_base_and_head_models() -> None:
@@ -135,7 +136,7 @@ def test_adapter_saved_from_head_model_loads_into_base_and_head_models() -> None
     expected = load_file(FIXTURES / "bert" / "head_lora.expected.safetensors")["last_hidden_state"]
     with torch.no_grad():
         got = base(**inputs_of("bert")).last_hidden_state
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    assert_close(got, expected, ulps=CROSS_LIBRARY_ULPS)
 
     head = transformers.BertForSequenceClassification.from_pretrained(FIXTURES / "bert" / "base", num_labels=3).eval()
     head.classifier.load_state_dict(
@@ -148,4 +149,4 @@ def test_adapter_saved_from_head_model_loads_into_base_and_head_models() -> None
     head.load_adapter(FIXTURES / "bert" / "head_lora", set_active=True)
     logits = load_file(FIXTURES / "bert" / "head_lora.logits.safetensors")["logits"]
     with torch.no_grad():
-        torch.testing.assert_close(head(**inputs_of("bert")).logits, logits, rtol=0, atol=1e-5)
+        assert_close(head(**inputs_of("bert")).logits, logits, ulps=CROSS_LIBRARY_ULPS)

@@ -18,7 +18,7 @@ from tiny_decoders import CONFIGS, causal_lm
 
 import adapters
 from adapters import LoRAConfig, PromptTuningConfig
-from adapters.testing import randomize_adapter
+from adapters.testing import assert_close, randomize_adapter
 
 NEW_TOKENS = 5
 # LoRA on every projection: on k and v (grouped-query attention: half the size of q) its output
@@ -88,7 +88,7 @@ def test_cached_generation_matches_cache_free_greedy_decode(model_type: str, set
         logits = model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
         ).logits[:, -1]
-        torch.testing.assert_close(out.logits[step], logits, rtol=0, atol=1e-5, msg=f"logits of step {step}")
+        assert_close(out.logits[step], logits, msg=f"logits of step {step}")
         next_token = logits.argmax(-1, keepdim=True)
         input_ids = torch.cat([input_ids, next_token], dim=1)
         attention_mask = torch.cat([attention_mask, torch.ones_like(next_token)], dim=1)
@@ -121,4 +121,4 @@ def test_batch_split_prefixes_generate_each_row_as_alone(model_type: str) -> Non
         alone = model.generate(**{k: v[row : row + 1] for k, v in prompt.items()}, **options)
         assert torch.equal(split.sequences[row], alone.sequences[0]), f"row {row} ({name}) chose other tokens"
         for step in range(NEW_TOKENS):
-            torch.testing.assert_close(split.logits[step][row], alone.logits[step][0], rtol=0, atol=1e-5)
+            assert_close(split.logits[step][row], alone.logits[step][0])

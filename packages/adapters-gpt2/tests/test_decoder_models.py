@@ -9,7 +9,7 @@ from tiny_decoders import CONFIGS, base_model, causal_lm
 import adapters
 from adapters import CompositionError, LoRAConfig
 from adapters.composition import Stack
-from adapters.testing import randomize_adapter
+from adapters.testing import assert_close, randomize_adapter
 
 # GPT-J and GPT-2 have as many k/v heads as q heads (GPT-2's fused c_attn: test_gpt2_conv1d.py).
 GQA_TYPES = sorted(t for t in CONFIGS if t not in ("gptj", "gpt2"))
@@ -59,7 +59,7 @@ def test_adapter_saved_from_causal_lm_loads_into_bare_model(model_type: str, tmp
     bare.load_adapter(tmp_path, set_active=True)
     with torch.no_grad():
         got = bare(input_ids).last_hidden_state
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    assert_close(got, expected)
 
 
 @pytest.mark.parametrize("model_type", sorted(CONFIGS))
@@ -77,4 +77,4 @@ def test_unmerged_lora_on_q_and_k_equals_merged_under_rotary_positions(model_typ
     unmerged = model(input_ids, position_ids=position_ids).last_hidden_state
     model.merge_adapter("a")
     merged = model(input_ids, position_ids=position_ids).last_hidden_state
-    torch.testing.assert_close(merged, unmerged, rtol=0, atol=1e-5)
+    assert_close(merged, unmerged)

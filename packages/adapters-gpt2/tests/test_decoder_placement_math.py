@@ -18,7 +18,7 @@ from torch import nn
 
 import adapters
 from adapters import SeqBnConfig
-from adapters.testing import randomize_adapter
+from adapters.testing import assert_close, randomize_adapter
 
 PLACES = {
     "attention": SeqBnConfig(mh_adapter=True, output_adapter=False, reduction_factor=4),
@@ -85,4 +85,4 @@ def test_bottleneck_output_matches_hand_computation(model_type: str, place: str)
     a = _bn(layer.attention_adapters.adapters["a"])(h, x) if PLACES[place].mh_adapter else x + h
     f = _ffn(model_type, layer, x, a)
     expected = _bn(layer.output_adapters.adapters["a"])(f, a) if PLACES[place].output_adapter else a + f
-    torch.testing.assert_close(got["out"], expected, rtol=1e-5, atol=1e-5)
+    assert_close(got["out"], expected)

@@ -15,6 +15,7 @@ import transformers
 from safetensors.torch import load_file
 
 import adapters
+from adapters.testing import CROSS_LIBRARY_ULPS, assert_close
 
 FIXTURES = Path(__file__).parent / "fixtures" / "reference"
 MODELS = json.loads((FIXTURES / "manifest.json").read_text())["models"]
@@ -43,7 +44,7 @@ def _base(model_type: str) -> torch.nn.Module:
 def test_plain_model_matches_reference_plain_output(model_type: str) -> None:
     got = _base(model_type)(**_load(model_type, "inputs")).last_hidden_state
     expected = _load(model_type, "output_plain")["last_hidden_state"]
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    assert_close(got, expected, ulps=CROSS_LIBRARY_ULPS)
 
 
 @pytest.mark.parametrize(("model_type", "case"), CASES)
@@ -59,4 +60,4 @@ def test_reference_adapter_loads_and_matches(model_type: str, case: str) -> None
         assert torch.isfinite(got).all()
         return
     expected = _load(model_type, f"{case}.expected")["last_hidden_state"]
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    assert_close(got, expected, ulps=CROSS_LIBRARY_ULPS)

@@ -18,7 +18,7 @@ from torch import nn
 
 import adapters
 from adapters import DoRAConfig, IA3Config, LoRAConfig, PromptTuningConfig
-from adapters.testing import randomize_adapter
+from adapters.testing import assert_close, randomize_adapter
 
 HIDDEN, HEADS, INNER = 32, 4, 37
 
@@ -63,8 +63,8 @@ def test_lora_on_fused_conv1d_updates_only_the_enabled_slices() -> None:
     expected = plain.clone()
     expected[..., :HIDDEN] += scaling * (x @ a_q.t() @ b_q.t())
     expected[..., 2 * HIDDEN :] += scaling * (x @ a_v.t() @ b_v.t())
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
-    torch.testing.assert_close(got[..., HIDDEN : 2 * HIDDEN], plain[..., HIDDEN : 2 * HIDDEN], rtol=0, atol=1e-6)
+    assert_close(got, expected)
+    assert_close(got[..., HIDDEN : 2 * HIDDEN], plain[..., HIDDEN : 2 * HIDDEN])
 
 
 @torch.no_grad()
@@ -83,17 +83,15 @@ def test_merge_into_conv1d_adds_the_transposed_update_and_reset_restores_it() ->
     delta_k = 2.0 * (lora.lora_B @ lora.lora_A)  # (out slice, in)
     expected = before["h.0.attn.c_attn.weight"].clone()
     expected[:, HIDDEN : 2 * HIDDEN] += delta_k.t()  # stored (in, out): the k columns
-    torch.testing.assert_close(c_attn.weight, expected, rtol=0, atol=1e-6)
+    assert_close(c_attn.weight, expected)
     fc = c_fc.loras["a"]
-    torch.testing.assert_close(
-        c_fc.weight, before["h.0.mlp.c_fc.weight"] + 2.0 * (fc.lora_B @ fc.lora_A).t(), rtol=0, atol=1e-6
-    )
-    torch.testing.assert_close(model(**inputs).last_hidden_state, unmerged, rtol=0, atol=1e-5)
+    assert_close(c_fc.weight, before["h.0.mlp.c_fc.weight"] + 2.0 * (fc.lora_B @ fc.lora_A).t())
+    assert_close(model(**inputs).last_hidden_state, unmerged)
 
     model.reset_adapter()
     for key, value in model.state_dict().items():
         if key in before:
-            torch.testing.assert_close(value, before[key], rtol=0, atol=1e-6, msg=key)
+            assert_close(value, before[key], msg=key)
 
 
 @torch.no_grad()
@@ -103,10 +101,10 @@ def test_dora_norms_the_outputs_of_a_conv1d_weight() -> None:
     config = DoRAConfig(r=2, alpha=4, attn_matrices=("q", "v"), intermediate_lora=True)
     # DoRA's magnitude starts at the norm of each output's weights: the columns of the stored (in, out) weight.
     model.add_adapter("fresh", config=config)
-    torch.testing.assert_close(c_fc.loras["fresh"].m.weight.view(-1), c_fc.weight.norm(dim=0), rtol=0, atol=1e-6)
+    assert_close(c_fc.loras["fresh"].m.weight.view(-1), c_fc.weight.norm(dim=0))
     m = c_attn.loras["fresh"].m.weight.view(-1)
     columns = c_attn.weight.norm(dim=0)
-    torch.testing.assert_close(m, torch.cat([columns[:HIDDEN], columns[2 * HIDDEN :]]), rtol=0, atol=1e-6)
+    assert_close(m, torch.cat([columns[:HIDDEN], columns[2 * HIDDEN :]]))
     model.delete_adapter("fresh")
 
     model.add_adapter("a", config=config, set_active=True)
@@ -118,7 +116,7 @@ def test_dora_norms_the_outputs_of_a_conv1d_weight() -> None:
     delta = dora.lora_B @ dora.lora_A
     scale = dora.m.weight.view(-1) / (w + delta).norm(dim=1)
     expected = (x @ c_fc.weight + c_fc.bias + 2.0 * (x @ delta.t())) * scale
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    assert_close(got, expected)
 
     # Fused c_attn: the k slice (no DoRA pair) keeps its outputs unscaled.
     x, got = _io(c_attn, model, inputs)
@@ -129,16 +127,16 @@ def test_dora_norms_the_outputs_of_a_conv1d_weight() -> None:
         delta = dora.lora_B[g * HIDDEN : (g + 1) * HIDDEN] @ dora.lora_A[g * 2 : (g + 1) * 2]
         m = dora.m.weight.view(-1)[g * HIDDEN : (g + 1) * HIDDEN]
         expected[..., rows] = (expected[..., rows] + 2.0 * (x @ delta.t())) * (m / (w[rows] + delta).norm(dim=1))
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    assert_close(got, expected)
 
     unmerged = model(**inputs).last_hidden_state
     before = {k: v.clone() for k, v in model.state_dict().items() if "loras" not in k}
     model.merge_adapter("a")
-    torch.testing.assert_close(model(**inputs).last_hidden_state, unmerged, rtol=0, atol=1e-5)
+    assert_close(model(**inputs).last_hidden_state, unmerged)
     model.reset_adapter()
     for key, value in model.state_dict().items():
         if key in before:
-            torch.testing.assert_close(value, before[key], rtol=0, atol=1e-6, msg=key)
+            assert_close(value, before[key], msg=key)
 
 
 @torch.no_grad()
@@ -151,7 +149,7 @@ def test_ia3_scales_the_k_and_v_outputs_of_the_fused_conv1d() -> None:
     vector = c_attn.loras["a"].lora_B.view(-1)
     assert vector.numel() == 2 * HIDDEN
     expected = (x @ c_attn.weight + c_attn.bias) * torch.cat([torch.ones(HIDDEN), vector])
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    assert_close(got, expected)
 
 
 def _attention_by_hand(attn: nn.Module, h: torch.Tensor, mask: torch.Tensor, keys, values) -> torch.Tensor:
@@ -188,7 +186,7 @@ def test_prefix_tuning_attention_matches_hand_computation(implementation: str) -
     assert tuple(keys.shape) == (HEADS, 3, HIDDEN // HEADS)
     expected = _attention_by_hand(attn, h, inputs["attention_mask"], keys, values)
     valid = inputs["attention_mask"].bool()  # padded positions' outputs are not defined by the mask
-    torch.testing.assert_close(got[0][valid], expected[valid], rtol=0, atol=1e-5)
+    assert_close(got[0][valid], expected[valid])
     model.set_active_adapters(None)
     _, plain = _io(attn, model, inputs)
     assert not torch.allclose(plain[0][valid], got[0][valid], atol=1e-3), "the prefix had no effect"
@@ -214,19 +212,19 @@ def test_prompt_tuning_equals_the_model_run_on_the_prompted_embeddings(combine: 
     model.set_active_adapters("p")
     got = model(**inputs).last_hidden_state
     assert got.shape == (2, 6 + 3, HIDDEN)
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    assert_close(got, expected)
     # Explicit positions (a left-padded batch numbers a row from its first token) get the prompt's inserted.
     positions = torch.arange(6).expand(2, -1)
     got = model(**inputs, position_ids=positions).last_hidden_state
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    assert_close(got, expected)
     # inputs_embeds instead of input_ids: the prompt is inserted into them.
     got = model(inputs_embeds=model.wte(inputs["input_ids"]), attention_mask=inputs["attention_mask"])
-    torch.testing.assert_close(got.last_hidden_state, expected, rtol=0, atol=1e-6)
+    assert_close(got.last_hidden_state, expected)
     # Activated by AdapterSetup (resolved during the forward pass) instead.
     model.set_active_adapters(None)
     with adapters.AdapterSetup("p"):
         got = model(**inputs).last_hidden_state
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    assert_close(got, expected)
     # Token types: the prompt positions have none.
     model.set_active_adapters("p")
     with pytest.raises(adapters.AdapterError, match="token_type_ids"):

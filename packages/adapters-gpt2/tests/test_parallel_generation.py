@@ -15,7 +15,7 @@ import adapters
 from adapters import AdapterSetup, CompositionError, LoRAConfig
 from adapters.composition import Parallel, Stack
 from adapters.heads.language_modeling import body_cache
-from adapters.testing import randomize_adapter
+from adapters.testing import assert_close, randomize_adapter
 
 NEW_TOKENS = 4
 MODEL_TYPES = ["llama", "gptj", "mistral"]
@@ -55,7 +55,7 @@ def _assert_branches(parallel, alone) -> None:
     assert torch.equal(parallel.sequences, torch.cat([out.sequences for out in alone]))
     for step in range(NEW_TOKENS):
         expected = torch.cat([out.logits[step] for out in alone])
-        torch.testing.assert_close(parallel.logits[step], expected, rtol=0, atol=1e-5, msg=f"step {step}")
+        assert_close(parallel.logits[step], expected, msg=f"step {step}")
 
 
 @pytest.mark.parametrize("config", sorted(CONFIGS))

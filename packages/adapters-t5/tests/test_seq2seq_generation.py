@@ -15,7 +15,7 @@ from tiny_seq2seq import EXTRA, VOCAB, audio_inputs, generation_model
 
 import adapters
 from adapters import BnConfig, LoRAConfig, PromptTuningConfig
-from adapters.testing import randomize_adapter
+from adapters.testing import assert_close, randomize_adapter
 
 NEW_TOKENS = 5
 LORA = LoRAConfig(r=4, alpha=8, attn_matrices=("q", "k", "v"), intermediate_lora=True, output_lora=True)
@@ -99,7 +99,7 @@ def test_cached_generation_matches_cache_free_greedy_decode(model_type: str, set
     decoder_input_ids = start
     for step in range(NEW_TOKENS):
         logits = model(**source, decoder_input_ids=decoder_input_ids, use_cache=False).logits[:, -1]
-        torch.testing.assert_close(out.logits[step], logits, rtol=0, atol=1e-5, msg=f"logits of step {step}")
+        assert_close(out.logits[step], logits, msg=f"logits of step {step}")
         decoder_input_ids = torch.cat([decoder_input_ids, logits.argmax(-1, keepdim=True)], dim=1)
     assert torch.equal(out.sequences, decoder_input_ids), (
         "cached generate and cache-free greedy decode chose other tokens"

@@ -10,7 +10,7 @@ from transformers import AlbertConfig, BertConfig, EncoderDecoderConfig, Encoder
 import adapters
 from adapters import BnConfig, LoRAConfig
 from adapters.errors import AdapterConfigError, UnsupportedModelError
-from adapters.testing import randomize_adapter
+from adapters.testing import assert_close, randomize_adapter
 
 
 def _keys(model: torch.nn.Module, name: str) -> list[str]:
@@ -128,9 +128,9 @@ def test_whisper_invertible_adapter_acts_on_the_encoder_output_as_the_reference(
     out = model(**inputs, output_hidden_states=True)
     # The output of the encoder's final LayerNorm is transformed ...
     invertible = model.model.invertible_adapters["inv"]
-    torch.testing.assert_close(out.encoder_last_hidden_state, invertible(plain), rtol=0, atol=1e-6)
+    assert_close(out.encoder_last_hidden_state, invertible(plain))
     # ... and the LM head reads the decoder's output as it is (no inverse), as in the reference.
-    torch.testing.assert_close(out.logits, model.proj_out(out.decoder_hidden_states[-1]), rtol=0, atol=1e-6)
+    assert_close(out.logits, model.proj_out(out.decoder_hidden_states[-1]))
 
 
 def test_encoder_decoder_config_builder_is_a_bert_pair() -> None:

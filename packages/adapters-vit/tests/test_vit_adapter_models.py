@@ -23,7 +23,7 @@ import adapters
 from adapters import AutoAdapterModel, Parallel
 from adapters.errors import AdapterConfigError
 from adapters.heads import MultiHeadOutput
-from adapters.testing import randomize_adapter
+from adapters.testing import assert_close, randomize_adapter
 
 TINY = dict(
     hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, image_size=16, patch_size=4
@@ -75,8 +75,8 @@ def test_image_classification_head(model_type, tmp_path):
     features = representation(model, body.last_hidden_state, body.pooler_output)
     head = model.heads["a"]
     assert head[1].in_features == features.shape[-1]
-    torch.testing.assert_close(out.logits, head[1](features))  # dropout, linear (eval)
-    torch.testing.assert_close(out.loss, torch.nn.functional.cross_entropy(out.logits, labels))
+    assert_close(out.logits, head[1](features))  # dropout, linear (eval)
+    assert_close(out.loss, torch.nn.functional.cross_entropy(out.logits, labels))
     with pytest.raises(AdapterConfigError, match="classification"):
         model.add_classification_head("text")
 
@@ -90,7 +90,8 @@ def test_image_classification_head(model_type, tmp_path):
     other = tiny(model_type)
     other.load_adapter(tmp_path, set_active=True)
     assert other.active_head == "a"
-    torch.testing.assert_close(other(pixel_values=pixels()).logits, out.logits)
+    # The same model with the very weights (saved, loaded back) on the same inputs: the same computation.
+    assert torch.equal(other(pixel_values=pixels()).logits, out.logits)
 
 
 def test_multilabel_image_head():
@@ -99,7 +100,7 @@ def test_multilabel_image_head():
     targets = torch.tensor([[1, 0, 1, 0], [0, 1, 0, 0]])
     out = model(pixel_values=pixels(), labels=targets)
     expected = torch.nn.functional.binary_cross_entropy_with_logits(out.logits, targets.float())
-    torch.testing.assert_close(out.loss, expected)
+    assert_close(out.loss, expected)
 
 
 STATIC_CASES = [
@@ -121,10 +122,11 @@ def test_static_checkpoint_converts_with_identical_logits(tmp_path, model_type, 
     static.save_pretrained(tmp_path / "static")
     model = AutoAdapterModel.from_pretrained(tmp_path / "static").eval()
     assert model.active_head == "default" and model.get_labels() == ["LABEL_0", "LABEL_1", "LABEL_2"]
-    torch.testing.assert_close(model(pixel_values=pixels()).logits, expected, rtol=0, atol=0)
+    # The flexible head is another computation of the static classifier's logits: equal up to rounding.
+    assert_close(model(pixel_values=pixels()).logits, expected)
     model.save_pretrained(tmp_path / "flex")
     again = AutoAdapterModel.from_pretrained(tmp_path / "flex").eval()
-    torch.testing.assert_close(again(pixel_values=pixels()).logits, expected, rtol=0, atol=0)
+    assert_close(again(pixel_values=pixels()).logits, expected)
 
 
 def test_parallel_gives_one_output_per_head():
@@ -140,5 +142,5 @@ def test_parallel_gives_one_output_per_head():
     model.set_active_adapters(Parallel("a", "b"))
     out = model(pixel_values=pixels())
     assert isinstance(out, MultiHeadOutput) and len(out) == 2
-    torch.testing.assert_close(out[0].logits, single["a"])
-    torch.testing.assert_close(out[1].logits, single["b"])
+    assert_close(out[0].logits, single["a"])
+    assert_close(out[1].logits, single["b"])

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from transformers import Dinov2Config, Dinov2Model, ViTConfig, ViTForImageClassification, ViTModel
 
 import adapters
-from adapters.testing import randomize_adapter
+from adapters.testing import assert_close, randomize_adapter
 
 TINY = dict(
     hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, image_size=16, patch_size=4
@@ -57,9 +57,7 @@ def test_vit_adapter_moves_between_base_and_head_model() -> None:
         head.save_adapter(folder, "a")
         base.load_adapter(folder, set_active=True)
     with torch.no_grad():
-        torch.testing.assert_close(
-            base(pixels()).last_hidden_state, head.vit(pixels()).last_hidden_state, rtol=0, atol=1e-6
-        )
+        assert_close(base(pixels()).last_hidden_state, head.vit(pixels()).last_hidden_state)
 
 
 def test_dinov2_bottleneck_acts_after_layer_scale() -> None:
@@ -79,7 +77,7 @@ def test_dinov2_bottleneck_acts_after_layer_scale() -> None:
         down = bottleneck.adapter_down[0]
         up = bottleneck.adapter_up
         expected = model.layernorm(h + a + up(torch.relu(down(h + a))))
-        torch.testing.assert_close(model(pixels()).last_hidden_state, expected, rtol=0, atol=1e-5)
+        assert_close(model(pixels()).last_hidden_state, expected)
 
 
 def test_dinov2_swiglu_lora_targets_up_and_down_projections() -> None:

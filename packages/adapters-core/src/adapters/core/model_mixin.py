@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,9 +15,9 @@ from ..configs.base import AdapterConfig
 from ..configs.registry import load_config
 from ..errors import AdapterConfigError, AdapterError, AdapterLoadError, AdapterNameError
 from ..io import adapter_io, hub
-from ..io.weights import load_weights
-from ..methods.base import check_adapter_name
+from ..io.paths import named_child
 from ..methods.fusion import api as fusion_api
+from ..names import check_adapter_name, check_saved_name
 from .averaging import average_adapter as _average_adapter
 from .state import AdapterState
 
@@ -280,9 +281,9 @@ class ModelAdaptersMixin:
         adapter_io.save_adapter(self.adapters_state, save_directory, adapter_name, meta_dict, use_safetensors)
 
     def save_all_adapters(self, save_directory: str | os.PathLike, use_safetensors: bool = True) -> None:
-        """Save every adapter to ``save_directory/<name>``."""
+        """Save every adapter to ``save_directory/<name>`` (refusing a name or link that leads outside it)."""
         for name in self.adapters_state.configs:
-            self.save_adapter(Path(save_directory) / name, name, use_safetensors=use_safetensors)
+            self.save_adapter(named_child(save_directory, name), name, use_safetensors=use_safetensors)
 
     def save_pretrained(self, save_directory: str | os.PathLike, save_adapters: bool = True, **kwargs: Any) -> None:
         """Save a plain transformers checkpoint, with each adapter beside it in ``adapters/<name>``
@@ -298,6 +299,11 @@ class ModelAdaptersMixin:
             >>> model.load_adapter("out/adapters/sst2")  # doctest: +SKIP
         """
         state = self.adapters_state
+        # Before writing anything, so a bad name (or link) leaves no half-written checkpoint behind.
+        for name in state.configs:
+            named_child(Path(save_directory) / "adapters", name)
+        for name in fusion_api.fusion_names(state):
+            named_child(Path(save_directory) / "adapter_fusions", name, "AdapterFusion")
         if "state_dict" not in kwargs:
             prefixes = tuple(f"{state.base_prefix}{path}." for records in state.modules.values() for path in records)
             prefixes += fusion_api.fusion_parameter_prefixes(state)
@@ -336,16 +342,15 @@ class ModelAdaptersMixin:
         if config is not None and load_config(config).to_dict() != saved_config.to_dict():
             raise AdapterLoadError(f"The config passed to load_adapter() differs from the one saved in {folder}.")
         saved_name = data.get("name") or folder.name
-        name = check_adapter_name(load_as or saved_name)
-        tensors = load_weights(
-            folder, adapter_io.fmt.ADAPTER_WEIGHTS, adapter_io.fmt.ADAPTER_WEIGHTS_LEGACY, use_safetensors
-        )
+        name = check_adapter_name(load_as) if load_as else check_saved_name(saved_name, folder)
+        tensors = adapter_io.read_adapter_weights(folder, data, use_safetensors)
         previous = None
         if name in state.configs:
             if not overwrite_ok:
                 raise AdapterNameError(f"An adapter named {name!r} exists already; pass load_as= or overwrite_ok=True.")
             previous = name
-        staging = f"{name}__loading" if previous else name
+        # A short name of its own: the final name may be as long as names can be.
+        staging = f"loading_{uuid.uuid4().hex[:8]}" if previous else name
         self._add_adapter_modules(staging, saved_config)
         try:
             adapter_io.load_into(state, staging, saved_name, tensors, folder)

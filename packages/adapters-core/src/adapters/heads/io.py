@@ -18,8 +18,12 @@ import torch
 
 from ..errors import AdapterLoadError
 from ..io import format as fmt
+from ..io import integrity
+from ..io.adapter_io import write_config
 from ..io.atomic import atomic_directory
+from ..io.scratch import tidy_before_reading
 from ..io.weights import load_weights, save_weights
+from ..names import check_saved_name
 from .conversion import static_head
 
 if TYPE_CHECKING:
@@ -39,12 +43,24 @@ def head_tensors(model: ModelWithFlexibleHeadsAdaptersMixin, name: str) -> dict[
     return {f"heads.{name}.{key}": value for key, value in head.state_dict().items() if key not in tied}
 
 
+HEAD_FILES = frozenset({fmt.HEAD_CONFIG, fmt.HEAD_WEIGHTS, fmt.HEAD_WEIGHTS_LEGACY})
+
+
 def save_head(
     model: ModelWithFlexibleHeadsAdaptersMixin,
     directory: str | os.PathLike,
     name: str,
     use_safetensors: bool = True,
 ) -> None:
+    """Replace the head's files in ``directory``, as one whole-folder swap (other files there stay)."""
+    with atomic_directory(directory, HEAD_FILES) as scratch:
+        write_head(model, scratch, name, use_safetensors)
+
+
+def write_head(
+    model: ModelWithFlexibleHeadsAdaptersMixin, folder: Path, name: str, use_safetensors: bool = True
+) -> None:
+    """Write the head's config and weights into ``folder`` (a save's scratch folder)."""
     base_config = model.config
     data = {
         "config": model.heads[name].config,
@@ -56,11 +72,8 @@ def save_head(
         "version": f"{fmt.FORMAT_VERSION_PREFIX}{fmt.FORMAT_VERSION}",
     }
     weights_name = fmt.HEAD_WEIGHTS if use_safetensors else fmt.HEAD_WEIGHTS_LEGACY
-    tensors = head_tensors(model, name)
-    with atomic_directory(directory) as scratch:
-        with open(scratch / fmt.HEAD_CONFIG, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-        save_weights(tensors, scratch / weights_name, use_safetensors)
+    record = save_weights(head_tensors(model, name), folder / weights_name, use_safetensors)
+    write_config(folder / fmt.HEAD_CONFIG, data, weights_name, record)
 
 
 @dataclass
@@ -104,6 +117,7 @@ def prepare_head(
     problem raises :class:`AdapterLoadError` before the model is touched.
     """
     folder = Path(folder)
+    tidy_before_reading(folder)
     data = _read_config(folder)
     saved_type = data.get("model_type")
     if saved_type is not None and saved_type != model.config.model_type:
@@ -116,7 +130,7 @@ def prepare_head(
     label2id = _labels(id2label)
     saved = data.get("config")
     if isinstance(saved, dict) and "head_type" in saved:
-        name = name or data.get("name")
+        name = name or check_saved_name(data.get("name"), folder, "head")
         config = copy.deepcopy(saved)
         prefix = f"heads.{data.get('name')}."
 
@@ -137,7 +151,14 @@ def prepare_head(
     if label2id is not None:
         config["label2id"] = label2id
     head = model.build_head(name, config)
-    tensors = load_weights(folder, fmt.HEAD_WEIGHTS, fmt.HEAD_WEIGHTS_LEGACY, use_safetensors)
+    tensors = load_weights(
+        folder,
+        fmt.HEAD_WEIGHTS,
+        fmt.HEAD_WEIGHTS_LEGACY,
+        use_safetensors,
+        expected=data.get(integrity.KEY),
+        config_name=fmt.HEAD_CONFIG,
+    )
     _load_head_weights(model, head, name, tensors, rename, folder)
     return PreparedHead(head, head.config)
 

@@ -8,7 +8,6 @@ import inspect
 import logging
 import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -16,8 +15,11 @@ from torch import nn
 from ..composition import AdapterCompositionBlock, BatchSplit, Parallel, Stack, parse_composition
 from ..core.model_mixin import ModelAdaptersMixin
 from ..errors import AdapterConfigError, AdapterNameError
-from ..io import hub
-from ..methods.base import AdapterDict, check_adapter_name
+from ..io import adapter_io, hub
+from ..io.atomic import atomic_directory
+from ..io.paths import named_child
+from ..methods.base import AdapterDict
+from ..names import check_adapter_name
 from . import io as head_io
 from .base import PredictionHead
 from .classification import (
@@ -113,7 +115,7 @@ class ModelWithFlexibleHeadsAdaptersMixin(ModelAdaptersMixin):
 
     def build_head(self, head_name: str, config: dict[str, Any]) -> PredictionHead:
         """Build (not add) a head from its saved config: built-in types of this family or registered custom ones."""
-        check_adapter_name(head_name)
+        check_adapter_name(head_name, "head")
         config = copy.deepcopy(dict(config))
         head_type = config.pop("head_type", None)
         id2label = config.pop("id2label", None)
@@ -140,7 +142,7 @@ class ModelWithFlexibleHeadsAdaptersMixin(ModelAdaptersMixin):
     # -- adding and removing --------------------------------------------------------------
     def add_prediction_head(self, head: PredictionHead, overwrite_ok: bool = False, set_active: bool = True) -> None:
         """Add a built head under ``head.name`` (and to ``config.prediction_heads``)."""
-        name = check_adapter_name(head.name)
+        name = check_adapter_name(head.name, "head")
         if name in self.heads and not overwrite_ok:
             raise AdapterNameError(
                 f"A head named {name!r} exists already; pass overwrite_ok=True to replace it or choose another name."
@@ -457,9 +459,9 @@ class ModelWithFlexibleHeadsAdaptersMixin(ModelAdaptersMixin):
         return prepared.head.name
 
     def save_all_heads(self, save_directory: str | os.PathLike, use_safetensors: bool = True) -> None:
-        """Save every head to ``save_directory/<name>``."""
+        """Save every head to ``save_directory/<name>`` (refusing a name or link that leads outside it)."""
         for name in self.heads:
-            self.save_head(Path(save_directory) / name, name, use_safetensors)
+            self.save_head(named_child(save_directory, name, "head"), name, use_safetensors)
 
     def save_adapter(
         self,
@@ -469,16 +471,25 @@ class ModelWithFlexibleHeadsAdaptersMixin(ModelAdaptersMixin):
         use_safetensors: bool = True,
         with_head: bool = True,
     ) -> None:
-        """Save an adapter and, with ``with_head`` (default), the head of the same name beside it."""
-        super().save_adapter(save_directory, adapter_name, meta_dict, use_safetensors)
-        if with_head and adapter_name in self.heads:
-            head_io.save_head(self, save_directory, adapter_name, use_safetensors)
+        """Save an adapter and, with ``with_head`` (default), the head of the same name beside it.
+
+        Both go into the folder in one whole-folder swap: a crash leaves the old pair or the new one.
+        """
+        if not (with_head and adapter_name in self.heads):
+            super().save_adapter(save_directory, adapter_name, meta_dict, use_safetensors)
+            return
+        state = self.adapters_state
+        state.require(adapter_name)
+        with atomic_directory(save_directory, adapter_io.ADAPTER_FILES | head_io.HEAD_FILES) as scratch:
+            adapter_io.write_adapter(state, scratch, adapter_name, meta_dict, use_safetensors)
+            head_io.write_head(self, scratch, adapter_name, use_safetensors)
 
     def save_all_adapters(
         self, save_directory: str | os.PathLike, use_safetensors: bool = True, with_head: bool = True
     ) -> None:
         for name in self.adapters_state.configs:
-            self.save_adapter(Path(save_directory) / name, name, use_safetensors=use_safetensors, with_head=with_head)
+            folder = named_child(save_directory, name)
+            self.save_adapter(folder, name, use_safetensors=use_safetensors, with_head=with_head)
 
     def load_adapter(
         self,
@@ -501,6 +512,8 @@ class ModelWithFlexibleHeadsAdaptersMixin(ModelAdaptersMixin):
         if num_labels is not None and id2label is None:
             id2label = {i: f"LABEL_{i}" for i in range(num_labels)}
         hub_options = {key: kwargs.pop(key) for key in hub.HUB_OPTIONS if key in kwargs}
+        if load_as:
+            check_adapter_name(load_as)
         folder = hub.resolve_adapter_folder(adapter_name_or_path, **hub_options)
         prepared = None
         if with_head and head_io.has_head(folder):

@@ -13,8 +13,9 @@ from ..configs.base import AdapterConfig
 from ..configs.registry import config_from_dict
 from ..errors import AdapterConfigError, AdapterLoadError
 from . import format as fmt
+from . import integrity
 from .atomic import atomic_directory
-from .weights import save_weights
+from .weights import load_weights, save_weights
 
 if TYPE_CHECKING:
     from ..core.state import AdapterState
@@ -76,21 +77,50 @@ def adapter_config_dict(state: AdapterState, name: str, meta: dict[str, Any] | N
     return saved_config_dict(state, name, state.configs[name].to_dict(), meta)
 
 
+ADAPTER_FILES = frozenset({fmt.ADAPTER_CONFIG, fmt.ADAPTER_WEIGHTS, fmt.ADAPTER_WEIGHTS_LEGACY})
+
+
+def write_config(path: Path, data: dict[str, Any], weights_name: str, weights_record: dict[str, Any]) -> None:
+    """Write a config file that names (by size and SHA-256) the weights file saved with it."""
+    data = {**data, integrity.KEY: {weights_name: weights_record}}
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+
+
+def write_adapter(
+    state: AdapterState,
+    folder: Path,
+    name: str,
+    meta: dict[str, Any] | None = None,
+    use_safetensors: bool = True,
+    tensors: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """Write the adapter's files into ``folder`` (a save's scratch folder).
+
+    ``tensors`` replace the adapter's own where given (full weights gathered from shards).
+    """
+    state.require(name)
+    config = adapter_config_dict(state, name, meta)
+    weights = adapter_state_dict(state, name)
+    if tensors is not None:
+        weights = {key: tensors.get(key, value) for key, value in weights.items()}
+    weights_name = fmt.ADAPTER_WEIGHTS if use_safetensors else fmt.ADAPTER_WEIGHTS_LEGACY
+    record = save_weights(weights, folder / weights_name, use_safetensors)
+    write_config(folder / fmt.ADAPTER_CONFIG, config, weights_name, record)
+
+
 def save_adapter(
     state: AdapterState,
     directory: str | os.PathLike,
     name: str,
     meta: dict[str, Any] | None = None,
     use_safetensors: bool = True,
+    tensors: dict[str, torch.Tensor] | None = None,
 ) -> None:
+    """Replace ``directory`` with the adapter's folder as a whole (:func:`~adapters.io.atomic.atomic_directory`)."""
     state.require(name)
-    config = adapter_config_dict(state, name, meta)
-    weights = adapter_state_dict(state, name)
-    weights_name = fmt.ADAPTER_WEIGHTS if use_safetensors else fmt.ADAPTER_WEIGHTS_LEGACY
-    with atomic_directory(directory) as scratch:
-        with open(scratch / fmt.ADAPTER_CONFIG, "w", encoding="utf-8") as f:
-            json.dump(config, f, indent=2, sort_keys=True)
-        save_weights(weights, scratch / weights_name, use_safetensors)
+    with atomic_directory(directory, ADAPTER_FILES) as scratch:
+        write_adapter(state, scratch, name, meta, use_safetensors, tensors)
 
 
 def read_config_file(folder: Path, filename: str, loader: str, saver: str, kind: str) -> dict[str, Any]:
@@ -110,6 +140,20 @@ def read_config_file(folder: Path, filename: str, loader: str, saver: str, kind:
 
 def read_adapter_config(folder: Path) -> dict[str, Any]:
     return read_config_file(folder, fmt.ADAPTER_CONFIG, "load_adapter", "save_adapter", "adapter")
+
+
+def read_adapter_weights(
+    folder: Path, data: dict[str, Any], use_safetensors: bool | None = None
+) -> dict[str, torch.Tensor]:
+    """The weights file that belongs to the config ``data`` read from ``folder`` (checked by its integrity record)."""
+    return load_weights(
+        folder,
+        fmt.ADAPTER_WEIGHTS,
+        fmt.ADAPTER_WEIGHTS_LEGACY,
+        use_safetensors,
+        expected=data.get(integrity.KEY),
+        config_name=fmt.ADAPTER_CONFIG,
+    )
 
 
 def check_compatible(state: AdapterState, data: dict[str, Any], folder: Path) -> None:

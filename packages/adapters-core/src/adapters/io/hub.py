@@ -11,17 +11,19 @@ import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import TYPE_CHECKING, Any
 
 from .._version import __version__
 from ..errors import AdapterLoadError
+from .paths import inside
+from .scratch import tidy_before_reading
 
 if TYPE_CHECKING:
     from ..core.model_mixin import ModelAdaptersMixin
 
 # Keyword arguments of load_adapter() that concern hub ids only.
-HUB_OPTIONS = ("revision", "version", "cache_dir", "token", "local_files_only", "force_download")
+HUB_OPTIONS = ("revision", "version", "subfolder", "cache_dir", "token", "local_files_only", "force_download")
 
 
 def resolve_adapter_folder(
@@ -29,6 +31,7 @@ def resolve_adapter_folder(
     *,
     revision: str | None = None,
     version: str | None = None,
+    subfolder: str | None = None,
     cache_dir: str | os.PathLike | None = None,
     token: str | bool | None = None,
     local_files_only: bool = False,
@@ -36,9 +39,13 @@ def resolve_adapter_folder(
 ) -> Path:
     """The local folder of an adapter: ``name_or_path`` itself, or the cached snapshot of a hub repository.
 
-    A local folder always wins. Any other string that is a valid hub id (``"org/name"``) is
+    A local folder always wins (after recovering it from an interrupted save, see
+    :func:`adapters.io.scratch.tidy`). Any other string that is a valid hub id (``"org/name"``) is
     downloaded with ``huggingface_hub.snapshot_download`` at ``revision`` (a branch, tag or commit;
-    ``version`` is the reference library's name for it), or taken from the cache when offline.
+    ``version`` is the reference library's name for it), or taken from the cache when offline;
+    ``subfolder`` is a folder inside the repository. ``revision`` and ``subfolder`` are checked
+    before any lookup: neither may climb out of the cache (``..``, absolute paths), and the folder
+    found must lie inside the cache.
 
     Example:
         >>> resolve_adapter_folder("out/sst2")  # doctest: +SKIP
@@ -47,6 +54,7 @@ def resolve_adapter_folder(
         PosixPath('/root/.cache/huggingface/hub/models--AdapterHub--bert-base-uncased-pf-sst2/snapshots/...')
     """
     folder = Path(name_or_path)
+    tidy_before_reading(folder)
     if folder.is_dir():
         return folder
     if not is_hub_id(name_or_path):
@@ -56,16 +64,59 @@ def resolve_adapter_folder(
         )
     if revision is not None and version is not None and revision != version:
         raise TypeError("load_adapter() got both revision= and version= with different values; pass one.")
-    return Path(
+    revision = check_revision(revision or version)
+    parts = check_subfolder(subfolder)
+    snapshot = Path(
         _download(
             str(name_or_path),
-            revision=revision or version,
+            revision=revision,
             cache_dir=cache_dir,
             token=token,
             local_files_only=local_files_only,
             force_download=force_download,
+            allow_patterns=[f"{'/'.join(parts)}/*"] if parts else None,
         )
     )
+    if ".." in snapshot.parts:
+        # huggingface_hub joins the commit hash of a refs file into the path unchecked (a tampered cache).
+        raise AdapterLoadError(
+            f"The Hugging Face cache points {name_or_path!r} at {snapshot}, outside its snapshots; the cache's refs "
+            "file was tampered with: delete that repository from the cache and download it again."
+        )
+    return inside(snapshot, snapshot.joinpath(*parts), AdapterLoadError) if parts else snapshot
+
+
+def check_revision(revision: str | None) -> str | None:
+    """Refuse a Hub revision that could name a file outside the cache (the cache keeps refs as files)."""
+    if revision is not None and _relative_segments(revision) is None:
+        raise AdapterLoadError(
+            f"Invalid Hub revision {revision!r}: pass a branch, tag or commit hash such as 'main', 'v1' or "
+            "'refs/pr/1' (no '..' or '.' segments, no absolute paths, printable characters only)."
+        )
+    return revision
+
+
+def check_subfolder(subfolder: str | None) -> tuple[str, ...]:
+    """The path segments of a folder inside a Hub repository; refuse one that would leave the repository."""
+    if subfolder is None or subfolder in ("", "."):
+        return ()
+    segments = _relative_segments(subfolder.strip("/") if isinstance(subfolder, str) else subfolder)
+    if segments is None:
+        raise AdapterLoadError(
+            f"Invalid subfolder {subfolder!r}: pass a relative folder inside the Hub repository such as 'sst2' "
+            "or 'adapters/sst2' (no '..' or '.' segments, no absolute paths, printable characters only)."
+        )
+    return segments
+
+
+def _relative_segments(text: object) -> tuple[str, ...] | None:
+    """The '/'-separated segments of a relative path that stays below its start, or None."""
+    if not isinstance(text, str) or not text or not text.isprintable():
+        return None
+    if text.startswith(("/", "\\")) or PureWindowsPath(text).anchor:
+        return None
+    segments = tuple(text.replace("\\", "/").split("/"))
+    return None if any(segment in ("", ".", "..") for segment in segments) else segments
 
 
 def is_hub_id(name_or_path: str | os.PathLike) -> bool:
@@ -179,4 +230,11 @@ def _working_folder(local_path: str | os.PathLike | None) -> Iterator[Path]:
         yield Path(scratch)
 
 
-__all__ = ["HUB_OPTIONS", "is_hub_id", "push_adapter_to_hub", "resolve_adapter_folder"]
+__all__ = [
+    "HUB_OPTIONS",
+    "check_revision",
+    "check_subfolder",
+    "is_hub_id",
+    "push_adapter_to_hub",
+    "resolve_adapter_folder",
+]

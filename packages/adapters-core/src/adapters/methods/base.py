@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, ClassVar
@@ -12,24 +11,13 @@ from torch import nn
 
 from ..composition.blocks import Stack
 from ..configs.base import AdapterConfig
-from ..errors import AdapterError, AdapterNameError
+from ..errors import AdapterError
+from ..names import check_adapter_name
 
 if TYPE_CHECKING:
     from ..composition.blocks import AdapterCompositionBlock
     from ..core.gating import GateSite
     from ..core.state import AdapterState
-
-_INVALID_NAME = re.compile(r"[.\s]")
-
-
-def check_adapter_name(name: object) -> str:
-    """Adapter names become module-path segments: non-empty strings without dots or spaces."""
-    if not isinstance(name, str) or not name or _INVALID_NAME.search(name):
-        raise AdapterNameError(
-            f"Invalid adapter name {name!r}: use a non-empty string without '.' or whitespace "
-            "(it becomes part of the weight keys, e.g. 'sst2' or 'lang_de')."
-        )
-    return name
 
 
 class AdapterDict(nn.ModuleDict):

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
+import shlex
 from collections.abc import Mapping
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
 import pluggy
 
@@ -68,7 +73,7 @@ class Registry:
             # The family's package is there but does not cover this type yet (GPT-2 in adapters-gpt2).
             install = f"The installed `{hint}` does not support it yet; a newer release may."
         elif hint:
-            install = f"Install the plugin package `{hint}` (pip install {hint})."
+            install = plugin_install_hint(hint)
         else:
             install = "No known plugin covers it; write one (docs/writing-a-model-plugin.md)."
         raise UnsupportedModelError(
@@ -84,6 +89,58 @@ class Registry:
             f"No installed adapter method handles {type(config).__name__}; known methods: "
             f"{[m.name for m in self.methods]}."
         )
+
+
+def core_direct_url() -> dict | None:
+    """How adapters-core was installed: its PEP 610 ``direct_url.json``, or ``None``.
+
+    ``None`` when it came from a package index (no such file) or the file cannot be read. A local
+    folder gives ``{"url": "file:///.../packages/adapters-core", "dir_info": {...}}``, a git
+    checkout ``{"url": ..., "vcs_info": {"vcs": "git", "commit_id": ...}, "subdirectory": ...}``.
+    """
+    try:
+        text = importlib.metadata.distribution("adapters-core").read_text("direct_url.json")
+        data = json.loads(text) if text else None
+    except (importlib.metadata.PackageNotFoundError, OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def plugin_install_command(package: str) -> str | None:
+    """A pip command that installs the plugin ``package`` from where adapters-core itself came from.
+
+    The plugins are on no package index (``pip install adapters-gpt2`` fails). A core installed
+    from a local folder (``.../packages/adapters-core``, editable or not) gives ``pip install -e``
+    of the sibling folder, if it is there; one installed from a VCS URL gives the same repository,
+    commit and ``subdirectory``. Anything else (a wheel, an index): ``None``.
+    """
+    origin = core_direct_url() or {}
+    url = origin.get("url")
+    vcs_info = origin.get("vcs_info")
+    if isinstance(url, str) and isinstance(vcs_info, dict) and vcs_info.get("vcs"):
+        # pip's form: "name @ <vcs>+<url>@<commit>#subdirectory=<path in the repository>"
+        core_subdirectory = PurePosixPath(origin.get("subdirectory") or "packages/adapters-core")
+        subdirectory = (core_subdirectory.parent / package).as_posix()
+        commit = vcs_info.get("commit_id") or vcs_info.get("requested_revision")
+        source = f"{vcs_info['vcs']}+{url}" + (f"@{commit}" if commit else "")
+        return f'pip install "{package} @ {source}#subdirectory={subdirectory}"'
+    if isinstance(url, str) and url.startswith("file:") and "dir_info" in origin:
+        sibling = Path(url2pathname(urlsplit(url).path)).parent / package
+        if (sibling / "pyproject.toml").is_file():
+            return f"pip install -e {shlex.quote(str(sibling))}"
+    return None
+
+
+def plugin_install_hint(package: str) -> str:
+    """The sentence of the unsupported-model error that says how to install ``package``."""
+    command = plugin_install_command(package)
+    if command is not None:
+        return f"Install the plugin package `{package}`: {command}"
+    return (
+        f"Install the plugin package `{package}` from the repository adapters-core came from (the plugins "
+        f'are not on a package index), as the README\'s section "Install" shows; in a clone of it: '
+        f"pip install -e packages/{package}"
+    )
 
 
 def _is_installed(distribution: str) -> bool:

@@ -27,14 +27,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from ..errors import AdapterError, AdapterLoadError
-from ..io import adapter_io
+from ..io import adapter_io, integrity
 from ..io import format as fmt
-from ..io.atomic import atomic_directory
+from ..io.paths import inside
+from ..io.scratch import tidy_before_reading
 from ..io.weights import load_weights, save_weights
+from ..names import check_adapter_name, check_fusion_name
 
 logger = logging.getLogger(__name__)
 
@@ -103,19 +104,21 @@ def save_checkpoint(model: nn.Module, output_dir: str | os.PathLike, state_dict:
     items = checkpoint_items(model)
     entries = []
     for kind, name in items:
-        kind.save(model, output_dir / kind.folder(name), name, state_dict)
+        kind.save(model, inside(output_dir, output_dir / kind.folder(name)), name, state_dict)
         trainable = any(p.requires_grad for _, p in kind.parameters(model, name))
         entries.append({"kind": kind.kind, "name": name, "folder": kind.folder(name), "trainable": trainable})
     extra = extra_trainable_parameters(model, items)
+    records = {}
     if extra:
         tensors = {n: state_dict[n] if state_dict is not None and n in state_dict else p for n, p in extra.items()}
-        save_weights(tensors, output_dir / EXTRA_WEIGHTS)
+        records[EXTRA_WEIGHTS] = save_weights(tensors, output_dir / EXTRA_WEIGHTS)
     state = getattr(model, "adapters_state", None)
     manifest = {
         "version": MANIFEST_VERSION,
         "items": entries,
         "extra_weights": EXTRA_WEIGHTS if extra else None,
         "active_setup": str(state.active_setup) if state is not None and state.active_setup is not None else None,
+        **({integrity.KEY: records} if records else {}),
     }
     with open(output_dir / MANIFEST, "w", encoding="utf-8") as f:
         json.dump(manifest, f, indent=2)
@@ -130,28 +133,41 @@ def load_checkpoint(model: nn.Module, checkpoint_dir: str | os.PathLike) -> list
     checkpoint_dir = Path(checkpoint_dir)
     manifest = _read_manifest(checkpoint_dir)
     entries = manifest["items"] if manifest is not None else _scan_reference_layout(checkpoint_dir)
+    # Every entry is checked before any is loaded, so a refused checkpoint changes nothing.
+    folders = [_entry_folder(checkpoint_dir, entry) for entry in entries]
     loaded = []
-    for entry in entries:
-        kind = _KINDS.get(entry["kind"])
-        if kind is None:
-            raise AdapterLoadError(
-                f"{checkpoint_dir} holds a {entry['kind']!r} item ({entry['name']!r}) and no installed part of "
-                f"adapters can read it; known kinds: {sorted(_KINDS)}."
-            )
-        added = kind.load(model, checkpoint_dir / entry["folder"], entry["name"])
+    for entry, folder in zip(entries, folders, strict=True):
+        added = _KINDS[entry["kind"]].load(model, folder, entry["name"])
         if added:
-            for _, param in kind.parameters(model, entry["name"]):
+            for _, param in _KINDS[entry["kind"]].parameters(model, entry["name"]):
                 param.requires_grad = bool(entry.get("trainable", True))
         loaded.append(entry["name"])
     extra = (manifest or {}).get("extra_weights")
     if extra:
-        _load_extra_weights(model, checkpoint_dir / extra)
+        _load_extra_weights(model, checkpoint_dir, extra, (manifest or {}).get(integrity.KEY))
     if not loaded and not extra:
         raise AdapterLoadError(
             f"No adapters in the checkpoint {checkpoint_dir}: expected {MANIFEST} or adapter folders "
             f"(with {fmt.ADAPTER_CONFIG}), as AdapterTrainer writes them."
         )
     return loaded
+
+
+def _entry_folder(checkpoint_dir: Path, entry: Any) -> Path:
+    """The folder of a manifest entry, which must be a known kind with a valid name, inside the checkpoint."""
+    if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in ("kind", "name", "folder")):
+        raise AdapterLoadError(f"{checkpoint_dir / MANIFEST} has a malformed item {entry!r}; the checkpoint is corrupt")
+    if entry["kind"] not in _KINDS:
+        raise AdapterLoadError(
+            f"{checkpoint_dir} holds a {entry['kind']!r} item ({entry['name']!r}) and no installed part of "
+            f"adapters can read it; known kinds: {sorted(_KINDS)}."
+        )
+    # Built-in kinds add what they load under that name; other kinds' names are their own business.
+    if entry["kind"] == "fusion":
+        check_fusion_name(entry["name"])
+    elif entry["kind"] == "adapter":
+        check_adapter_name(entry["name"])
+    return inside(checkpoint_dir, checkpoint_dir / entry["folder"], AdapterLoadError)
 
 
 def _read_manifest(checkpoint_dir: Path) -> dict[str, Any] | None:
@@ -180,11 +196,9 @@ def _scan_reference_layout(checkpoint_dir: Path) -> list[dict[str, Any]]:
     ]
 
 
-def _load_extra_weights(model: nn.Module, path: Path) -> None:
-    try:
-        tensors = load_file(os.fspath(path))
-    except Exception as error:  # safetensors raises several types for missing or corrupt files
-        raise AdapterLoadError(f"Cannot read {path}: {error}") from error
+def _load_extra_weights(model: nn.Module, checkpoint_dir: Path, filename: str, records: Any) -> None:
+    path = inside(checkpoint_dir, checkpoint_dir / filename, AdapterLoadError)
+    tensors = load_weights(checkpoint_dir, path.name, path.name, True, expected=records, config_name=MANIFEST)
     params = dict(model.named_parameters())
     missing = sorted(set(tensors) - set(params))
     if missing:
@@ -221,17 +235,12 @@ def _save_adapter(model: nn.Module, folder: Path, name: str, state_dict: StateDi
         model.save_adapter(folder, name)
         return
     # The trainer gathered the full weights (FSDP, DeepSpeed): the module's own tensors may be shards.
-    state = model.adapters_state
-    own = adapter_io.adapter_state_dict(state, name)
-    tensors = {key: state_dict.get(key, value) for key, value in own.items()}
-    with atomic_directory(folder) as scratch:
-        with open(scratch / fmt.ADAPTER_CONFIG, "w", encoding="utf-8") as f:
-            json.dump(adapter_io.adapter_config_dict(state, name), f, indent=2, sort_keys=True)
-        save_weights(tensors, scratch / fmt.ADAPTER_WEIGHTS)
+    adapter_io.save_adapter(model.adapters_state, folder, name, tensors=dict(state_dict))
 
 
 def _load_adapter(model: nn.Module, folder: Path, name: str) -> bool:
     state = model.adapters_state
+    tidy_before_reading(folder)
     if name not in state.configs:
         logger.info("Adding adapter %r from the checkpoint folder %s.", name, folder)
         model.load_adapter(folder, load_as=name)
@@ -246,7 +255,7 @@ def _load_adapter(model: nn.Module, folder: Path, name: str) -> bool:
             f"The adapter {name!r} in {folder} has another config than the model's adapter {name!r}: "
             f"{saved.to_dict()} vs {state.configs[name].to_dict()}. Add it with the config it was trained with."
         )
-    tensors = load_weights(folder, fmt.ADAPTER_WEIGHTS, fmt.ADAPTER_WEIGHTS_LEGACY)
+    tensors = adapter_io.read_adapter_weights(folder, data)
     adapter_io.load_into(state, name, data.get("name") or folder.name, tensors, folder)
     return False
 

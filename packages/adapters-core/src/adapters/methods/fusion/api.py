@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +11,9 @@ import torch
 from ...composition.blocks import AdapterCompositionBlock, Fuse
 from ...configs.fusion import AdapterFusionConfig
 from ...errors import AdapterConfigError, AdapterLoadError, AdapterNameError
+from ...io.paths import named_child
+from ...io.scratch import tidy_before_reading
+from ...names import check_fusion_name, check_saved_name
 from .fuser import check_fusions, fuse_blocks
 from .io import load_into, read_fusion_folder, save_fusion
 from .registry import FusionRegistry
@@ -19,7 +21,6 @@ from .registry import FusionRegistry
 if TYPE_CHECKING:
     from torch import nn
 
-_INVALID_NAME = re.compile(r"[.\s]")
 # The reference library's weight of the value regularization.
 REGULARIZATION_WEIGHT = 0.01
 
@@ -63,12 +64,7 @@ def add_adapter_fusion(
 ) -> str:
     state = model.adapters_state
     fuse = as_fuse(adapter_names, name)
-    name = fuse.name
-    if not name or _INVALID_NAME.search(name):
-        raise AdapterNameError(
-            f"Invalid AdapterFusion name {name!r}: use a non-empty string without '.' or whitespace "
-            "(by default the fused adapters' names joined by commas)."
-        )
+    name = check_fusion_name(fuse.name)
     resolved = AdapterFusionConfig.load(config)
     for adapter in fuse.flatten():
         state.require(adapter)
@@ -136,9 +132,14 @@ def save_adapter_fusion(
 def save_all_adapter_fusions(
     model: nn.Module, save_directory: str | os.PathLike, meta_dict: dict | None = None, use_safetensors: bool = True
 ) -> None:
-    registry = FusionRegistry.of(model.adapters_state)
-    for name in list(registry.fusions) if registry is not None else []:
-        save_fusion(model.adapters_state, Path(save_directory) / name, name, meta_dict, use_safetensors)
+    for name in fusion_names(model.adapters_state):
+        folder = named_child(save_directory, name, "AdapterFusion")
+        save_fusion(model.adapters_state, folder, name, meta_dict, use_safetensors)
+
+
+def fusion_names(state: Any) -> list[str]:
+    registry = FusionRegistry.of(state)
+    return list(registry.fusions) if registry is not None else []
 
 
 def load_adapter_fusion(
@@ -150,14 +151,15 @@ def load_adapter_fusion(
 ) -> str:
     state = model.adapters_state
     folder = Path(adapter_fusion_name_or_path)
+    tidy_before_reading(folder)
     if not folder.is_dir():
         raise AdapterLoadError(
             f"{folder} is not a folder; load_adapter_fusion() reads a folder written by save_adapter_fusion()."
         )
     data, config, tensors = read_fusion_folder(state, folder, use_safetensors)
     saved_name = data.get("name") or folder.name
+    name = check_fusion_name(load_as) if load_as else check_saved_name(saved_name, folder, "AdapterFusion")
     adapter_names = data.get("adapter_names") or saved_name.split(",")
-    name = load_as or saved_name
     registry = _registry(model)
     existing = registry.fusions.get(name)
     if existing is not None:

@@ -7,7 +7,6 @@ prefix, ``bert.``, when saved from a model with a head).
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,7 +15,7 @@ import torch
 
 from ...configs.fusion import AdapterFusionConfig
 from ...errors import AdapterConfigError, AdapterLoadError
-from ...io import adapter_io
+from ...io import adapter_io, integrity
 from ...io import format as fmt
 from ...io.atomic import atomic_directory
 from ...io.weights import load_weights, save_weights
@@ -41,6 +40,9 @@ def fusion_config_dict(state: AdapterState, name: str, meta: dict[str, Any] | No
     )
 
 
+FUSION_FILES = frozenset({fmt.FUSION_CONFIG, fmt.FUSION_WEIGHTS, fmt.FUSION_WEIGHTS_LEGACY})
+
+
 def save_fusion(
     state: AdapterState,
     directory: str | os.PathLike,
@@ -59,10 +61,9 @@ def save_fusion(
     if tensors is not None:
         weights = {key: tensors.get(key, value) for key, value in weights.items()}
     weights_name = fmt.FUSION_WEIGHTS if use_safetensors else fmt.FUSION_WEIGHTS_LEGACY
-    with atomic_directory(directory) as scratch:
-        with open(scratch / fmt.FUSION_CONFIG, "w", encoding="utf-8") as f:
-            json.dump(config, f, indent=2, sort_keys=True)
-        save_weights(weights, scratch / weights_name, use_safetensors)
+    with atomic_directory(directory, FUSION_FILES) as scratch:
+        record = save_weights(weights, scratch / weights_name, use_safetensors)
+        adapter_io.write_config(scratch / fmt.FUSION_CONFIG, config, weights_name, record)
 
 
 def read_fusion_folder(
@@ -77,7 +78,14 @@ def read_fusion_folder(
         config = AdapterFusionConfig.load(data["config"])
     except (AdapterConfigError, TypeError) as error:
         raise AdapterLoadError(f"Cannot use the AdapterFusion config in {folder}: {error}") from error
-    tensors = load_weights(folder, fmt.FUSION_WEIGHTS, fmt.FUSION_WEIGHTS_LEGACY, use_safetensors)
+    tensors = load_weights(
+        folder,
+        fmt.FUSION_WEIGHTS,
+        fmt.FUSION_WEIGHTS_LEGACY,
+        use_safetensors,
+        expected=data.get(integrity.KEY),
+        config_name=fmt.FUSION_CONFIG,
+    )
     return data, config, adapter_io.strip_base_prefix(state, tensors)
 
 

@@ -1,0 +1,38 @@
+"""Keep what the library writes (or reads by a name from a file) inside the folder it was given."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import AdapterError, AdapterNameError
+from ..names import check_adapter_name
+
+
+def inside(parent: str | os.PathLike, child: str | os.PathLike, error: type[AdapterError] = AdapterNameError) -> Path:
+    """``child``, after checking that it resolves (symbolic links followed) to a path strictly below ``parent``.
+
+    Raises ``error`` otherwise: a name that is a path, ``..`` segments or a symbolic link inside
+    ``parent`` that leads elsewhere would make a save or load reach outside ``parent`` (and ``.``
+    would replace ``parent`` itself).
+
+    Example:
+        >>> inside("out", Path("out") / "sst2")
+        PosixPath('out/sst2')
+    """
+    root, resolved = Path(parent).resolve(), Path(child).resolve()
+    if root not in resolved.parents:
+        raise error(
+            f"{child} resolves to {resolved}, outside {root}; refusing to write or read there. Use a plain "
+            "name (no path) and remove symbolic links inside the folder that lead elsewhere."
+        )
+    return Path(child)
+
+
+def named_child(parent: str | os.PathLike, name: str, kind: str = "adapter") -> Path:
+    """``parent/name`` for a save of everything (``save_all_adapters``): a valid name, resolving inside ``parent``."""
+    check_adapter_name(name, kind)
+    return inside(parent, Path(parent) / name)
+
+
+__all__ = ["inside", "named_child"]
