@@ -77,7 +77,7 @@ def tests(session: nox.Session) -> None:
     ``TEST_KERNELS=native`` (or ``narrower``) runs one pass only; options after ``--`` go to pytest.
     """
     # accelerate: transformers.Trainer needs it (AdapterTrainer tests, the `training` extra).
-    install_project(session, "pytest", "pytest-xdist", "accelerate", "-e", EXAMPLE_PLUGIN)
+    install_project(session, "pytest", "pytest-xdist", "accelerate", "hypothesis", "-e", EXAMPLE_PLUGIN)
     workers = os.environ.get("PYTEST_WORKERS", "2")
     passes = {"native": {}, "narrower": narrower_kernels(session)}
     chosen = os.environ.get("TEST_KERNELS", "native,narrower").split(",")
@@ -129,7 +129,9 @@ def _install_for_compat(session: nox.Session) -> None:
     session.install(*CONSTRAINTS, "pluggy", "safetensors", "pytest", "pytest-xdist")
 
 
-def _run_with_transformers(session: nox.Session, requirement: str, test_dirs: list[str]) -> None:
+def _run_with_transformers(
+    session: nox.Session, requirement: str, test_dirs: list[str], more_tests: tuple[str, ...] = ()
+) -> None:
     """Install ``requirement`` (with the huggingface_hub it asks for) and run the packages' tests."""
     pins = (ROOT / "constraints" / "ci.txt").read_text().splitlines()
     kept = [line for line in pins if not line.startswith(("transformers", "huggingface_hub"))]
@@ -138,7 +140,7 @@ def _run_with_transformers(session: nox.Session, requirement: str, test_dirs: li
     session.install("--upgrade", "-c", str(constraints), requirement)
     session.run("python", "-c", "import transformers; print('transformers', transformers.__version__)")
     workers = os.environ.get("PYTEST_WORKERS", "2")
-    tests = [f"{path}/tests" for path in test_dirs if (ROOT / path / "tests").is_dir()]
+    tests = [f"{path}/tests" for path in test_dirs if (ROOT / path / "tests").is_dir()] + list(more_tests)
     session.run("pytest", "-n", workers, "-p", "no:cacheprovider", *tests, *(session.posargs or ["-q"]), env=TEST_ENV)
 
 
@@ -160,9 +162,11 @@ def transformers_floor(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def transformers_latest(session: nox.Session) -> None:
-    """Every plugin's tests (conformance suites included) on the newest transformers 5.x release."""
+    """The whole suite (conformance suites included) on the newest transformers 5.x release: what pip gives users."""
     _install_for_compat(session)
-    _run_with_transformers(session, "transformers>=5,<6", list(PLUGIN_DIRS))
+    # The core's tests need what the `tests` session adds: accelerate (AdapterTrainer), hypothesis.
+    session.install(*CONSTRAINTS, "accelerate", "hypothesis")
+    _run_with_transformers(session, "transformers>=5,<6", ["packages/adapters-core", *PLUGIN_DIRS], ("tests",))
 
 
 @nox.session(python="3.11")

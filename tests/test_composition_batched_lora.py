@@ -16,7 +16,8 @@ ALL_LINEARS = "lora[attn_matrices=['q','k','v'],intermediate_lora=True,output_lo
 
 
 def hooks_of(model) -> set[type]:
-    return {type(hook) for layer in model.encoder.layer for m in layer.modules() for hook in m._forward_hooks.values()}
+    """The types of what the model-wide setup runs at its places (the hooks of its linears among them)."""
+    return {type(plan) for plan in model.adapters_state.activation.plans.values()}
 
 
 @pytest.mark.parametrize("sizes", [[2, 2, 2], [1, 3, 0], [0, 4, 2]], ids=["equal", "unequal", "leading_empty"])

@@ -17,6 +17,7 @@ from test_reference_fixtures import FIXTURES, MODELS, inputs_of, load_reference_
 import adapters
 from adapters import AdapterConfig, AdapterConfigError, AdapterSetup, DiReftConfig, LoReftConfig, NoReftConfig
 from adapters.composition import Average, BatchSplit, Stack
+from adapters.core.context import adapter_hooks
 from adapters.io import adapter_state_dict
 from adapters.testing import CROSS_LIBRARY_ULPS, assert_close, randomize_adapter, tolerance
 
@@ -169,7 +170,7 @@ def test_adapter_setup_context_sees_the_padding():
         in_context = model(**inputs).last_hidden_state
     torch.testing.assert_close(in_context, active, rtol=0, atol=0)
     model.delete_adapter("a")  # the mask capture goes with the last ReFT adapter
-    assert not model._forward_pre_hooks and not any(layer._forward_hooks for layer in model.encoder.layer)
+    assert not adapter_hooks(model) and not any(layer._forward_hooks for layer in model.encoder.layer)
 
 
 def test_recorded_hidden_states_include_the_intervention():

@@ -13,6 +13,7 @@ from transformers import OPTConfig, OPTModel, RobertaConfig, RobertaForMaskedLM
 import adapters
 from adapters import AdapterLoadError, AdapterNameError, AdapterSetup, UnsupportedModelError
 from adapters.composition import Stack
+from adapters.core.context import adapter_hooks
 from adapters.io import format as fmt
 from adapters.testing import assert_close, randomize_adapter
 
@@ -140,7 +141,7 @@ def test_active_adapters_and_adapter_setup_context(inputs):
         assert model.active_adapters is None  # the context does not change the model's own setup
     assert not torch.allclose(inside, plain)
     assert torch.equal(out(model, inputs), plain)
-    assert not model._forward_pre_hooks and not model._forward_hooks
+    assert not adapter_hooks(model)  # only the hooks that open and close each pass
     model.active_adapters = "a"
     assert model.active_adapters == Stack("a")
     assert torch.equal(out(model, inputs), inside)

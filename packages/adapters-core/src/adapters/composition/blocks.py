@@ -6,7 +6,8 @@ at a place is each method's business.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from ..errors import CompositionError
@@ -209,13 +210,20 @@ class Average(AdapterCompositionBlock):
         if weights is None:
             self.weights = [1.0 / len(self.children)] * len(self.children)
             return
-        weights = [float(w) for w in weights]
+        weights = _weights(weights, len(self.children))
         if len(weights) != len(self.children):
             raise CompositionError(
                 f"Average has {len(self.children)} children but {len(weights)} weights; give one weight per child."
             )
+        # A NaN or infinite weight (or a sum that overflows) makes every output NaN or drops all children.
+        if not all(math.isfinite(w) for w in weights):
+            raise CompositionError(f"Average weights must be finite numbers, got {weights}.")
         if normalize_weights:
             total = sum(weights)
+            if not math.isfinite(total):
+                raise CompositionError(
+                    f"Average weights {weights} sum to {total}; give weights whose sum is finite (e.g. scaled down)."
+                )
             if total == 0:
                 raise CompositionError(
                     "Average weights sum to 0 and cannot be normalized; pass normalize_weights=False."
@@ -233,12 +241,32 @@ BLOCKS: dict[str, type[AdapterCompositionBlock]] = {
 
 
 def _sizes(sizes: list[int] | int, n: int, what: str, block: str) -> list[int]:
-    if isinstance(sizes, int):
+    if isinstance(sizes, int) and not isinstance(sizes, bool):
         sizes = [sizes] * n
-    sizes = list(sizes)
-    if len(sizes) != n or any(not isinstance(s, int) or s < 0 for s in sizes):
+    given = list(sizes) if _is_list_like(sizes) else None
+    # Bools are ints to Python, but True as a size is a mistake, not 1.
+    if given is None or len(given) != n or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in given):
         raise CompositionError(f"{block} needs {what} as one non-negative int per child ({n}), got {sizes!r}.")
-    return sizes
+    return given
+
+
+def _is_list_like(value: Any) -> bool:
+    return isinstance(value, Iterable) and not isinstance(value, (str, bytes, Mapping))
+
+
+def _weights(weights: Any, n: int) -> list[float]:
+    values = list(weights) if _is_list_like(weights) else None
+    # float() would also read strings ("1") and bools; only numbers are weights.
+    if values is None or any(isinstance(w, (str, bytes, bool)) for w in values):
+        values = None
+    else:
+        try:
+            values = [float(w) for w in values]
+        except (TypeError, ValueError):
+            values = None
+    if values is None:
+        raise CompositionError(f"Average needs weights as a list of numbers, one per child ({n}), got {weights!r}.")
+    return values
 
 
 def _parse_child(child: Any, parent: type[AdapterCompositionBlock]) -> Any:

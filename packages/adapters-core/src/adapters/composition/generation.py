@@ -16,6 +16,7 @@ encoder then runs on the copies as well, and the decoder's start tokens are made
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -75,21 +76,27 @@ class ParallelGenerationMixin:
 
     def _encode_for_generation(self, prepare: Any, args: tuple, kwargs: dict) -> dict[str, Any]:
         # generate() runs an encoder-decoder model's encoder by itself, not through the base model's
-        # forward, whose hooks apply an AdapterSetup's setup and start a Parallel forward (the batch
-        # size its branches split by): run those around this encoder call too.
+        # forward, whose hooks open the pass (its setup: an AdapterSetup's, else the model's) and
+        # start a Parallel forward (the batch size its branches split by): run those around this
+        # encoder call too. The hooks are this call's own: a pass of another thread meanwhile
+        # finds no open pass of its own here and passes through them.
         from ..core import context
+        from ..core.activation import current_frame
 
         state = self.adapters_state
         base = state.base_model
+        thread = threading.get_ident()
 
         def enter(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-            result = context._enter(base, args, kwargs)
-            if result is None and state.parallel is not None:
-                result = state.parallel.start_forward(module, args, kwargs)
-            return result
+            if threading.get_ident() != thread:
+                return None
+            frame = context.enter_pass(state, module) or current_frame(state)
+            runtime = frame.activation.parallel if frame is not None else None
+            return runtime.start_forward(module, args, kwargs) if runtime is not None else None
 
         def leave(module: nn.Module, args: tuple, output: Any) -> None:
-            context._exit(base, args, output)
+            if threading.get_ident() == thread:
+                context.leave_pass(state, module)
 
         encoder = self.get_encoder()
         if encoder is base:  # the base model's own hooks run
@@ -106,10 +113,9 @@ class ParallelGenerationMixin:
 
 
 def _mark(state: Any, copies: int) -> None:
-    # The state passes it to a Parallel runtime made later (AdapterSetup); an active one learns it here.
+    # Per thread: the Parallel runtime of each of this thread's passes reads it (another thread's
+    # passes on the model, meanwhile, copy their own inputs).
     state.inputs_replicated = copies
-    if state.parallel is not None:
-        state.parallel.inputs_replicated = bool(copies)
 
 
 def copy_rows(value: Any, batch: int, copies: int) -> Any:

@@ -8,35 +8,73 @@ reference library), the layer runs once and those adapters make the copies (:met
 From there on, every layer's other batch-first inputs (attention masks, position ids, encoder
 states) are copied to match, so the model code needs no change. Outputs are ``copies`` times the
 batch, branch by branch.
+
+A :class:`ParallelRuntime` belongs to one built setup (an activation); the model's
+:class:`ParallelHooks` run the runtime of each pass's own setup, and what a pass records (its
+batch size, whether its batch holds the copies) is kept per thread, so passes under different
+setups may run at once.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..core.activation import PerThread, current
 from ..errors import CompositionError
 
 
 class ParallelRuntime:
-    """The hooks of one active Parallel setup; ``batch_size`` is the batch of the current forward."""
+    """One Parallel setup as built for a model; ``batch_size`` is the batch of this thread's current pass.
 
-    def __init__(self, copies: int) -> None:
+    The runtime belongs to an :class:`~adapters.core.activation.Activation`; the model's
+    :class:`ParallelHooks` call it in the passes that run that activation. What a pass records
+    (its batch size, whether its batch holds the copies yet) is per thread.
+    """
+
+    def __init__(self, copies: int, state: Any = None) -> None:
         self.copies = copies
-        self.batch_size: int | None = None
-        self.replicated = False
         # Copy the model's inputs instead of a layer's (everything then runs once per branch).
         self.copy_inputs = False
-        # The model's inputs hold the copies already (generate() made them): nothing is copied.
-        self.inputs_replicated = False
+        self._state = state
+        # The index of the first adapted layer: the inputs of the layers from there on are copied.
+        self.first = 0
         # The first layer, when its last block's adapters make the copies (see copy_in), and the
         # names of its positional parameters.
         self._copying_layer: nn.Module | None = None
         self._copying_layer_params: tuple[str, ...] = ()
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._now = PerThread(batch_size=None, replicated=False, inputs_replicated=False)
+
+    @property
+    def batch_size(self) -> int | None:
+        return self._now.batch_size
+
+    @batch_size.setter
+    def batch_size(self, value: int | None) -> None:
+        self._now.batch_size = value
+
+    @property
+    def replicated(self) -> bool:
+        return self._now.replicated
+
+    @replicated.setter
+    def replicated(self, value: bool) -> None:
+        self._now.replicated = value
+
+    @property
+    def inputs_replicated(self) -> bool:
+        """The model's inputs hold the copies already (this thread's generate() made them): nothing is copied."""
+        if self._state is not None:
+            return bool(self._state.inputs_replicated)
+        return self._now.inputs_replicated
+
+    @inputs_replicated.setter
+    def inputs_replicated(self, value: bool) -> None:
+        self._now.inputs_replicated = value
 
     def copy_in(self, layer: nn.Module) -> None:
         """Let the adapters at the last block of ``layer`` (the first adapted layer) copy the batch.
@@ -56,22 +94,9 @@ class ParallelRuntime:
         except (TypeError, ValueError):
             self._copying_layer_params = ()
 
-    def install(self, base_model: nn.Module, layers: list[nn.Module], stack_entries: list[nn.Module] = ()) -> None:
-        """``stack_entries``: the modules running a later layer stack (an encoder-decoder's decoder), whose
-        other inputs are copied on entry once the batch was copied in an earlier stack."""
-        self._handles.append(base_model.register_forward_pre_hook(self.start_forward, with_kwargs=True))
-        for module in stack_entries:
-            self._handles.append(module.register_forward_pre_hook(self._stack_inputs, with_kwargs=True))
-        seen: set[int] = set()
-        for layer in layers:
-            if id(layer) not in seen:  # ALBERT runs one layer module several times
-                seen.add(id(layer))
-                self._handles.append(layer.register_forward_pre_hook(self._layer_inputs, with_kwargs=True))
-
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+    def install(self, first: int) -> None:
+        """Copy the inputs of the layers from index ``first`` (the first adapted layer) on, in each pass."""
+        self.first = first
 
     def start_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         """Record the batch size of a forward pass of the base model (its pre-hook).
@@ -80,32 +105,34 @@ class ParallelRuntime:
         per-branch invertible adapters on the embeddings) the model's inputs are copied here.
         """
         first = next((v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)), None)
-        self.batch_size = first.shape[0] if first is not None else None
+        batch = first.shape[0] if first is not None else None
         self.replicated = False
-        if self.inputs_replicated and self.batch_size is not None:
-            if self.batch_size % self.copies:
+        if self.inputs_replicated and batch is not None:
+            if batch % self.copies:
+                self.batch_size = None
                 raise CompositionError(
-                    f"A Parallel setup of {self.copies} branches got {self.batch_size} rows of copied inputs, which "
+                    f"A Parallel setup of {self.copies} branches got {batch} rows of copied inputs, which "
                     "is not a multiple of the branches."
                 )
-            self.batch_size //= self.copies
+            self.batch_size = batch // self.copies
             self.replicated = True
             return None
-        if self.copy_inputs and self.batch_size is not None:
+        self.batch_size = batch
+        if self.copy_inputs and batch is not None:
             self.replicated = True
-            return _copy_batch(args, self.batch_size, self.copies), _copy_batch(kwargs, self.batch_size, self.copies)
+            return _copy_batch(args, batch, self.copies), _copy_batch(kwargs, batch, self.copies)
         return None
 
     def _stack_inputs(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         # The decoder gets the copied encoder output but the model's own decoder inputs and masks:
         # copy those (tensors already holding the copies have another first dimension and stay).
-        if self.batch_size is None or not self.replicated or getattr(self, "inputs_replicated", False):
+        if self.batch_size is None or not self.replicated or self.inputs_replicated:
             return args, kwargs
         return _copy_batch(args, self.batch_size, self.copies), _copy_batch(kwargs, self.batch_size, self.copies)
 
-    def _layer_inputs(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    def _layer_inputs(self, index: int, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         batch = self.batch_size
-        if batch is None or self.inputs_replicated:
+        if batch is None or self.inputs_replicated or index < self.first:
             return args, kwargs
         hidden = args[0] if args else kwargs.get("hidden_states")
         copying = isinstance(hidden, torch.Tensor) and hidden.shape[0] == batch
@@ -128,6 +155,48 @@ class ParallelRuntime:
             for key, value in kwargs.items()
             if key != "hidden_states"
         )
+
+
+class ParallelHooks:
+    """The hooks of one model that run the Parallel runtime of each pass's activation (if it has one).
+
+    Attached once a setup with a Parallel block is built for the model: a pre-hook on the entry of
+    every later stack (a decoder) and on every layer. A pass whose activation has no Parallel block
+    passes through them. Each pass's runtime is started (its batch size recorded, or the model's
+    inputs copied) by the pass's own pre-hook on the body, after the body's other pre-hooks
+    (:func:`adapters.core.context.track`).
+    """
+
+    def __init__(self, layers: list[tuple[int, nn.Module]], stack_entries: list[nn.Module]) -> None:
+        # Each layer module once, with the last index it runs at (ALBERT runs one layer module at every index).
+        last: dict[int, tuple[int, nn.Module]] = {}
+        for index, layer in layers:
+            last[id(layer)] = (index, layer)
+        self.layers = list(last.values())
+        self.stack_entries = stack_entries
+        self._state: Any = None
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def attach_hooks(self, state: Any) -> None:
+        self._state = state
+        for module in self.stack_entries:
+            self._handles.append(module.register_forward_pre_hook(self._stack_inputs, with_kwargs=True))
+        for index, layer in self.layers:
+            hook = functools.partial(self._layer_inputs, index)
+            self._handles.append(layer.register_forward_pre_hook(hook, with_kwargs=True))
+
+    def detach_hooks(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _stack_inputs(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        runtime = current(self._state).parallel
+        return runtime._stack_inputs(module, args, kwargs) if runtime is not None else None
+
+    def _layer_inputs(self, index: int, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        runtime = current(self._state).parallel
+        return runtime._layer_inputs(index, module, args, kwargs) if runtime is not None else None
 
 
 def _batch_first(value: Any, batch: int) -> bool:

@@ -42,6 +42,14 @@ def validate_nesting(block: AdapterCompositionBlock) -> None:
         parallels += isinstance(child, Parallel)
     if parallels + isinstance(block, Parallel) > 1:
         raise CompositionError(f"{block!r} has more than one Parallel block; a setup replicates its inputs once.")
+    outer = _block_above_parallel(block, None)
+    if outer is not None:
+        # The copies are made once, for the whole batch and every position: below a Split, BatchSplit,
+        # Average or Fuse the Parallel's branches would meet siblings that hold one copy.
+        raise CompositionError(
+            f"{block!r} has a Parallel block inside {outer!r}; a Parallel copies the whole batch, so it must be "
+            "the setup itself or sit inside Stacks only, e.g. Stack('a', Parallel('b', 'c'))."
+        )
 
 
 def check_method_support(
@@ -68,6 +76,22 @@ def _edges(block: AdapterCompositionBlock):
         yield block, child
         if isinstance(child, AdapterCompositionBlock):
             yield from _edges(child)
+
+
+def _block_above_parallel(
+    block: AdapterCompositionBlock, outer: AdapterCompositionBlock | None
+) -> AdapterCompositionBlock | None:
+    """The innermost block other than Stack that encloses a Parallel in ``block`` (None if there is none)."""
+    if isinstance(block, Parallel):
+        return outer
+    if not isinstance(block, Stack):
+        outer = block
+    for child in block:
+        if isinstance(child, AdapterCompositionBlock):
+            found = _block_above_parallel(child, outer)
+            if found is not None:
+                return found
+    return None
 
 
 def _names_with_enclosing_blocks(block: AdapterCompositionBlock, outer: tuple):

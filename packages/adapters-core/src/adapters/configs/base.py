@@ -11,6 +11,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
 from ..errors import AdapterConfigError
+from .checks import Rule, check_fields
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +29,9 @@ class AdapterConfig(Mapping):
     """
 
     architecture: ClassVar[str | None] = None
+    #: Range and value-set checks per field, beyond the type its annotation gives (see :mod:`.checks`);
+    #: merged along the class hierarchy.
+    field_rules: ClassVar[Mapping[str, Rule]] = {}
 
     # -- mapping protocol -------------------------------------------------------------
     def __getitem__(self, key: str) -> Any:
@@ -72,6 +76,14 @@ class AdapterConfig(Mapping):
         values = dict(config)
         values.pop("architecture", None)
         cls._check_fields(values)
+        missing = [
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.init and f.name not in values and f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING
+        ]  # fmt: skip
+        if missing:
+            raise AdapterConfigError(f"A {cls.__name__} needs the field(s) {missing}; the config gives none.")
         return cls(**values)
 
     @classmethod
@@ -95,7 +107,9 @@ class AdapterConfig(Mapping):
         return load_config(config, **overrides)
 
     def __post_init__(self) -> None:
-        # Lists from JSON become tuples so that a frozen config is hashable and truly immutable.
+        # Every field is type- and range-checked (configs come from files anyone may write); lists
+        # from JSON become tuples, so that a frozen config is hashable and truly immutable.
+        check_fields(self)
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             if isinstance(value, list):

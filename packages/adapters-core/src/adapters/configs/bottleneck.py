@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from ..errors import AdapterConfigError
+from . import checks
 from .base import AdapterConfig
 
 _INIT_MODES = ("bert", "mam_adapter", "houlsby")
@@ -14,6 +15,21 @@ _RESIDUAL_MODES = (True, False, "post_add")
 _INV_ADAPTERS = (None, "nice", "glow")
 _PHM_W_INITS = ("phm", "glorot-normal", "glorot-uniform", "normal")
 _PHM_C_INITS = ("normal", "uniform")
+#: The activations of bottleneck, invertible and prefix-tuning MLPs (any case), as the modules build them.
+NON_LINEARITIES = (
+    "relu", "gelu", "gelu_new", "gelu_orig", "swish", "silu", "tanh", "sigmoid", "leakyrelu", "identity",
+)  # fmt: skip
+
+
+def bottleneck_size(hidden_size: int, reduction_factor: float, field: str = "reduction_factor") -> int:
+    """``hidden_size // reduction_factor`` (at least 1), refusing a factor so small that no model can hold it."""
+    size = hidden_size / reduction_factor
+    if not size < checks.INT_MAX:
+        raise AdapterConfigError(
+            f"{field}={reduction_factor!r} makes a bottleneck of {size:.3g} units for hidden size {hidden_size}; "
+            f"use a larger {field} (the bottleneck is hidden_size // {field})."
+        )
+    return max(1, int(hidden_size // reduction_factor))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,22 +87,33 @@ class BnConfig(AdapterConfig):
     stochastic_depth: float | None = 0.0
     init_weights_seed: int | None = None
 
+    field_rules: ClassVar[Mapping[str, checks.Rule]] = {
+        "reduction_factor": checks.positive_factors(),
+        "non_linearity": checks.one_of(NON_LINEARITIES, ignore_case=True),
+        "init_weights": checks.one_of(_INIT_MODES),
+        "scaling": checks.Rule(
+            "a finite number, 'learned' or 'channel'", lambda v: not isinstance(v, str) or v in ("learned", "channel")
+        ),
+        "residual_before_ln": checks.one_of(_RESIDUAL_MODES),
+        "inv_adapter": checks.one_of(_INV_ADAPTERS[1:]),
+        "inv_adapter_reduction_factor": checks.POSITIVE_NUMBER,
+        "leave_out": checks.LAYER_INDICES,
+        "dropout": checks.PROBABILITY,
+        "phm_dim": checks.POSITIVE_INT,
+        "phm_c_init": checks.one_of(_PHM_C_INITS),
+        "phm_init_range": checks.NON_NEGATIVE_NUMBER,
+        "hypercomplex_nonlinearity": checks.one_of(_PHM_W_INITS),
+        "phm_rank": checks.POSITIVE_INT,
+        "stochastic_depth": checks.PROBABILITY,
+        "init_weights_seed": checks.SEED,
+    }
+
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.init_weights not in _INIT_MODES:
-            raise AdapterConfigError(f"init_weights={self.init_weights!r}; choose one of {_INIT_MODES}.")
-        if self.residual_before_ln not in _RESIDUAL_MODES:
-            raise AdapterConfigError(
-                f"residual_before_ln={self.residual_before_ln!r}; choose True, False or 'post_add'."
-            )
-        if not (isinstance(self.scaling, (int, float)) or self.scaling in ("learned", "channel")):
-            raise AdapterConfigError(f"scaling={self.scaling!r}; use a number, 'learned' or 'channel'.")
         if isinstance(self.reduction_factor, Mapping) and "default" not in self.reduction_factor:
             keys = [k for k in self.reduction_factor if not str(k).isdigit()]
             if keys:
                 raise AdapterConfigError(f"reduction_factor keys must be layer indices or 'default', got {keys}.")
-        if not 0.0 <= (self.stochastic_depth or 0.0) <= 1.0:
-            raise AdapterConfigError(f"stochastic_depth={self.stochastic_depth!r}; use a probability in [0, 1].")
         self._check_inv_adapter()
         if self.phm_layer:
             self._check_phm()
@@ -102,14 +129,14 @@ class BnConfig(AdapterConfig):
             )
 
     def _check_phm(self) -> None:
-        if not (isinstance(self.phm_dim, int) and self.phm_dim >= 1):
-            raise AdapterConfigError(f"phm_dim={self.phm_dim!r}; use a positive integer (e.g. 4).")
-        if self.hypercomplex_nonlinearity not in _PHM_W_INITS:
+        # (Types and ranges of the phm_* fields are checked for every config, see field_rules.)
+        if self.hypercomplex_nonlinearity is None or self.phm_c_init is None:
             raise AdapterConfigError(
-                f"hypercomplex_nonlinearity={self.hypercomplex_nonlinearity!r}; choose one of {_PHM_W_INITS}."
+                f"phm_layer=True needs hypercomplex_nonlinearity (one of {_PHM_W_INITS}) and phm_c_init (one of "
+                f"{_PHM_C_INITS}); got {self.hypercomplex_nonlinearity!r} and {self.phm_c_init!r}."
             )
-        if self.phm_c_init not in _PHM_C_INITS:
-            raise AdapterConfigError(f"phm_c_init={self.phm_c_init!r}; choose one of {_PHM_C_INITS}.")
+        if self.phm_init_range is None:
+            raise AdapterConfigError("phm_layer=True needs phm_init_range (a number >= 0, e.g. 0.0001); got None.")
         if self.factorized_phm_W and not (isinstance(self.phm_rank, int) and self.phm_rank >= 1):
             raise AdapterConfigError(f"phm_rank={self.phm_rank!r}; factorized_phm_W needs a positive integer rank.")
         if self.init_weights != "bert":

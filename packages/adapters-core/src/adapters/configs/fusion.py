@@ -7,12 +7,13 @@ every field is saved, and a file written by the reference library loads into the
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Mapping
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 from ..errors import AdapterConfigError
+from . import checks
 from .base import AdapterConfig
 
 
@@ -48,6 +49,8 @@ class AdapterFusionConfig(AdapterConfig):
     # A bool in practice; the reference types it as str and tests only its truth value.
     value_initialized: bool | str
     dropout_prob: float | None
+
+    field_rules: ClassVar[Mapping[str, checks.Rule]] = {"dropout_prob": checks.PROBABILITY}
 
     @classmethod
     def load(cls, config: Any = "dynamic", **overrides: Any) -> AdapterFusionConfig:
@@ -138,11 +141,9 @@ def _from_name_or_path(text: str) -> AdapterFusionConfig:
             f"Unknown AdapterFusion config {text!r}: use one of {sorted(FUSION_CONFIG_NAMES)}, a dict of every "
             "field, or the path of an adapter_fusion_config.json."
         )
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise AdapterConfigError(f"{path} is not valid JSON ({error}).") from error
+    from ..io.jsonfile import read_json
+
+    data = read_json(Path(path), "AdapterFusion config")
     if not isinstance(data, dict):
         raise AdapterConfigError(f"{path} does not hold an AdapterFusion config object.")
     inner = data.get("config", data)

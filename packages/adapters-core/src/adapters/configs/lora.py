@@ -8,14 +8,17 @@ variants differ in field values only, so a reference ``IA3Config`` file loads as
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import ClassVar
 
 from ..errors import AdapterConfigError
+from . import checks
 from .base import AdapterConfig
 
 _ATTN_MATRICES = ("q", "k", "v")
 _COMPOSITION_MODES = ("add", "scale")
 _INIT_MODES = ("lora", "bert", "ia3", "vera")
+_DTYPES = ("float32", "float64", "float16", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +44,8 @@ class LoRAConfig(AdapterConfig):
     output_lora: bool = False
     leave_out: tuple[int, ...] = ()
     r: int = 8
-    alpha: int = 8
+    # Typed int in the reference format, but only alpha / r is used: any positive number works.
+    alpha: float = 8
     dropout: float = 0.0
     attn_matrices: tuple[str, ...] = ("q", "v")
     composition_mode: str = "add"
@@ -53,19 +57,22 @@ class LoRAConfig(AdapterConfig):
     dtype: str | None = None
     init_weights_seed: int | None = None
 
+    field_rules: ClassVar[Mapping[str, checks.Rule]] = {
+        "leave_out": checks.LAYER_INDICES,
+        "r": checks.int_range(1, label="the LoRA rank r"),
+        "alpha": checks.POSITIVE_NUMBER,
+        "dropout": checks.PROBABILITY,
+        "attn_matrices": checks.Rule(
+            f"a list of {list(_ATTN_MATRICES)}", lambda v: all(m in _ATTN_MATRICES for m in v)
+        ),
+        "composition_mode": checks.one_of(_COMPOSITION_MODES),
+        "init_weights": checks.one_of(_INIT_MODES),
+        "dtype": checks.one_of(_DTYPES),
+        "init_weights_seed": checks.SEED,
+    }
+
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.r < 1:
-            raise AdapterConfigError(f"LoRA rank r must be >= 1, got {self.r}.")
-        bad = [m for m in self.attn_matrices if m not in _ATTN_MATRICES]
-        if bad:
-            raise AdapterConfigError(f"attn_matrices {bad} unknown; choose from {_ATTN_MATRICES}.")
-        if self.composition_mode not in _COMPOSITION_MODES:
-            raise AdapterConfigError(
-                f"composition_mode={self.composition_mode!r}; choose 'add' (LoRA) or 'scale' ((IA)^3)."
-            )
-        if self.init_weights not in _INIT_MODES:
-            raise AdapterConfigError(f"init_weights={self.init_weights!r}; choose from {_INIT_MODES}.")
         if (self.vera_d is None) != (self.vera_b is None):
             raise AdapterConfigError(
                 f"VeRA needs both vera_d and vera_b (got vera_d={self.vera_d}, vera_b={self.vera_b}); "
@@ -124,7 +131,7 @@ class IA3Config(LoRAConfig):
 
     intermediate_lora: bool = True
     r: int = 1
-    alpha: int = 1
+    alpha: float = 1
     attn_matrices: tuple[str, ...] = ("k", "v")
     composition_mode: str = "scale"
     init_weights: str = "ia3"

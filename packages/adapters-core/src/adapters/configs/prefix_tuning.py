@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import ClassVar
 
-from ..errors import AdapterConfigError
+from . import checks
 from .base import AdapterConfig
+from .bottleneck import NON_LINEARITIES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,11 +46,12 @@ class PrefixTuningConfig(AdapterConfig):
     shared_gating: bool = True
     init_weights_seed: int | None = None
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.prefix_length < 1:
-            raise AdapterConfigError(f"prefix_length must be >= 1, got {self.prefix_length}.")
-        if not self.flat and self.bottleneck_size < 1:
-            raise AdapterConfigError(f"bottleneck_size must be >= 1, got {self.bottleneck_size}.")
-        if not 0.0 <= self.dropout < 1.0:
-            raise AdapterConfigError(f"dropout must be in [0, 1), got {self.dropout}.")
+    field_rules: ClassVar[Mapping[str, checks.Rule]] = {
+        "leave_out": checks.LAYER_INDICES,
+        "prefix_length": checks.POSITIVE_INT,
+        # Checked with flat=True too, where the MLP is gone: the size is kept (and saved) as it was.
+        "bottleneck_size": checks.POSITIVE_INT,
+        "non_linearity": checks.one_of(NON_LINEARITIES, ignore_case=True),
+        "dropout": checks.PROBABILITY_BELOW_ONE,
+        "init_weights_seed": checks.SEED,
+    }

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import ClassVar
 
 from ..errors import AdapterConfigError
+from . import checks
 from .base import AdapterConfig
 
 _INITS = ("random_uniform", "from_string")
@@ -40,16 +42,17 @@ class PromptTuningConfig(AdapterConfig):
     combine: str = "prefix"
     init_weights_seed: int | None = None
 
+    field_rules: ClassVar[Mapping[str, checks.Rule]] = {
+        "prompt_length": checks.POSITIVE_INT,
+        "prompt_init": checks.one_of(_INITS),
+        "combine": checks.one_of(_COMBINES),
+        "init_weights_seed": checks.SEED,
+    }
+
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.prompt_length < 1:
-            raise AdapterConfigError(f"prompt_length must be >= 1, got {self.prompt_length}.")
-        if self.prompt_init not in _INITS:
-            raise AdapterConfigError(f"prompt_init={self.prompt_init!r}; choose one of {_INITS}.")
         if self.prompt_init == "from_string" and not self.prompt_init_text:
             raise AdapterConfigError("prompt_init='from_string' needs prompt_init_text (the text to start from).")
-        if self.combine not in _COMBINES:
-            raise AdapterConfigError(f"combine={self.combine!r}; choose one of {_COMBINES}.")
 
     @property
     def insert_at(self) -> int:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import ClassVar
 
 from ..errors import AdapterConfigError
+from . import checks
 from .base import AdapterConfig
 
 _DTYPES = ("float32", "float64", "float16", "bfloat16")
@@ -57,29 +59,31 @@ class ReftConfig(AdapterConfig):
     init_weights_seed: int | None = None
     leave_out: tuple[int, ...] = ()
 
+    field_rules: ClassVar[Mapping[str, checks.Rule]] = {
+        "layers": checks.Rule(
+            "'all' or a list of layer indices",
+            lambda v: v == "all" or checks.LAYER_INDICES.test(v),
+            label="ReFT layers",
+        ),
+        "prefix_positions": checks.NON_NEGATIVE_INT,
+        "suffix_positions": checks.NON_NEGATIVE_INT,
+        "r": checks.int_range(1, label="the ReFT rank r"),
+        "dropout": checks.PROBABILITY_BELOW_ONE,
+        "dtype": checks.one_of(_DTYPES),
+        "init_weights_seed": checks.SEED,
+        "leave_out": checks.LAYER_INDICES,
+    }
+
     def __post_init__(self) -> None:
         super().__post_init__()
-        layers = self.layers
-        if not (layers == "all" or (isinstance(layers, tuple) and all(isinstance(i, int) for i in layers))):
-            raise AdapterConfigError(f"ReFT layers={layers!r}; use 'all' or a list of layer indices.")
-        for field in ("prefix_positions", "suffix_positions"):
-            value = getattr(self, field)
-            if not isinstance(value, int) or value < 0:
-                raise AdapterConfigError(f"ReFT {field}={value!r}; use an integer >= 0.")
         if self.prefix_positions == 0 and self.suffix_positions == 0:
             raise AdapterConfigError(
                 "ReFT with prefix_positions=0 and suffix_positions=0 intervenes nowhere; set at least one of them."
             )
-        if not isinstance(self.r, int) or self.r < 1:
-            raise AdapterConfigError(f"ReFT rank r must be an integer >= 1, got {self.r!r}.")
-        if not 0.0 <= self.dropout < 1.0:
-            raise AdapterConfigError(f"ReFT dropout={self.dropout!r}; use a value in [0, 1).")
         if self.non_linearity is not None and self.non_linearity.lower() not in _activation_names():
             raise AdapterConfigError(
                 f"ReFT non_linearity={self.non_linearity!r} is unknown; use None or one of {_activation_names()}."
             )
-        if self.dtype is not None and self.dtype not in _DTYPES:
-            raise AdapterConfigError(f"ReFT dtype={self.dtype!r}; use None or one of {_DTYPES}.")
         if not self.output_reft:
             raise AdapterConfigError("ReFT intervenes on layer outputs only; output_reft must be True.")
 

@@ -8,13 +8,14 @@ classes come from the registered adapter methods (see :mod:`adapters.plugins`).
 from __future__ import annotations
 
 import ast
-import json
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from ..errors import AdapterConfigError
 from .base import AdapterConfig
+from .checks import check_nesting
 from .union import ConfigUnion
 
 
@@ -36,6 +37,10 @@ def _architecture_classes() -> dict[str | None, type[AdapterConfig]]:
 
 def config_from_dict(config: Mapping[str, Any]) -> AdapterConfig:
     """Build the right config class for a dict, using its ``architecture`` key."""
+    if not isinstance(config, Mapping):
+        raise AdapterConfigError(f"An adapter config is a dict of fields, got {type(config).__name__}.")
+    # Unions nest configs: a hostile dict could nest them until the recursion below overflows.
+    check_nesting(config)
     architecture = config.get("architecture")
     if architecture == "union":
         return ConfigUnion.from_dict(dict(config))
@@ -122,9 +127,10 @@ def load_config(config: Any, **overrides: Any) -> AdapterConfig:
         if os.path.isdir(path):
             path = os.path.join(path, "adapter_config.json")
         if os.path.isfile(path):
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-            resolved = config_from_dict(data.get("config", data))
+            from ..io.jsonfile import read_json
+
+            data = read_json(Path(path))
+            resolved = config_from_dict(data.get("config", data) if isinstance(data, dict) else data)
         else:
             resolved = parse_config_string(path)
     else:

@@ -69,7 +69,10 @@ class ConfigUnion(AdapterConfig):
     def from_dict(cls, config: dict[str, Any]) -> ConfigUnion:
         from .registry import config_from_dict
 
-        return cls(*(config_from_dict(c) for c in config["configs"]))
+        members = config.get("configs")
+        if not isinstance(members, (list, tuple)):
+            raise AdapterConfigError(f"A union config needs a list 'configs' of member configs, got {members!r:.80}.")
+        return cls(*(config_from_dict(c) for c in members))
 
 
 class MAMConfig(ConfigUnion):

@@ -2,20 +2,23 @@
 
 Prefix tuning gives every self-attention layer extra keys and values that every query attends to.
 transformers 5 attention modules compute q, k and v themselves and hand them, split into heads,
-to ``ALL_ATTENTION_FUNCTIONS[config._attn_implementation]``. While prefixes are installed at a
+to ``ALL_ATTENTION_FUNCTIONS[config._attn_implementation]``. While hooks are attached at a
 module, :class:`AttentionPrefixHooks` gives that one module a view of its config whose
-``_attn_implementation`` names :func:`_attention_with_prefix` (registered below); that function
+``_attn_implementation`` names :func:`_attention_with_prefix` (registered below) in the passes
+whose activation has a prefix there, and the model's own implementation in others; that function
 prepends the prefix keys/values, extends the mask and calls the implementation the model chose
 (sdpa, eager, ...). Modules that attend in a method of their own, ``_attn(query, key, value,
 attention_mask)`` (GPT-Neo; GPT-J before transformers moved it onto the interface), get that method
 wrapped the same way instead: found by the method, so a plugin's spec needs no change between
 releases. Modules with their own attention code (DeBERTa) declare their projections
 instead (:class:`~adapters.plugins.KVProjections`): the prefix positions are spliced into the
-projections' outputs. Nothing is installed while no prefix is active at a module.
+projections' outputs. Nothing is attached while no activation has a prefix at a module; what a
+pass carries between the hooks (hidden states, spliced rows) is per thread.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import sys
 from collections.abc import Callable
@@ -29,6 +32,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from ..errors import AdapterConfigError, AdapterError
 from ..plugins.spec import InputOf, SelfAttention
+from .activation import _BUILDING, PerThread, current
 from .hook_order import HookStage, register_staged_forward_hook
 
 ATTENTION_FUNCTION_NAME = "adapters_kv_prefix"
@@ -41,9 +45,7 @@ PrefixFn = Callable[[torch.Tensor | None, int], tuple[torch.Tensor, torch.Tensor
 
 
 class _ConfigView:
-    """An attention module's config, except that it names the prefix attention function."""
-
-    _attn_implementation = ATTENTION_FUNCTION_NAME
+    """An attention module's config, except that it names the prefix attention function in passes with a prefix."""
 
     def __init__(self, config: Any, hooks: AttentionPrefixHooks) -> None:
         self.__dict__["_config"] = config
@@ -55,6 +57,13 @@ class _ConfigView:
         except KeyError:  # during copy/unpickling, before __init__ ran
             raise AttributeError(name) from None
         return getattr(config, name)
+
+    @property
+    def _attn_implementation(self) -> Any:
+        hooks = self.__dict__["_hooks"]
+        if hooks._plan() is not None:
+            return ATTENTION_FUNCTION_NAME
+        return self.__dict__["_config"]._attn_implementation
 
 
 def _attention_with_prefix(
@@ -88,7 +97,8 @@ def _own_attention_method(module: nn.Module) -> bool:
 
 
 class AttentionPrefixHooks:
-    """Prepends the keys/values of ``fn`` to one self-attention module's own, while installed.
+    """Prepends the keys/values of ``fn`` to one self-attention module's own, in the passes whose
+    activation installed ``fn`` here.
 
     Example:
         >>> hooks = AttentionPrefixHooks(layer, spec.self_attention)  # doctest: +SKIP
@@ -98,12 +108,13 @@ class AttentionPrefixHooks:
     def __init__(self, layer: nn.Module, spec: SelfAttention) -> None:
         self.module = layer.get_submodule(spec.path)
         self.spec = spec
-        self._fn: PrefixFn | None = None
-        self._needs_hidden = False
-        self._hidden: torch.Tensor | None = None
+        self._state: Any = None
+        self._own_plan: tuple[PrefixFn, bool] | None = None  # when used on its own (see install)
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._config: Any = None
-        self._routed = False  # whether the attention went through the prefix since install
+        self._checked = False  # whether a pass with a prefix went through the prefix function since attached
+        # This thread's pass: the attention input (for gates), prefix rows to splice, their number.
+        self._now = PerThread(hidden=None, pending=[None, None], n=0, routed=False)
         self._own_method = spec.projections is None and _own_attention_method(self.module)
         projections = spec.projections
         if self._own_method:
@@ -123,44 +134,70 @@ class AttentionPrefixHooks:
                 self.module.get_submodule(path)
                 for path in ((projections.fused_qkv,) if self._fused else (projections.key, projections.value))
             ]
-            self._pending: list[torch.Tensor | None] = [None, None]
+
+    def _plan(self) -> tuple[PrefixFn, bool] | None:
+        if self._state is None:
+            return self._own_plan
+        return current(self._state).plans.get(self)
 
     @property
     def installed(self) -> bool:
-        return self._fn is not None
+        """Whether the activation running here now has a prefix at this module."""
+        return self._plan() is not None
 
     def install(self, fn: PrefixFn, needs_hidden: bool) -> None:
-        """Route the module's attention through ``fn``'s prefixes (``needs_hidden``: pass it the input)."""
-        self.remove()
-        self._fn, self._needs_hidden = fn, needs_hidden
+        """Route the module's attention through ``fn``'s prefixes in the activation being built
+        (``needs_hidden``: pass it the input).
+
+        Outside a build (the hooks used on their own, without a model's adapters) every pass takes
+        ``fn``'s prefixes from now on, until :meth:`remove`.
+        """
+        build = _BUILDING.get()
+        if build is None:
+            self.remove()
+            self._own_plan = (fn, needs_hidden)
+            self.attach_hooks(None)
+            return
+        build.add(self, (fn, needs_hidden), attach=self)
+
+    def remove(self) -> None:
+        """No prefix at this module in the activation being built (it records no plan here).
+
+        Outside a build: take off what :meth:`install` put on.
+        """
+        if _BUILDING.get() is None and self._own_plan is not None:
+            self.detach_hooks()
+            self._own_plan = None
+
+    def attach_hooks(self, state: Any) -> None:
+        self._state = state
         if self.spec.projections is None:
-            if needs_hidden:
-                self._handles.append(self.module.register_forward_pre_hook(self._capture_hidden, with_kwargs=True))
+            self._handles.append(self.module.register_forward_pre_hook(self._capture_hidden, with_kwargs=True))
             if self._own_method:
                 self.module.__dict__[ATTENTION_METHOD] = self._attend_in_method
                 return
             self._config = self.module.__dict__["config"]
             self.module.__dict__["config"] = _ConfigView(self._config, self)
-            # Checked on the first forward pass only: a module that computes attention in code of its own
-            # never reaches the prefix function, and the prefix would silently do nothing.
-            self._routed = False
-            self._check = self.module.register_forward_hook(self._check_routed)
-            self._handles.append(self._check)
+            # Checked on the first forward pass with a prefix only: a module that computes attention in code of
+            # its own never reaches the prefix function, and the prefix would silently do nothing.
+            self._checked = False
+            self._handles.append(self.module.register_forward_hook(self._check_routed))
             return
         projections = self.spec.projections
         self._handles.append(self.module.register_forward_pre_hook(self._before_projections, with_kwargs=True))
         for slot, projection in enumerate(self._projections):
             # After a LoRA update of the projection: the prefix rows join the adapted keys and values.
-            self._handles.append(register_staged_forward_hook(projection, self._splice_hook(slot), HookStage.REPLACE))
+            hook = functools.partial(self._splice, slot)
+            self._handles.append(register_staged_forward_hook(projection, hook, HookStage.REPLACE))
         if projections.position_bias is not None:
             original = getattr(type(self.module), projections.position_bias)
-            self.module.__dict__[projections.position_bias] = self._bias_without_prefix(original)
+            self.module.__dict__[projections.position_bias] = functools.partial(self._bias_without_prefix, original)
         if self._fused:
             self._handles.append(
                 register_staged_forward_hook(self.module, self._drop_prefix_queries, HookStage.REPLACE)
             )
 
-    def remove(self) -> None:
+    def detach_hooks(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
@@ -168,16 +205,16 @@ class AttentionPrefixHooks:
             self.module.__dict__["config"] = self._config
             self._config = None
         self.module.__dict__.pop(ATTENTION_METHOD, None)
-        if self.spec.projections is not None:
-            if self.spec.projections.position_bias is not None:
-                self.module.__dict__.pop(self.spec.projections.position_bias, None)
-            self._pending = [None, None]
-        self._fn = None
-        self._hidden = None
+        if self.spec.projections is not None and self.spec.projections.position_bias is not None:
+            self.module.__dict__.pop(self.spec.projections.position_bias, None)
+        self._now = PerThread(hidden=None, pending=[None, None], n=0, routed=False)
 
     # -- transformers' attention interface ----------------------------------------------------
     def _capture_hidden(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        self._hidden = _input_of(self.spec.hidden_states, args, kwargs)
+        plan = self._plan()
+        now = self._now
+        now.routed = False
+        now.hidden = _input_of(self.spec.hidden_states, args, kwargs) if plan is not None and plan[1] else None
 
     def attend(
         self,
@@ -189,7 +226,7 @@ class AttentionPrefixHooks:
         **kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Prepend the prefix to ``key``/``value`` (batch, heads, seq, dim), then attend as the model would."""
-        self._routed = True
+        self._now.routed = True
         query, key, value, attention_mask, kwargs = self._with_prefix(module, query, key, value, attention_mask, kwargs)
         implementation = _attention_function(self._config._attn_implementation, self._eager)
         if implementation is None:
@@ -202,21 +239,23 @@ class AttentionPrefixHooks:
     def _attend_in_method(
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: Any = None, **kwargs: Any
     ) -> Any:
-        """The module's own ``_attn``, over the prefix followed by its keys and values."""
-        query, key, value, attention_mask, kwargs = self._with_prefix(
-            self.module, query, key, value, attention_mask, kwargs
-        )
+        """The module's own ``_attn``, over the prefix followed by its keys and values (in passes with a prefix)."""
+        if self._plan() is not None:
+            query, key, value, attention_mask, kwargs = self._with_prefix(
+                self.module, query, key, value, attention_mask, kwargs
+            )
         return getattr(type(self.module), ATTENTION_METHOD)(self.module, query, key, value, attention_mask, **kwargs)
 
     def _check_routed(self, module: nn.Module, args: tuple, output: Any) -> None:
-        if not self._routed:
+        if self._checked or self._plan() is None:
+            return
+        if not self._now.routed:
             raise AdapterError(
                 f"{type(module).__name__} computed its attention without transformers' attention interface, so "
                 "prefix tuning could not act; this transformers release's module needs KVProjections in the "
                 "model plugin's spec (or use a release whose module calls the interface)."
             )
-        self._check.remove()
-        self._handles.remove(self._check)
+        self._checked = True
 
     def _with_prefix(
         self,
@@ -227,9 +266,10 @@ class AttentionPrefixHooks:
         attention_mask: torch.Tensor | None,
         kwargs: dict,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, dict]:
-        hidden, self._hidden = self._hidden, None
+        now = self._now
+        hidden, now.hidden = now.hidden, None
         batch = key.shape[0]
-        prefix_keys, prefix_values, valid = self._fn(hidden, batch)
+        prefix_keys, prefix_values, valid = self._plan()[0](hidden, batch)
         n = prefix_keys.shape[2]
         key = torch.cat([prefix_keys.to(key.dtype).expand(batch, -1, -1, -1), key], dim=2)
         value = torch.cat([prefix_values.to(value.dtype).expand(batch, -1, -1, -1), value], dim=2)
@@ -242,10 +282,16 @@ class AttentionPrefixHooks:
         return query, key, value, attention_mask, kwargs
 
     # -- modules with their own attention code (KVProjections) -----------------------------
-    def _before_projections(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    def _before_projections(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        plan = self._plan()
+        now = self._now
+        now.pending = [None, None]
+        if plan is None:
+            return None
+        fn, needs_hidden = plan
         hidden = _input_of(self.spec.hidden_states, args, kwargs)
         batch = hidden.shape[0]
-        keys, values, valid = self._fn(hidden if self._needs_hidden else None, batch)
+        keys, values, valid = fn(hidden if needs_hidden else None, batch)
         heads, n = keys.shape[1], keys.shape[2]
         keys = keys.expand(batch, -1, -1, -1).transpose(1, 2)  # (batch, n, heads, dim): projection rows
         values = values.expand(batch, -1, -1, -1)
@@ -257,10 +303,10 @@ class AttentionPrefixHooks:
         if self._fused:
             # The fused projection's output is read per head as [q | k | v]; prefix query rows are dropped later.
             rows = torch.cat([torch.zeros_like(keys), keys, values], dim=-1)
-            self._pending = [rows.reshape(batch, n, -1), None]
+            now.pending = [rows.reshape(batch, n, -1), None]
         else:
-            self._pending = [keys.reshape(batch, n, -1), values.reshape(batch, n, -1)]
-        self._n = n
+            now.pending = [keys.reshape(batch, n, -1), values.reshape(batch, n, -1)]
+        now.n = n
         where = self.spec.projections.attention_mask
         mask = input_at(self._mask_index, where.keyword, args, kwargs)
         if mask is None:
@@ -276,28 +322,29 @@ class AttentionPrefixHooks:
             mask = pad_front(mask, n, -2, 1)  # the prefix query rows (dropped afterwards) see everything
         return replace_input(self._mask_index, where.keyword, mask, args, kwargs)
 
-    def _splice_hook(self, slot: int) -> Callable:
-        def splice(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-            rows, self._pending[slot] = self._pending[slot], None
-            if rows is None:  # another call of the same projection (e.g. on position embeddings)
-                return output
-            return torch.cat([rows.to(output.dtype), output], dim=1)
+    def _splice(self, slot: int, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        pending = self._now.pending
+        rows, pending[slot] = pending[slot], None
+        if rows is None:  # another call of the same projection (e.g. on position embeddings), or no prefix
+            return output
+        return torch.cat([rows.to(output.dtype), output], dim=1)
 
-        return splice
+    def _bias_without_prefix(
+        self, original: Callable, query: torch.Tensor, key: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> Any:
+        if self._plan() is None:
+            return original(self.module, query, key, *args, **kwargs)
+        n = self._now.n
+        rows = n if self._fused else 0
+        result = original(self.module, query[..., rows:, :], key[..., n:, :], *args, **kwargs)
+        if not isinstance(result, torch.Tensor):
+            return result
+        return F.pad(result, (n, 0, rows, 0))  # no relative-position bias to or from prefix positions
 
-    def _bias_without_prefix(self, original: Callable) -> Callable:
-        def bias(query: torch.Tensor, key: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-            n = self._n
-            rows = n if self._fused else 0
-            result = original(self.module, query[..., rows:, :], key[..., n:, :], *args, **kwargs)
-            if not isinstance(result, torch.Tensor):
-                return result
-            return F.pad(result, (n, 0, rows, 0))  # no relative-position bias to or from prefix positions
-
-        return bias
-
-    def _drop_prefix_queries(self, module: nn.Module, args: tuple, output: tuple) -> tuple:
-        n = self._n
+    def _drop_prefix_queries(self, module: nn.Module, args: tuple, output: tuple) -> tuple | None:
+        if self._plan() is None:
+            return None
+        n = self._now.n
         context, *rest = output
         rest = [r[..., n:, :] if isinstance(r, torch.Tensor) and r.dim() == 4 else r for r in rest]
         return (context[:, n:], *rest)

@@ -14,15 +14,20 @@ The recorder exists while the model has a gated adapter (methods call :meth:`Gat
 when they create gates): a forward pre-hook on the model takes the keyword, and only for a call
 that asks for the scores are forward hooks put on the gates (each method lists them through
 :meth:`~adapters.methods.base.AdapterMethod.gate_sites`); they are removed when the call returns.
+What a call records is its thread's own: calls of other threads meanwhile record nothing of it.
 """
 
 from __future__ import annotations
 
+import functools
+import threading
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
+
+from .activation import PerThread
 
 if TYPE_CHECKING:
     from .state import AdapterState
@@ -72,10 +77,14 @@ class GatingScores:
 
     def __init__(self, state: AdapterState) -> None:
         self.state = state
-        #: name -> layer -> location -> scores, during a forward pass that asked for them.
-        self.recording: dict[str, dict[int, dict[str, list[torch.Tensor]]]] | None = None
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
-        self._gate_handles: list[torch.utils.hooks.RemovableHandle] = []
+        # This thread's call: what it records, and the hooks it put on the gates.
+        self._now = PerThread(recording=None, gate_handles=[])
+
+    @property
+    def recording(self) -> dict[str, dict[int, dict[str, list[torch.Tensor]]]] | None:
+        """name -> layer -> location -> scores, during this thread's forward pass that asked for them."""
+        return self._now.recording
 
     @classmethod
     def ensure(cls, state: AdapterState) -> GatingScores:
@@ -84,8 +93,10 @@ class GatingScores:
         if recorder is None:
             recorder = state.method_data[KEY] = cls(state)
             model = state.model
+            from .context import register_pass_pre_hook
+
             recorder._handles = [
-                model.register_forward_pre_hook(recorder._start, with_kwargs=True),
+                register_pass_pre_hook(state, model, recorder._start),
                 model.register_forward_hook(recorder._finish, always_call=True),
             ]
         return recorder
@@ -107,24 +118,23 @@ class GatingScores:
     def _start(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         # The model's own forward does not know the keyword: take it out before the call.
         self._remove_gate_hooks()  # left over if a previous call raised before the model's hooks ran
+        now = self._now
         if not kwargs.pop(OUTPUT_FLAG, False):
-            self.recording = None
+            now.recording = None
             return args, kwargs
-        self.recording = {}
-        self._gate_handles = [site.gate.register_forward_hook(self._recorder_for(site)) for site in self.sites()]
+        recording = now.recording = {}
+        # Each thread's hooks record its own calls only (the gates are shared by all threads' passes).
+        thread = threading.get_ident()
+        now.gate_handles = [
+            site.gate.register_forward_hook(functools.partial(_record, recording, site, thread))
+            for site in self.sites()
+        ]
         return args, kwargs
-
-    def _recorder_for(self, site: GateSite):
-        def record(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            if self.recording is not None:
-                places = self.recording.setdefault(site.name, {}).setdefault(site.layer_idx, {})
-                places.setdefault(site.location, []).append(gate_score(output).detach())
-
-        return record
 
     def _finish(self, module: nn.Module, args: tuple, output: Any) -> Any:
         self._remove_gate_hooks()
-        recorded, self.recording = self.recording, None
+        now = self._now
+        recorded, now.recording = now.recording, None
         if recorded is None or output is None:
             return None
         scores = {
@@ -140,6 +150,13 @@ class GatingScores:
         return output
 
     def _remove_gate_hooks(self) -> None:
-        for handle in self._gate_handles:
+        now = self._now
+        for handle in now.gate_handles:
             handle.remove()
-        self._gate_handles = []
+        now.gate_handles = []
+
+
+def _record(recording: dict, site: GateSite, thread: int, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+    if threading.get_ident() == thread:
+        places = recording.setdefault(site.name, {}).setdefault(site.layer_idx, {})
+        places.setdefault(site.location, []).append(gate_score(output).detach())

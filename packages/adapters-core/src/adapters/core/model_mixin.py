@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from torch import nn
 
@@ -17,11 +18,26 @@ from ..errors import AdapterConfigError, AdapterError, AdapterLoadError, Adapter
 from ..io import adapter_io, hub
 from ..io.paths import named_child
 from ..methods.fusion import api as fusion_api
+from ..methods.init import initial_values_unneeded
 from ..names import check_adapter_name, check_saved_name
+from . import dry_run, merging
 from .averaging import average_adapter as _average_adapter
 from .state import AdapterState
 
 DEFAULT_CONFIG = "seq_bn"
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _changes_adapters(method: _F) -> _F:
+    """Run ``method`` with the model to itself: forward passes of other threads in flight finish first,
+    and passes that start meanwhile wait (see :meth:`AdapterState.changing`)."""
+
+    @functools.wraps(method)
+    def with_model_held(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with self.adapters_state.changing():
+            return method(self, *args, **kwargs)
+
+    return with_model_held  # type: ignore[return-value]
 
 
 class ModelAdaptersMixin:
@@ -41,10 +57,15 @@ class ModelAdaptersMixin:
     adapters_state: AdapterState
 
     # -- adding and removing ----------------------------------------------------------------
+    @_changes_adapters
     def add_adapter(
         self, adapter_name: str, config: Any = None, overwrite_ok: bool = False, set_active: bool = False
     ) -> None:
-        """Add a new adapter; ``config`` is a name (``"lora"``), a shorthand string, a dict or a config."""
+        """Add a new adapter; ``config`` is a name (``"lora"``), a shorthand string, a dict or a config.
+
+        A config with more parameters than ``dry_run.PARAMETER_FACTOR`` times the model's own (and
+        above ``dry_run.PARAMETER_FLOOR``) is refused before it is allocated.
+        """
         state = self.adapters_state
         check_adapter_name(adapter_name)
         resolved = load_config(DEFAULT_CONFIG if config is None else config)
@@ -59,7 +80,10 @@ class ModelAdaptersMixin:
         if set_active:
             self.set_active_adapters(adapter_name)
 
-    def _add_adapter_modules(self, name: str, config: AdapterConfig) -> None:
+    def _add_adapter_modules(
+        self, name: str, config: AdapterConfig, check: Callable[[AdapterState, str], None] | None = None
+    ) -> None:
+        """Add the adapter's modules; ``check`` (a loader's comparison with its file) sees them first on ``meta``."""
         state = self.adapters_state
         parts = state.methods_of(config)
         for method, _ in parts:
@@ -69,25 +93,12 @@ class ModelAdaptersMixin:
                     f"{method.name} adapters are not available for {state.base_model.config.model_type} models: "
                     f"{reason}"
                 )
-        state.configs[name] = config
-        try:
-            for method, part in parts:
-                method.add(state, name, part)
-            if not state.modules_of(name):
-                raise AdapterConfigError(
-                    f"Adapter {name!r} would have no modules in this model: its leave_out covers every one of "
-                    f"the layers {[i for i, _ in state.layers]}. Leave out fewer layers."
-                )
-            # New modules start in the model's mode, so dropout stays off in a model in eval().
-            for module in state.modules_of(name).values():
-                module.train(self.training)
-        except BaseException:
-            for method, _ in parts:
-                method.delete(state, name)
-            state.configs.pop(name, None)
-            state.modules.pop(name, None)
-            raise
+        # Sizes first, without memory: a config too large for the model, or not fitting its weights
+        # file, is refused before anything of its size is allocated.
+        dry_run.trial(state, name, config, parts, self.training, check)
+        dry_run.build(state, name, config, parts, self.training)
 
+    @_changes_adapters
     def delete_adapter(self, adapter_name: str) -> None:
         """Remove an adapter and all its parameters (deactivating and unmerging it first)."""
         state = self.adapters_state
@@ -103,6 +114,7 @@ class ModelAdaptersMixin:
         state.modules.pop(adapter_name, None)
 
     # -- activation and training ----------------------------------------------------------
+    @_changes_adapters
     def set_active_adapters(self, adapter_setup: Any, skip_layers: list[int] | None = None) -> None:
         """Activate a setup (a name, a list of names or a block) for every forward pass; ``None`` deactivates.
 
@@ -130,10 +142,12 @@ class ModelAdaptersMixin:
         for param in self.adapters_state.base_model.parameters():
             param.requires_grad = not freeze
 
+    @_changes_adapters
     def train_adapter(self, adapter_setup: Any, train_embeddings: bool = False) -> None:
         """Activate ``adapter_setup``, freeze the body and make only those adapters trainable."""
         state = self.adapters_state
         block = state.resolve_setup(adapter_setup)
+        merging.refuse_training(state, block.flatten() if block is not None else [])
         self.train()
         self.freeze_model(True)
         for name in block.flatten() if block is not None else []:
@@ -145,6 +159,7 @@ class ModelAdaptersMixin:
         state.apply_setup(block, frozenset())
 
     # -- averaging and merging ------------------------------------------------------------
+    @_changes_adapters
     def average_adapter(
         self,
         adapter_name: str,
@@ -178,31 +193,27 @@ class ModelAdaptersMixin:
             svd_rank,
         )
 
+    @_changes_adapters
     def merge_adapter(self, name: str) -> None:
-        """Merge an adapter's update into the model weights (no cost at inference afterwards)."""
-        state = self.adapters_state
-        config = state.require(name)
-        if state.merged is not None:
-            raise AdapterError(f"Adapter {state.merged!r} is merged already; call reset_adapter() first.")
-        parts = state.methods_of(config)
-        unsupported = [m.name for m, _ in parts if not m.supports_merge]
-        if unsupported:
-            raise AdapterError(f"Adapter {name!r} uses {unsupported}, which cannot be merged into weights.")
-        for method, _ in parts:
-            method.merge(state, name)
-        state.merged = name
-        state.apply_setup(state.active_setup)
+        """Merge an adapter's update into the model weights (no cost at inference afterwards).
 
+        Until :meth:`reset_adapter`, the merged adapter acts in every forward pass whatever the
+        active setup, is frozen, and refuses ``train_adapter`` and setups that would compute
+        otherwise with it merged (see :mod:`adapters.core.merging`). The weights it changes are
+        kept, in CPU memory, so that the reset restores them bit for bit.
+        """
+        merging.merge(self.adapters_state, name)
+
+    @_changes_adapters
     def reset_adapter(self) -> None:
-        """Undo :meth:`merge_adapter`, restoring the original weights."""
-        state = self.adapters_state
-        if state.merged is None:
-            return
-        name, state.merged = state.merged, None
-        for method, _ in state.methods_of(state.configs[name]):
-            method.unmerge(state, name)
-        state.apply_setup(state.active_setup)
+        """Undo :meth:`merge_adapter`: the weights from before the merge come back bit for bit.
 
+        They are the copies kept at merge time, so the result does not depend on what happened
+        to the adapter since.
+        """
+        merging.reset(self.adapters_state)
+
+    @_changes_adapters
     def eject_prefix_tuning(self, name: str) -> None:
         """Turn prefix tuning ``name`` from its MLP-reparametrized form into flat prefixes (same outputs).
 
@@ -216,6 +227,7 @@ class ModelAdaptersMixin:
         method.eject(state, name)
 
     # -- AdapterFusion (methods/fusion) ---------------------------------------------------
+    @_changes_adapters
     def add_adapter_fusion(
         self,
         adapter_names: Any,
@@ -231,10 +243,12 @@ class ModelAdaptersMixin:
         """
         fusion_api.add_adapter_fusion(self, adapter_names, config, name, overwrite_ok, set_active)
 
+    @_changes_adapters
     def delete_adapter_fusion(self, adapter_names: Any) -> None:
         """Remove an AdapterFusion layer (by Fuse, list or name), deactivating a setup that uses it."""
         fusion_api.delete_adapter_fusion(self, adapter_names)
 
+    @_changes_adapters
     def train_adapter_fusion(self, adapter_setup: Any, unfreeze_adapters: bool = False) -> None:
         """Activate a setup with Fuse blocks and train only their fusion layers (and the adapters if asked)."""
         fusion_api.train_adapter_fusion(self, adapter_setup, unfreeze_adapters)
@@ -255,6 +269,7 @@ class ModelAdaptersMixin:
         """Save every AdapterFusion to ``save_directory/<fusion name>``."""
         fusion_api.save_all_adapter_fusions(self, save_directory, meta_dict, use_safetensors)
 
+    @_changes_adapters
     def load_adapter_fusion(
         self,
         adapter_fusion_name_or_path: str | os.PathLike,
@@ -291,7 +306,9 @@ class ModelAdaptersMixin:
 
         The checkpoint holds the model's own weights only, so the model class it came from
         loads it without unexpected keys; adapters keep their own format and files. A merged
-        LoRA is part of the model weights at that moment and is saved as such.
+        LoRA is part of the model weights at that moment and is saved as such: ``config.json``
+        then lists it in ``adapters_merged`` and its folder's config says ``"merged": true``,
+        and ``load_adapter`` refuses that adapter on a model loaded from the checkpoint.
 
         Example:
             >>> model.save_pretrained("out")  # doctest: +SKIP
@@ -300,6 +317,7 @@ class ModelAdaptersMixin:
         """
         state = self.adapters_state
         # Before writing anything, so a bad name (or link) leaves no half-written checkpoint behind.
+        records = merging.saved_records(self)
         for name in state.configs:
             named_child(Path(save_directory) / "adapters", name)
         for name in fusion_api.fusion_names(state):
@@ -308,11 +326,15 @@ class ModelAdaptersMixin:
             prefixes = tuple(f"{state.base_prefix}{path}." for records in state.modules.values() for path in records)
             prefixes += fusion_api.fusion_parameter_prefixes(state)
             kwargs["state_dict"] = {k: v for k, v in self.state_dict().items() if not k.startswith(prefixes)}
-        super().save_pretrained(save_directory, **kwargs)
+        with merging.recorded_in_config(self.config, records):
+            super().save_pretrained(save_directory, **kwargs)
         if save_adapters and state.configs:
-            self.save_all_adapters(Path(save_directory) / "adapters")
+            for name in state.configs:
+                meta = {merging.ADAPTER_FIELD: True} if name == state.merged else None
+                self.save_adapter(named_child(Path(save_directory) / "adapters", name), name, meta_dict=meta)
             self.save_all_adapter_fusions(Path(save_directory) / "adapter_fusions")
 
+    @_changes_adapters
     def load_adapter(
         self,
         adapter_name_or_path: str | os.PathLike,
@@ -330,6 +352,12 @@ class ModelAdaptersMixin:
         Hub id (``"org/name"``), downloaded through the hub cache; ``revision`` (or ``version``),
         ``cache_dir``, ``token``, ``local_files_only`` and ``force_download`` apply to it, and
         ``HF_HUB_OFFLINE=1`` loads from the cache only.
+
+        Loads are bounded by the files: the adapter is built on the ``meta`` device first and its
+        shapes compared with the weights file's, so a config whose sizes do not fit its weights is
+        refused before anything of its size is allocated. Weights with NaN or infinite values are
+        refused; weights of another dtype are cast to the adapter's (with a warning), unless the
+        cast would overflow. See :mod:`adapters.core.dry_run`.
         """
         hub_options = {key: kwargs.pop(key) for key in hub.HUB_OPTIONS if key in kwargs}
         if kwargs:
@@ -344,6 +372,7 @@ class ModelAdaptersMixin:
         saved_name = data.get("name") or folder.name
         name = check_adapter_name(load_as) if load_as else check_saved_name(saved_name, folder)
         tensors = adapter_io.read_adapter_weights(folder, data, use_safetensors)
+        merging.refuse_merged_twice(self, data, tensors, folder)
         previous = None
         if name in state.configs:
             if not overwrite_ok:
@@ -351,7 +380,14 @@ class ModelAdaptersMixin:
             previous = name
         # A short name of its own: the final name may be as long as names can be.
         staging = f"loading_{uuid.uuid4().hex[:8]}" if previous else name
-        self._add_adapter_modules(staging, saved_config)
+
+        def fits_file(state: AdapterState, added: str) -> None:
+            adapter_io.match_weights(state, added, saved_name, tensors, folder)
+
+        # The weights come from the file: initialisations that need more than the model (a prompt
+        # from text needs the tokenizer) are skipped.
+        with initial_values_unneeded():
+            self._add_adapter_modules(staging, saved_config, check=fits_file)
         try:
             adapter_io.load_into(state, staging, saved_name, tensors, folder)
         except BaseException:

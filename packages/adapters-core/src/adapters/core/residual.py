@@ -4,8 +4,10 @@ Methods that act "around" a sub-block (bottleneck adapters and their relatives) 
 things the model never exposes together: the sub-block output ``h`` before the residual
 addition, the residual input ``x`` and the post-LN module. :class:`ResidualBlockHooks` captures
 them with forward hooks on the modules a :class:`~adapters.plugins.ResidualBlock` names and
-hands them to one function that returns the block's new output. Nothing is installed while no
-adapter is active at the block.
+hands them to one function that returns the block's new output. The function is the block's
+plan in the activation of the pass running (see :mod:`adapters.core.activation`): passes of other
+threads may run other functions at the same block, or none. The hooks are attached while some
+activation has a plan here; what they capture during a pass is per thread.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 from torch import nn
 
 from ..plugins.spec import InputOf, ResidualBlock
+from .activation import PerThread, building, current
 from .hook_order import HookStage, register_staged_forward_hook
 
 #: ``fn(h, x, layer_norm, summed)`` -> the block output. ``summed`` is the model's own ``h + x`` where
@@ -29,7 +32,8 @@ WithoutResidualFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class ResidualBlockHooks:
-    """Routes one residual block of one layer through ``fn(h, x, layer_norm, summed)`` while installed."""
+    """Routes one residual block of one layer through ``fn(h, x, layer_norm, summed)`` in the passes whose
+    activation installed ``fn`` here."""
 
     def __init__(self, layer: nn.Module, block: ResidualBlock) -> None:
         # x is read at one place, or summed from several (parallel blocks such as GPT-J's).
@@ -37,7 +41,8 @@ class ResidualBlockHooks:
         self._layer = layer
         self.residual_sources = [(source, layer.get_submodule(source.path)) for source in sources]
         self._first_source = sources[0]
-        self._parts: list[torch.Tensor | None] = [None] * len(sources)
+        # What this thread's pass captured so far in the current layer call.
+        self._now = PerThread(x=None, h=None, parts=[None] * len(sources))
         # h normally leaves the sublayer; a spec may read it from a module's input instead.
         self.h_from_input = isinstance(block.sublayer, InputOf)
         self.h_source = block.sublayer
@@ -55,20 +60,30 @@ class ResidualBlockHooks:
             functools.partial(type(self.layer_norm).forward, self.layer_norm) if self.layer_norm is not None else None
         )
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
-        self._fn: BlockFn | None = None
-        self._without_residual: WithoutResidualFn | None = None
-        self._x: torch.Tensor | None = None
-        self._h: torch.Tensor | None = None
+        self._state = None
 
     def install(self, fn: BlockFn, without_residual: WithoutResidualFn | None = None) -> None:
-        """Route the block through ``fn``.
+        """Route the block through ``fn`` under the activation being built.
 
         ``without_residual(h, x)``, when given, is ``fn(h, x, None, None) - x`` computed without adding
         and subtracting ``x``: what a block without a post-LN hands back (the model adds ``x`` itself).
         """
-        self.remove()
-        self._fn = fn
-        self._without_residual = without_residual
+        building().add(self, (fn, without_residual), attach=self)
+
+    def remove(self) -> None:
+        """Leave the block alone under the activation being built (it records no plan here)."""
+
+    def _plan(self) -> tuple[BlockFn, WithoutResidualFn | None] | None:
+        return current(self._state).plans.get(self)
+
+    @property
+    def _fn(self) -> BlockFn | None:
+        """The block function of the activation running here now (``None``: the block is left alone)."""
+        plan = self._plan() if self._state is not None else None
+        return plan[0] if plan is not None else None
+
+    def attach_hooks(self, state) -> None:
+        self._state = state
         # Each layer call starts afresh: a forward pass that stopped midway (an exception) must not
         # leave an x or h behind that a later call would take for its own.
         self._handles.append(self._layer.register_forward_pre_hook(self._forget))
@@ -100,71 +115,83 @@ class ResidualBlockHooks:
             # LoRA update of the sub-layer itself (mBART's fc2), which h must include.
             self._handles.append(register_staged_forward_hook(self.sublayer, self._pre_ln_output, HookStage.REPLACE))
 
-    def remove(self) -> None:
+    def detach_hooks(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
         if self.layer_norm is not None:
             self.layer_norm.__dict__.pop("forward", None)
-        self._fn = self._without_residual = None
-        self._x = self._h = None
-        self._parts = [None] * len(self._parts)
+        self._now = PerThread(x=None, h=None, parts=[None] * len(self.residual_sources))
 
     # -- hooks ----------------------------------------------------------------------------
+    # Captures happen only in passes with a plan here: others leave no tensor behind.
     def _forget(self, module: nn.Module, args: tuple) -> None:
-        self._x = self._h = None
-        if len(self._parts) > 1:
-            self._parts = [None] * len(self._parts)
+        now = self._now
+        now.x = now.h = None
+        if len(now.parts) > 1:
+            now.parts = [None] * len(now.parts)
 
     def _capture_residual(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        self._x = _input_of(self._first_source, args, kwargs)
+        if self._plan() is not None:
+            self._now.x = _input_of(self._first_source, args, kwargs)
 
     def _capture_residual_output(self, module: nn.Module, args: tuple, output) -> None:
-        self._x = output[0] if isinstance(output, tuple) else output
+        if self._plan() is not None:
+            self._now.x = output[0] if isinstance(output, tuple) else output
 
     def _capture_part_input(self, index: int, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        self._parts[index] = _input_of(self.residual_sources[index][0], args, kwargs)
-        self._sum_parts()
+        if self._plan() is not None:
+            self._now.parts[index] = _input_of(self.residual_sources[index][0], args, kwargs)
+            self._sum_parts()
 
     def _capture_part_output(self, index: int, module: nn.Module, args: tuple, output) -> None:
-        self._parts[index] = output[0] if isinstance(output, tuple) else output
-        self._sum_parts()
+        if self._plan() is not None:
+            self._now.parts[index] = output[0] if isinstance(output, tuple) else output
+            self._sum_parts()
 
     def _sum_parts(self) -> None:
         # x is ready once every source was seen in this forward pass.
-        if all(part is not None for part in self._parts):
-            self._x = sum(self._parts[1:], self._parts[0])
-            self._parts = [None] * len(self._parts)
+        now = self._now
+        if all(part is not None for part in now.parts):
+            now.x = sum(now.parts[1:], now.parts[0])
+            now.parts = [None] * len(now.parts)
 
     def _capture_sublayer_input(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        self._h = _input_of(self.h_source, args, kwargs)
+        if self._plan() is not None:
+            self._now.h = _input_of(self.h_source, args, kwargs)
 
     def _capture_sublayer_output(self, module: nn.Module, args: tuple, output) -> None:
-        self._h = output[0] if isinstance(output, tuple) else output
+        if self._plan() is not None:
+            self._now.h = output[0] if isinstance(output, tuple) else output
 
     def _post_ln_forward(self, summed: torch.Tensor) -> torch.Tensor:
-        h, x = self._h, self._x
+        plan = self._plan()
+        now = self._now
+        h, x = now.h, now.x
         if self.h_from_sum and x is not None:
             h = summed - x
-        if h is None or x is None:
+        if plan is None or h is None or x is None:
             # The model calls this LayerNorm somewhere else too (X-MOD reuses it around its
             # language adapters): only the call that closes the block is the block's output.
             return self._layer_norm_fn(summed)
-        self._h = self._x = None
-        return self._fn(h, x, self._layer_norm_fn, summed)
+        now.h = now.x = None
+        return plan[0](h, x, self._layer_norm_fn, summed)
 
     def _pre_ln_output(self, module: nn.Module, args: tuple, output):
-        x, self._x = self._x, None
-        if x is None:
+        now = self._now
+        x, now.x = now.x, None
+        plan = self._plan() if x is not None else None
+        if plan is None:
             # One module closes both blocks of the layer (ViT's shared dropout, BEiT's drop_path):
             # only the call after this block's x was captured is this block's output.
             return None
         h = output[0] if isinstance(output, tuple) else output
+        fn, without_residual = plan
         # The model adds x itself after this module, so hand back (new block output - x).
-        if self._without_residual is not None:
-            new_h = self._without_residual(h, x)
+        if without_residual is not None:
+            new_h = without_residual(h, x)
         else:
-            new_h = self._fn(h, x, None, None) - x
+            new_h = fn(h, x, None, None) - x
         return (new_h, *output[1:]) if isinstance(output, tuple) else new_h
 
 

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
 from ..composition import AdapterCompositionBlock, Parallel, check_method_support, parse_composition, validate_nesting
-from ..composition.parallel import ParallelRuntime
+from ..composition.parallel import ParallelHooks, ParallelRuntime
 from ..configs.base import AdapterConfig
 from ..configs.union import ConfigUnion
 from ..errors import AdapterError, AdapterNameError
 from ..plugins.manager import Registry
 from ..plugins.spec import ModelSpec
+from .activation import _BUILDING, Activation, ActivationCache, Attachable, ForwardGuard, PerThread, build_into
 
 if TYPE_CHECKING:
     from ..methods.base import AdapterMethod
@@ -30,11 +32,14 @@ class AdapterState:
         spec: where adapters attach, from the model plugin.
         configs: adapter name to config.
         modules: adapter name to ``{path relative to base_model: module}``.
-        active_setup: the active composition, or ``None``.
+        active_setup: the model-wide composition (``set_active_adapters``), or ``None``.
+        activation: that setup as built for this model (see :mod:`adapters.core.activation`).
         merged: the adapter whose weights are merged into the model, if any.
+        merged_tensors: that adapter's tensors at merge time (CPU copies), which a save checks it against.
         method_data: per-method runtime objects (hook places), keyed by method name.
-        parallel: the batch-copying hooks while a setup with a Parallel block is active.
+        parallel: the Parallel runtime of the activation being built, else of the model-wide one.
         skip_layers: layer indices where the active setup's adapters are bypassed (AdapterDrop).
+        guard: held shared by every forward pass, exclusively by every change to the adapters.
     """
 
     def __init__(self, model: nn.Module, base_model: nn.Module, base_prefix: str, spec: ModelSpec, registry: Registry):
@@ -57,13 +62,26 @@ class AdapterState:
         self.modules: dict[str, dict[str, nn.Module]] = {}
         self.active_setup: AdapterCompositionBlock | None = None
         self.merged: str | None = None
+        self.merged_tensors: dict[str, Any] | None = None
         self.method_data: dict[str, Any] = {}
-        self.context_stack: list[tuple[AdapterCompositionBlock | None, frozenset[int]]] = []
-        self.parallel: ParallelRuntime | None = None
         # AdapterDrop: layers whose adapters the active setup bypasses (no hooks are installed there).
         self.skip_layers: frozenset[int] = frozenset()
-        # While generate() runs a Parallel setup: how many copies of its inputs it made (composition.generation).
-        self.inputs_replicated = 0
+        self.activation = Activation(None, frozenset())
+        self.guard = ForwardGuard()
+        # Activations of AdapterSetup blocks, and the places whose hooks are attached for any activation.
+        self._activations = ActivationCache()
+        self._attached: dict[Attachable, None] = {}
+        # Bumped whenever attached hooks are taken off: activations built before then are void.
+        self._generation = 0
+        # What the adapters were when the model-wide activation was built (see changing()).
+        self._built_for: tuple = ()
+        self._parallel_hooks: Any = None
+        # Pre-hooks of the methods on the model and on its body, run by the pass's own pre-hook there
+        # (context.register_pass_pre_hook): the model's list is the body's for a bare model.
+        self._model_pre_hooks: list[Any] = []
+        self._body_pre_hooks: list[Any] = []
+        # Per thread: while generate() runs a Parallel setup, how many copies of its inputs it made.
+        self._now = PerThread(inputs_replicated=0)
         self.model_class_name = type(model).__name__
 
     def __deepcopy__(self, memo: dict) -> AdapterState:
@@ -162,48 +180,174 @@ class AdapterState:
         """Whether a method's place, keyed ``(layer index, ...)``, sits in a skipped layer (AdapterDrop).
 
         Places before the layers (key ``-1``: invertible adapters, prompt tuning) are never skipped,
-        as in the reference library.
+        as in the reference library. During a build: the layers the activation being built skips.
         """
-        return place_key[0] in self.skip_layers
+        return place_key[0] in self._skip_layers_now()
 
+    def _skip_layers_now(self) -> frozenset[int]:
+        build = _BUILDING.get()
+        return build.skip_layers if build is not None else self.skip_layers
+
+    @property
+    def parallel(self) -> ParallelRuntime | None:
+        """The Parallel runtime of the activation being built (in ``activate``), else of the model-wide one."""
+        build = _BUILDING.get()
+        return build.parallel if build is not None else self.activation.parallel
+
+    @property
+    def inputs_replicated(self) -> int:
+        """While ``generate()`` runs a Parallel setup in this thread: the copies of its inputs it made."""
+        return self._now.inputs_replicated
+
+    @inputs_replicated.setter
+    def inputs_replicated(self, copies: int) -> None:
+        self._now.inputs_replicated = copies
+
+    def pass_pre_hooks(self, module: nn.Module) -> list[Any]:
+        """The methods' pre-hooks on ``module`` (the model or its body), in the order they run."""
+        if module is self.model:
+            return self._model_pre_hooks
+        if module is self.base_model:
+            return self._body_pre_hooks
+        raise ValueError(f"{type(module).__name__} is neither the model nor its body.")
+
+    # -- activations ----------------------------------------------------------------------
     def apply_setup(self, block: AdapterCompositionBlock | None, skip_layers: frozenset[int] | None = None) -> None:
-        """Install the hooks of ``block`` at every place (no hooks at all when ``None``).
+        """Make ``block`` the model-wide setup: build its activation and attach the hooks it needs.
 
         ``skip_layers`` (from :meth:`resolve_skip_layers`) replaces the layers bypassed by the setup;
         ``None`` keeps the current ones. A method may refuse the setup only once it sees its places
-        (e.g. a Stack of LoRAs on a fused projection); the previous setup is then restored, so a
-        refused activation changes nothing.
+        (e.g. a Stack of LoRAs on a fused projection); the refusal comes from the build, before any
+        hook changes, so a refused activation changes nothing. Waits for the forward passes of other
+        threads in flight (they finish under the setup they started with).
         """
-        previous_skip = self.skip_layers
-        if skip_layers is not None:
-            self.skip_layers = skip_layers
-        try:
-            self._install(block)
-        except Exception:
-            self.skip_layers = previous_skip
-            self._install(self.active_setup)
-            raise
-        self.active_setup = block
+        with self.guard.exclusive():
+            skip = self.skip_layers if skip_layers is None else skip_layers
+            activation = self.build(block, skip)
+            # All hooks come off and the new setup's go on, in the methods' order (the order they run in).
+            self._detach_all()
+            self._attach(activation)
+            self.activation, self.active_setup, self.skip_layers = activation, block, skip
+            self._built_for = self._adapters_now()
 
-    def _install(self, block: AdapterCompositionBlock | None) -> None:
-        if self.parallel is not None:
-            self.parallel.remove()
-            self.parallel = None
-        if block is not None and _has_parallel(block):
-            self.parallel = ParallelRuntime(block.parallel_channels)
-            self.parallel.copy_inputs = self.spec.parallel_copies_inputs
-            self.parallel.inputs_replicated = bool(self.inputs_replicated)
-            first = self._first_layer_of(block.flatten())
+    def build(self, block: AdapterCompositionBlock | None, skip_layers: frozenset[int]) -> Activation:
+        """``block`` as it would run on this model: every place's plan; nothing in the model changes.
+
+        Raises what a method refuses (:class:`~adapters.errors.CompositionError`). The caller holds the
+        guard (shared at least), so that no change of the adapters runs meanwhile.
+        """
+        activation = Activation(block, skip_layers)
+        with self.guard.building, build_into(activation):
+            if block is not None and _has_parallel(block):
+                activation.parallel = self._parallel_runtime(block, skip_layers)
+                activation.attachments[self._parallel_hooks_of()] = None
+            for method in self.registry.methods:
+                method.activate(self, block)
+        return activation
+
+    def activation_for(self, context: Any) -> Activation:
+        """The activation of a forward pass starting now under ``context`` (an open AdapterSetup, or None).
+
+        The caller (the pass's pre-hook) holds the guard shared. The setups of AdapterSetup blocks are
+        built once and cached; one that needs hooks no other setup attached waits, once, for the
+        passes in flight to attach them.
+        """
+        if context is None:
+            return self.activation
+        try:
+            block = self.resolve_setup(context.adapter_setup)
+        except AdapterNameError:
+            if context.ignore_empty:
+                return self.activation
+            raise
+        skip = self.skip_layers if context.skip_layers is None else self.resolve_skip_layers(context.skip_layers)
+        if skip == self.skip_layers and block == self.active_setup:
+            return self.activation
+        key = (block, skip)
+        while True:
+            found = self._activations.get(key)
+            if found is not None:
+                return found
+            generation = self._generation
+            activation = self.build(block, skip)
+            if all(a in self._attached for a in activation.attachments) and not activation.fixups:
+                with self.guard.building:
+                    if self._generation == generation:
+                        self._activations.put(key, activation)
+                        return activation
+                continue
+            # Attaching hooks changes modules other passes run through: only with the model to ourselves.
+            self.guard.release()
+            try:
+                with self.guard.exclusive():
+                    activation = self.build(block, skip)
+                    self._attach(activation)
+                    self._activations.put(key, activation)
+                    generation = self._generation
+            finally:
+                self.guard.hold()
+            if self._generation == generation:
+                return activation
+
+    @contextmanager
+    def changing(self) -> Iterator[None]:
+        """Hold the model exclusively while its adapters change; rebuild the activations afterwards.
+
+        Wraps every method of the model API that adds, deletes, loads, merges or activates adapters:
+        it waits for the forward passes of other threads in flight, and passes that start meanwhile
+        wait for it. When the adapters changed, the model-wide setup is built again and the cached
+        setups of AdapterSetup blocks are dropped (they may hold deleted modules).
+        """
+        outermost = not self.guard.is_exclusive()
+        with self.guard.exclusive():
+            try:
+                yield
+            finally:
+                if outermost and not _same(self._built_for, self._adapters_now()):
+                    self.apply_setup(self.active_setup, self.skip_layers)
+
+    def _adapters_now(self) -> tuple:
+        """What the activations are built from: adapters (configs, module records), fusions, the merge."""
+        fusion = self.method_data.get("fusion")
+        fusions = tuple(fusion.fusions.items()) if fusion is not None else ()
+        adapters = tuple((name, config, self.modules.get(name)) for name, config in self.configs.items())
+        return adapters, fusions, self.merged
+
+    def _attach(self, activation: Activation) -> None:
+        for attachment in activation.attachments:
+            self._attach_one(attachment)
+        for fixup in activation.fixups:
+            fixup()
+
+    def _attach_one(self, attachment: Attachable) -> None:
+        if attachment not in self._attached:
+            attachment.attach_hooks(self)
+            self._attached[attachment] = None
+
+    def _detach_all(self) -> None:
+        for attachment in reversed(list(self._attached)):
+            attachment.detach_hooks()
+        self._attached.clear()
+        self._activations.clear()
+        self._generation += 1
+
+    def _parallel_runtime(self, block: AdapterCompositionBlock, skip_layers: frozenset[int]) -> ParallelRuntime:
+        runtime = ParallelRuntime(block.parallel_channels, self)
+        runtime.copy_inputs = self.spec.parallel_copies_inputs
+        first = self._first_layer_of(block.flatten(), skip_layers)
+        runtime.install(first)
+        if self._copies_at_last_block(block.flatten(), first):
+            runtime.copy_in(next(layer for idx, layer in self.layers if idx >= first))
+        return runtime
+
+    def _parallel_hooks_of(self) -> ParallelHooks:
+        if self._parallel_hooks is None:
             # Later stacks (a decoder) are entered through their parent module ("decoder" of "decoder.block").
             entries = [self.base_model.get_submodule(s.entry_path) for s in self.spec.stacks[1:]]
-            layers = [layer for idx, layer in self.layers if idx >= first]
-            self.parallel.install(self.base_model, layers, [m for m in entries if m is not self.base_model])
-            if self._copies_at_last_block(block.flatten(), first):
-                self.parallel.copy_in(layers[0])
-        for method in self.registry.methods:
-            method.activate(self, block)
+            self._parallel_hooks = ParallelHooks(self.layers, [m for m in entries if m is not self.base_model])
+        return self._parallel_hooks
 
-    def _first_layer_of(self, names: list[str]) -> int:
+    def _first_layer_of(self, names: list[str], skip_layers: frozenset[int]) -> int:
         """The first layer index holding a module of these adapters that acts (0 if one acts before the layers).
 
         Modules in skipped layers (AdapterDrop) do not act, so the copies are made further up.
@@ -215,7 +359,7 @@ class AdapterState:
                 idx = next((i for i, prefix in layer_paths if path.startswith(prefix)), None)
                 if idx is None:
                     first = 0
-                elif idx not in self.skip_layers:
+                elif idx not in skip_layers:
                     first = min(first, idx)
         return first
 
@@ -239,4 +383,18 @@ class AdapterState:
 def _has_parallel(block: AdapterCompositionBlock) -> bool:
     return isinstance(block, Parallel) or any(
         isinstance(child, AdapterCompositionBlock) and _has_parallel(child) for child in block
+    )
+
+
+def _same(before: tuple, now: tuple) -> bool:
+    """Whether two :meth:`AdapterState._adapters_now` are of the same objects (compared by identity)."""
+    if not before:
+        return not now[0] and not now[1] and now[2] is None
+    return before[2] == now[2] and _same_items(before[0], now[0]) and _same_items(before[1], now[1])
+
+
+def _same_items(before: tuple, now: tuple) -> bool:
+    return len(before) == len(now) and all(
+        a[0] == b[0] and all(x is y for x, y in zip(a[1:], b[1:], strict=True))
+        for a, b in zip(before, now, strict=True)
     )

@@ -13,7 +13,7 @@ from typing import Any
 from torch import nn
 
 from ..composition import AdapterCompositionBlock, BatchSplit, Parallel, Stack, parse_composition
-from ..core.model_mixin import ModelAdaptersMixin
+from ..core.model_mixin import ModelAdaptersMixin, _changes_adapters
 from ..errors import AdapterConfigError, AdapterNameError
 from ..io import adapter_io, hub
 from ..io.atomic import atomic_directory
@@ -354,11 +354,13 @@ class ModelWithFlexibleHeadsAdaptersMixin(ModelAdaptersMixin):
         labels = self.get_labels_dict(head_name)
         return list(labels.values()) if labels is not None else None
 
+    @_changes_adapters  # the heads switch with the adapters: no pass of another thread sees one without the other
     def set_active_adapters(self, adapter_setup: Any, skip_layers: list[int] | None = None) -> None:
         """Activate an adapter setup and, where they exist, the heads it implies (see :func:`heads_of_setup`)."""
         super().set_active_adapters(adapter_setup, skip_layers)
         self._activate_heads_of(self.active_adapters)
 
+    @_changes_adapters
     def train_adapter(self, adapter_setup: Any, train_embeddings: bool = False) -> None:
         """As the base method, activating the setup's heads; an LM head's output projection (tied
         to the input embeddings) trains only with ``train_embeddings``."""

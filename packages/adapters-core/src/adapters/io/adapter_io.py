@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..configs.base import AdapterConfig
+from ..configs.checks import size_summary
 from ..configs.registry import config_from_dict
 from ..errors import AdapterConfigError, AdapterLoadError
 from . import format as fmt
 from . import integrity
 from .atomic import atomic_directory
+from .jsonfile import read_json
 from .weights import load_weights, save_weights
 
 if TYPE_CHECKING:
@@ -128,13 +131,15 @@ def read_config_file(folder: Path, filename: str, loader: str, saver: str, kind:
     path = folder / filename
     if not path.is_file():
         raise AdapterLoadError(f"{folder} has no {filename}; point {loader}() at a folder written by {saver}().")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise AdapterLoadError(f"{path} is not valid JSON ({error}); the file is corrupt.") from error
+    data = read_json(path, f"{kind} config")
     if not isinstance(data, dict) or not isinstance(data.get("config"), dict):
         raise AdapterLoadError(f"{path} has no 'config' object; it is not an {kind} config file.")
+    # The saved name keys the weights in the file, also when the caller renames the item (load_as).
+    if data.get("name") is not None and not isinstance(data["name"], str):
+        raise AdapterLoadError(
+            f"{path} gives the {kind} the name {data['name']!r}, which is not a string: the file is corrupt or was "
+            f"edited. Re-save the {kind}, or set its 'name' field to the name its weights are saved under."
+        )
     return data
 
 
@@ -246,8 +251,15 @@ def expected_keys(state: AdapterState, name: str, saved_name: str) -> dict[str, 
     return mapping
 
 
-def load_into(state: AdapterState, name: str, saved_name: str, tensors: dict[str, torch.Tensor], folder: Path) -> None:
-    """Copy loaded tensors into the freshly added adapter ``name``; raise on any mismatch."""
+def match_weights(
+    state: AdapterState, name: str, saved_name: str, tensors: dict[str, torch.Tensor], folder: Path
+) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """Pair the loaded tensors with the parameters of the freshly added adapter ``name``; raise on any mismatch.
+
+    Returns ``(saved key, parameter, tensor)`` triples. Reads only the parameters' shapes and dtypes,
+    so it also runs on the trial build on the ``meta`` device (see :mod:`adapters.core.dry_run`):
+    a config whose sizes do not fit the file is refused before anything of its size is allocated.
+    """
     mapping = expected_keys(state, name, saved_name)
     tensors = strip_base_prefix(state, _rename_legacy_keys(tensors))
     for method, _ in state.methods_of(state.configs[name]):
@@ -260,19 +272,63 @@ def load_into(state: AdapterState, name: str, saved_name: str, tensors: dict[str
     present_ids = {id(params[mapping[k]]) for k in tensors if k in mapping}
     missing = sorted(k for k in set(mapping) - set(tensors) if id(params[mapping[k]]) not in present_ids)
     unexpected = sorted(set(tensors) - set(mapping))
+    sizes = size_summary(state.configs[name])
     if missing or unexpected:
         raise AdapterLoadError(
-            f"The weights in {folder} do not match the adapter's config for this model: "
+            f"The weights in {folder} do not match the adapter's config ({sizes}) for this model: "
             f"missing keys {missing[:5]}{'...' if len(missing) > 5 else ''}, "
             f"unexpected keys {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}."
         )
-    mapping = {k: v for k, v in mapping.items() if k in tensors}
-    for saved_key, key in mapping.items():
-        target, source = params[key], tensors[saved_key]
+    pairs = [(saved_key, params[key], tensors[saved_key]) for saved_key, key in mapping.items() if saved_key in tensors]
+    for saved_key, target, source in pairs:
         if target.shape != source.shape:
             raise AdapterLoadError(
-                f"{saved_key} in {folder} has shape {tuple(source.shape)}; this model expects {tuple(target.shape)}."
+                f"{saved_key} in {folder} has shape {tuple(source.shape)}; this model expects {tuple(target.shape)} "
+                f"from the config's {sizes}. The config does not belong to these weights (was it edited?)."
             )
+    _check_dtypes(pairs, folder)
+    return pairs
+
+
+def _check_dtypes(pairs: list[tuple[str, torch.Tensor, torch.Tensor]], folder: Path) -> None:
+    """Refuse weights that a cast would change beyond rounding; warn once about the casts that will happen.
+
+    Floating weights are cast to the dtype of the adapter's parameters (a float32 file into a half
+    model, say). Values beyond the target's range would become infinite, so such a file is refused;
+    integer or bool weights for floating parameters (or the reverse) are no weights of this adapter.
+    """
+    casts: dict[tuple[torch.dtype, torch.dtype], int] = {}
+    for saved_key, target, source in pairs:
+        if target.dtype == source.dtype:
+            continue
+        if not (target.dtype.is_floating_point and source.dtype.is_floating_point):
+            raise AdapterLoadError(
+                f"{saved_key} in {folder} has dtype {source.dtype}; this adapter's parameter is {target.dtype}. "
+                "The file does not hold this adapter's weights."
+            )
+        limit = torch.finfo(target.dtype).max
+        if source.numel() and torch.finfo(source.dtype).max > limit:
+            largest = source.detach().abs().max().item()
+            if largest > limit:
+                raise AdapterLoadError(
+                    f"{saved_key} in {folder} holds {largest:.4g}, beyond the largest {target.dtype} value "
+                    f"({limit:.4g}): cast to this model's {target.dtype} it would become infinite. Load it into a "
+                    f"model in {source.dtype} (or another wider dtype)."
+                )
+        casts[(source.dtype, target.dtype)] = casts.get((source.dtype, target.dtype), 0) + 1
+    if casts:
+        described = ", ".join(f"{n} tensor(s) from {a} to {b}" for (a, b), n in casts.items())
+        warnings.warn(
+            f"The weights in {folder} are cast to the dtype of the adapter's parameters: {described}. Save and "
+            "load adapters in the model's dtype to load them unchanged.",
+            UserWarning,
+            stacklevel=4,
+        )
+
+
+def load_into(state: AdapterState, name: str, saved_name: str, tensors: dict[str, torch.Tensor], folder: Path) -> None:
+    """Copy loaded tensors into the freshly added adapter ``name``; raise on any mismatch."""
+    pairs = match_weights(state, name, saved_name, tensors, folder)
     with torch.no_grad():
-        for saved_key, key in mapping.items():
-            params[key].copy_(tensors[saved_key])
+        for _, target, source in pairs:
+            target.copy_(source)

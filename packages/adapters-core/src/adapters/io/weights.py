@@ -95,7 +95,30 @@ def load_weights(
         raise AdapterLoadError(f"Refusing to read {path}: it is not a plain tensor file ({error}).") from error
     if not isinstance(tensors, dict) or not all(isinstance(v, torch.Tensor) for v in tensors.values()):
         raise AdapterLoadError(f"{path} does not hold a flat name-to-tensor mapping.")
+    check_finite(tensors, path)
     return tensors
 
 
-__all__ = ["load_weights", "save_weights"]
+def check_finite(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Refuse a file with NaN or infinite weights, naming the tensors.
+
+    Loading never changes values silently (as safetensors' users expect), and a NaN or infinity
+    in a weight makes every output it reaches NaN: such a file comes from a diverged training run
+    or was tampered with, and is better refused here than discovered in the outputs.
+    """
+    bad = {}
+    for key, tensor in tensors.items():
+        if tensor.is_floating_point() or tensor.is_complex():
+            finite = torch.isfinite(tensor)
+            if not bool(finite.all()):
+                nan = int(torch.isnan(tensor).sum())
+                bad[key] = f"{nan} NaN, {int((~finite).sum()) - nan} infinite"
+    if bad:
+        listed = "; ".join(f"{key} ({what})" for key, what in sorted(bad.items())[:5])
+        raise AdapterLoadError(
+            f"{path} holds non-finite weights: {listed}{' ...' if len(bad) > 5 else ''}. Nothing was loaded: NaN or "
+            "infinite weights make the outputs NaN. Load an earlier checkpoint of the training run."
+        )
+
+
+__all__ = ["check_finite", "load_weights", "save_weights"]

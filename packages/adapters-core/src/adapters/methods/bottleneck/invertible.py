@@ -11,11 +11,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ...configs.bottleneck import bottleneck_size
 from .layer import activation
 
 
 def _subnet(d_in: int, d_out: int, non_linearity: str, reduction_factor: float) -> nn.Sequential:
-    hidden = max(1, int(d_in // reduction_factor))
+    hidden = bottleneck_size(d_in, reduction_factor, "inv_adapter_reduction_factor")
     return nn.Sequential(nn.Linear(d_in, hidden), activation(non_linearity), nn.Linear(hidden, d_out))
 
 

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import warnings
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,7 @@ from ...configs.bottleneck import (
     ParBnConfig,
     SeqBnConfig,
     SeqBnInvConfig,
+    bottleneck_size,
 )
 from ...core.gating import GateSite, GatingScores
 from ...core.residual import ResidualBlockHooks
@@ -58,7 +60,6 @@ class BottleneckPlace:
         self.adapters: AdapterDict = adapter_dict(holder, "adapters")
         self.container = self.adapters
         self.hooks = ResidualBlockHooks(layer, block)
-        self._active: tuple[Bottleneck, ...] = ()
 
     def activate(
         self,
@@ -67,12 +68,13 @@ class BottleneckPlace:
         parallel_runtime=None,
         fuser=None,
     ) -> None:
-        """Apply ``names`` as a Stack, or run ``block`` (any other composition) when given.
+        """Apply ``names`` as a Stack, or run ``block`` (any other composition) when given, in the
+        activation being built.
 
         ``fuser`` runs the block's Fuse blocks here (see :mod:`adapters.methods.fusion`).
         """
         # Resolve the modules once here, not on every forward pass.
-        self._active = tuple(self.adapters[n] for n in names)
+        active = tuple(self.adapters[n] for n in names)
         if not names:
             self.hooks.remove()
         elif block is not None:
@@ -81,18 +83,21 @@ class BottleneckPlace:
             # Parallel or BatchSplit of plain adapters: all at once (validated by ComposedBottlenecks first).
             self.hooks.install(BatchedBottlenecks.build(self.adapters, block, parallel_runtime) or composed)
         elif len(names) == 1:
-            adapter = self._active[0]
+            adapter = active[0]
             self.hooks.install(adapter.block_output, adapter.block_output_without_residual)
         else:
-            self.hooks.install(self._stack)
+            self.hooks.install(functools.partial(_stack, active))
 
-    def _stack(self, h: torch.Tensor, x: torch.Tensor, layer_norm, summed: torch.Tensor | None) -> torch.Tensor:
-        hidden = h
-        for adapter in self._active:
-            # summed is h + x only for the first adapter; the next ones read the previous output.
-            hidden, residual = adapter.pre_forward(hidden, x, layer_norm, summed if hidden is h else None)
-            hidden = adapter(hidden, residual)
-        return self._active[-1].post_forward(hidden, h, x, layer_norm)
+
+def _stack(
+    active: tuple[Bottleneck, ...], h: torch.Tensor, x: torch.Tensor, layer_norm, summed: torch.Tensor | None
+) -> torch.Tensor:
+    hidden = h
+    for adapter in active:
+        # summed is h + x only for the first adapter; the next ones read the previous output.
+        hidden, residual = adapter.pre_forward(hidden, x, layer_norm, summed if hidden is h else None)
+        hidden = adapter(hidden, residual)
+    return active[-1].post_forward(hidden, h, x, layer_norm)
 
 
 def _get_or_create(layer: nn.Module, path: str) -> nn.Module:
@@ -175,7 +180,7 @@ class BottleneckMethod(AdapterMethod):
         if INVERTIBLE_KEY not in places:
             # The bare body has no LM head, so no inverse is hooked where the spec wants none.
             head_model = state.model if state.spec.invert_at_lm_head else state.base_model
-            places[INVERTIBLE_KEY] = InvertiblePlace(head_model, state.base_model, state.spec.embeddings)
+            places[INVERTIBLE_KEY] = InvertiblePlace(head_model, state.base_model, state.spec.embeddings, state)
         return places[INVERTIBLE_KEY]
 
     def _shared_place(self, state: AdapterState) -> SharedPlace:
@@ -187,7 +192,7 @@ class BottleneckMethod(AdapterMethod):
     def _sizes(self, state: AdapterState, config: BnConfig) -> dict[int, int]:
         """Bottleneck size per adapted layer, checked against the PHM constraints."""
         sizes = {
-            layer_idx: max(1, int(state.layer_hidden_size(layer_idx) // config.reduction_for_layer(layer_idx)))
+            layer_idx: bottleneck_size(state.layer_hidden_size(layer_idx), config.reduction_for_layer(layer_idx))
             for layer_idx, _ in state.layers
             if layer_idx not in config.leave_out
         }

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ...composition.blocks import AdapterCompositionBlock, BatchSplit, Parallel, Stack
+from ...core.activation import PerThread, building, current
 from ...errors import AdapterConfigError, CompositionError
 from ..base import AdapterDict, adapter_dict
 from .invertible import InvertibleAdapter
@@ -45,16 +46,18 @@ class InvertiblePlace:
 
     Only the first adapter of the active setup acts, and only if it has an invertible module
     (the reference library's rule: in a MAD-X ``Stack("lang", "task")`` the language adapter's
-    invertible adapter transforms the embeddings; a ``Stack("task", "lang")`` uses none).
+    invertible adapter transforms the embeddings; a ``Stack("task", "lang")`` uses none). Which one
+    (or, under a leading Parallel or BatchSplit, which one per branch) is this place's plan in each
+    activation.
 
     A forward hook on the embeddings module applies it and remembers which module it applied; a
     forward pre-hook on the head's output embeddings (``get_output_embeddings()``, for models with
     an LM head) applies that module's inverse to the hidden states entering the projection. The
-    pairing survives ``AdapterSetup``, which restores the outer setup when the body returns, before
-    the head runs. Both hooks exist only while the model holds some invertible adapter.
+    pairing is kept per thread from the embeddings to the head, whatever setup the next pass runs.
+    Both hooks exist only while the model holds some invertible adapter.
     """
 
-    def __init__(self, model: nn.Module, base_model: nn.Module, embeddings_path: str | None) -> None:
+    def __init__(self, model: nn.Module, base_model: nn.Module, embeddings_path: str | None, state=None) -> None:
         if embeddings_path is None:
             raise AdapterConfigError(
                 f"Invertible adapters (inv_adapter) act on the embedding output, but the "
@@ -67,12 +70,9 @@ class InvertiblePlace:
         self.output_embeddings = self._output_embeddings(model, base_model.config)
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._inverse_handle: torch.utils.hooks.RemovableHandle | None = None
-        self._active: InvertibleAdapter | None = None
-        # What the embeddings hook applied, for the inverse: one module, or one per Parallel branch.
-        self._applied: InvertibleAdapter | tuple[InvertibleAdapter | None, ...] | None = None
-        self._branches: tuple[InvertibleAdapter | None, ...] = ()
-        self._batch_sizes: list[int] | None = None
-        self._runtime = None
+        self._state = state
+        # What this thread's embeddings hook applied, for the inverse: one module, or one per Parallel branch.
+        self._now = PerThread(applied=None)
 
     def _output_embeddings(self, model: nn.Module, model_config) -> nn.Module | None:
         get = getattr(model, "get_output_embeddings", None)
@@ -118,10 +118,8 @@ class InvertiblePlace:
             self._inverse_handle = current.register_forward_pre_hook(self._before_output_embeddings)
 
     def delete(self, name: str) -> None:
-        module = self.container._modules.pop(name, None)
-        if module is not None and (module is self._active or module in self._branches):
-            self._active, self._branches = None, ()
-        self._applied = None
+        self.container._modules.pop(name, None)
+        self._now = PerThread(applied=None)
         if not self.container._modules:
             for handle in self._handles:
                 handle.remove()
@@ -131,67 +129,76 @@ class InvertiblePlace:
                 self._inverse_handle = None
 
     def activate(self, setup: AdapterCompositionBlock | None, parallel_runtime=None) -> None:
-        """Use the invertible adapter of the setup's first adapter, if it has one.
+        """Use the invertible adapter of the setup's first adapter, if it has one (in the activation built).
 
         Under a leading ``Parallel`` each branch is a model of its own: the batch is copied here,
         before the layers, and each copy gets its branch's first invertible adapter (or none).
         """
-        if self._handles:
-            self._hook_output_embeddings()
-        self._runtime = parallel_runtime
-        self._branches: tuple[InvertibleAdapter | None, ...] = ()
-        self._active = None
+        build = building()
+        if self._handles and self._output_embeddings(self.model, self.model_config) is not self.output_embeddings:
+            build.fixups.append(self._hook_output_embeddings)  # an LM head came or went
         if setup is None:
             return
         lead = setup
         while isinstance(lead, Stack) and isinstance(lead[0], AdapterCompositionBlock):
             lead = lead[0]
-        self._batch_sizes = None
         if isinstance(lead, (Parallel, BatchSplit)) and (parallel_runtime is not None or isinstance(lead, BatchSplit)):
-            self._branches = tuple(self.container._modules.get(_first(branch)) for branch in lead)
-            if not any(self._branches):
-                self._branches = ()
-            elif isinstance(lead, BatchSplit):
-                self._batch_sizes = lead.batch_sizes
+            branches = tuple(self.container._modules.get(_first(branch)) for branch in lead)
+            if not any(branches):
+                return
+            if isinstance(lead, BatchSplit):
+                build.add(self, _Branches(branches, list(lead.batch_sizes)))
             else:
                 # Each copy needs its own embedding transform, so the model's inputs are copied.
                 parallel_runtime.copy_inputs = True
+                build.add(self, _Branches(branches, None))
         else:
-            self._active = self.container._modules.get(setup.first())
+            active = self.container._modules.get(setup.first())
+            if active is not None:
+                build.add(self, active)
 
     # -- hooks ----------------------------------------------------------------------------
     def _after_embeddings(self, module: nn.Module, args: tuple, output):
         hidden = output[0] if isinstance(output, tuple) else output
-        if self._branches:
-            self._applied = self._branches
-            new = torch.cat([h if inv is None else inv(h) for inv, h in self._per_branch(hidden)])
+        plan = current(self._state).plans.get(self) if self._state is not None else None
+        self._now.applied = plan
+        if plan is None:
+            return None
+        if isinstance(plan, _Branches):
+            new = torch.cat([h if inv is None else inv(h) for inv, h in plan.per_branch(hidden)])
         else:
-            adapter = self._applied = self._active
-            if adapter is None:
-                return None
-            new = adapter(hidden)
+            new = plan(hidden)
         return (new, *output[1:]) if isinstance(output, tuple) else new
 
     def _before_output_embeddings(self, module: nn.Module, args: tuple):
-        applied, self._applied = self._applied, None
+        now = self._now
+        applied, now.applied = now.applied, None
         if applied is None or not args:
             return None
-        if isinstance(applied, tuple):
-            inverse = torch.cat([h if inv is None else inv.inverse(h) for inv, h in self._per_branch(args[0])])
+        if isinstance(applied, _Branches):
+            inverse = torch.cat([h if inv is None else inv.inverse(h) for inv, h in applied.per_branch(args[0])])
             return (inverse, *args[1:])
         return (applied.inverse(args[0]), *args[1:])
 
-    def _per_branch(self, hidden: torch.Tensor):
-        """(invertible adapter or None, its examples) per branch of a leading Parallel or BatchSplit."""
-        if self._batch_sizes is not None:
-            if sum(self._batch_sizes) != hidden.shape[0]:
+
+class _Branches:
+    """The invertible adapter (or None) of each branch of a leading Parallel or BatchSplit."""
+
+    def __init__(self, branches: tuple[InvertibleAdapter | None, ...], batch_sizes: list[int] | None) -> None:
+        self.branches = branches
+        self.batch_sizes = batch_sizes
+
+    def per_branch(self, hidden: torch.Tensor):
+        """(invertible adapter or None, its examples) per branch."""
+        if self.batch_sizes is not None:
+            if sum(self.batch_sizes) != hidden.shape[0]:
                 raise CompositionError(
-                    f"BatchSplit sizes {self._batch_sizes} do not add up to the batch size {hidden.shape[0]}."
+                    f"BatchSplit sizes {self.batch_sizes} do not add up to the batch size {hidden.shape[0]}."
                 )
-            parts = hidden.split(self._batch_sizes)
+            parts = hidden.split(self.batch_sizes)
         else:
-            parts = hidden.chunk(len(self._branches))
-        return zip(self._branches, parts, strict=True)
+            parts = hidden.chunk(len(self.branches))
+        return zip(self.branches, parts, strict=True)
 
 
 def _first(branch: str | AdapterCompositionBlock) -> str:

@@ -11,6 +11,7 @@ from torch import nn
 
 from ...configs.bottleneck import BnConfig
 from ...configs.fusion import AdapterFusionConfig
+from ...core.activation import PerThread
 from ...errors import AdapterConfigError, AdapterNameError
 from ..base import adapter_dict
 from .layer import FusionLayer
@@ -66,9 +67,13 @@ class FusionRegistry:
     def __init__(self, state: AdapterState) -> None:
         self.state = state
         self.fusions: dict[str, Fusion] = {}
-        #: Filled during a forward pass that asked for attentions: name -> layer -> place -> probs.
-        self.recording: dict[str, dict[int, dict[str, torch.Tensor]]] | None = None
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._now = PerThread(recording=None)
+
+    @property
+    def recording(self) -> dict[str, dict[int, dict[str, torch.Tensor]]] | None:
+        """Filled during this thread's forward pass that asked for attentions: name -> layer -> place -> probs."""
+        return self._now.recording
 
     @classmethod
     def of(cls, state: AdapterState, create: bool = False) -> FusionRegistry | None:
@@ -137,8 +142,10 @@ class FusionRegistry:
     def _install_output_hooks(self) -> None:
         if self._handles:
             return
+        from ...core.context import register_pass_pre_hook
+
         model = self.state.model
-        self._handles.append(model.register_forward_pre_hook(self._take_flag, with_kwargs=True))
+        self._handles.append(register_pass_pre_hook(self.state, model, self._take_flag))
         self._handles.append(model.register_forward_hook(self._attach_attentions, always_call=True))
 
     def _remove_output_hooks(self) -> None:
@@ -148,7 +155,7 @@ class FusionRegistry:
 
     def _take_flag(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         # The model's own forward does not know the keyword: take it out before the call.
-        self.recording = {} if kwargs.pop(OUTPUT_FLAG, False) else None
+        self._now.recording = {} if kwargs.pop(OUTPUT_FLAG, False) else None
         return args, kwargs
 
     def _attach_attentions(self, module: nn.Module, args: tuple, output: Any) -> Any:
@@ -158,7 +165,8 @@ class FusionRegistry:
         its last element. They are ``{fusion name: {layer index: {"output_adapter" | "mh_adapter":
         probabilities (batch, seq, n adapters)}}}``, detached tensors.
         """
-        recorded, self.recording = self.recording, None
+        now = self._now
+        recorded, now.recording = now.recording, None
         if recorded is None:
             return None
         if isinstance(output, tuple):

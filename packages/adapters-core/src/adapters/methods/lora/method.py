@@ -43,6 +43,13 @@ def build_module(
     return LoRA(in_features, out_features, config, slices, weight=weight)
 
 
+def _merged_conflict(reason: str, fix: str) -> CompositionError:
+    """The error for a setup that the merged adapter cannot run; ``merge_adapter`` words the fix its own way."""
+    error = CompositionError(f"{reason[0].upper()}{reason[1:]}: {fix}.")
+    error.merged_reason = reason
+    return error
+
+
 class LoRAMethod(AdapterMethod):
     name = "lora"
     config_class = LoRAConfig
@@ -176,18 +183,55 @@ class LoRAMethod(AdapterMethod):
         return sites
 
     def activate(self, state: AdapterState, setup: AdapterCompositionBlock | None) -> None:
-        names = [n for n in (setup.flatten() if setup is not None else []) if n != state.merged]
+        # A merged adapter acts through the weights in every forward pass; it gets no hook of its own.
+        listed = setup.flatten() if setup is not None else []
+        names = [n for n in listed if n != state.merged]
         block = None
         if setup is not None and not (isinstance(setup, Stack) and all(isinstance(c, str) for c in setup)):
-            if state.merged in setup.flatten():
-                raise CompositionError(
+            if state.merged in listed:
+                raise _merged_conflict(
                     f"{setup!r} uses {state.merged!r}, which is merged into the weights; a composition block "
-                    "needs it unmerged: call reset_adapter() first."
+                    "needs it unmerged",
+                    "call reset_adapter() first",
                 )
             block = setup
-        for key, place in self._places(state).items():
+        places = self._places(state)
+        if state.merged in listed:
+            self._check_merged_in_stack(state, listed, places)
+        for key, place in places.items():
             here = () if state.skipped(key) else tuple(n for n in names if n in place.loras._modules)
             place.activate(here, block, state.parallel)
+
+    @staticmethod
+    def _check_merged_in_stack(state: AdapterState, listed: list[str], places: dict) -> None:
+        """Refuse a Stack that the merged adapter, being in the weights, would compute otherwise.
+
+        Merged, an adapter acts as part of the linear, before every hook. Unmerged, each additive
+        adapter of a Stack reads the previous one's update, which the merged weights no longer
+        give apart; only (IA)^3 vectors, which multiply, give the same product either way. So
+        where the merged adapter shares a layer with another adapter of the Stack, the Stack
+        must be of (IA)^3 adapters. Nor can AdapterDrop take the merged update out of a layer.
+        """
+        merged = state.merged
+        for key, place in places.items():
+            if merged not in place.loras._modules:
+                continue
+            if state.skipped(key):
+                raise _merged_conflict(
+                    f"adapter {merged!r} is merged into the weights of layer {key[0]}, so skip_layers cannot "
+                    "bypass it there",
+                    "activate it without skip_layers, or call reset_adapter() first",
+                )
+            here = tuple(n for n in listed if n in place.loras._modules)
+            if len(here) > 1 and any(place.loras[n].composition_mode != "scale" for n in here):
+                others = [n for n in here if n != merged]
+                raise _merged_conflict(
+                    f"in the Stack of {list(here)}, {merged!r} is merged into the weights, so on the layers they "
+                    "share it acts as part of the linear, before the others; that equals the Stack for (IA)^3 "
+                    "adapters only",
+                    f"activate {others} alone to apply them on top of the merged weights, or call reset_adapter() "
+                    "first",
+                )
 
     # -- merging --------------------------------------------------------------------------
     def _places_of(self, state: AdapterState, name: str) -> list[LoRAPlace]:
@@ -201,8 +245,16 @@ class LoRAMethod(AdapterMethod):
         # Every place is checked before any weight changes, so a refused merge changes nothing.
         with torch.no_grad():
             scales = [place.merge_scale(name) for place in places]
-        for place, scale in zip(places, scales, strict=True):
-            place.merge(name, scale)
+        done = []
+        try:
+            for place, scale in zip(places, scales, strict=True):
+                place.merge(name, scale)
+                done.append(place)
+        except BaseException:
+            # (Out of memory, say): the layers merged so far are restored, so nothing stays half merged.
+            for place in done:
+                place.unmerge(name)
+            raise
 
     def unmerge(self, state: AdapterState, name: str) -> None:
         for place in self._places_of(state, name):

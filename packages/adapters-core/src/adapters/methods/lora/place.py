@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
 from ...composition.blocks import AdapterCompositionBlock
+from ...core.activation import building, current
 from ...core.hook_order import HookStage, register_staged_forward_hook
 from ...errors import AdapterError, CompositionError
 from ..base import AdapterDict, adapter_dict
@@ -26,6 +29,9 @@ class LoRAPlace:
     additive adapters (LoRA, VeRA) chain, each reading the previous one's update; (IA)^3
     adapters multiply their scaling vectors. Mixing the two kinds, or DoRA in a Stack, has no
     meaning and is refused.
+
+    The hook on the linear runs the plan of the pass's activation (the hook of its setup here), or
+    nothing; it is attached while some activation of the model has a plan here.
     """
 
     def __init__(self, linear: nn.Module) -> None:
@@ -33,15 +39,17 @@ class LoRAPlace:
         self.loras: AdapterDict = adapter_dict(linear, "loras")
         self.container = self.loras
         self._handle = None
-        self._modules: tuple[LoRAFamilyModule, ...] = ()
-        # The per-row factor a scaling merge (IA3, DoRA) multiplied the weight by, to undo it exactly.
-        self._merged_scale: torch.Tensor | None = None
+        self._state = None
+        # The linear's weight and bias as they were before a merge: reset_adapter copies them back, so
+        # the restore is bit for bit whatever the adapter's parameters became since (see merge()).
+        self._original: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
     # -- activation -----------------------------------------------------------------------
     def activate(
         self, names: tuple[str, ...], block: AdapterCompositionBlock | None = None, parallel_runtime=None
     ) -> None:
-        """Apply ``names`` as a Stack, or run ``block`` (any other composition) when given."""
+        """Apply ``names`` as a Stack, or run ``block`` (any other composition) when given, in the
+        activation being built."""
         modules = tuple(self.loras[n] for n in names)
         composed = None
         if block is not None and modules:
@@ -49,21 +57,31 @@ class LoRAPlace:
             composed.parallel_runtime = parallel_runtime
         if len(modules) > 1 and composed is None:
             self._check_stack(names, modules)
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
-        self._modules = modules
         if not modules:
             return
         if composed is not None:
             # A BatchSplit of plain LoRAs runs as two batched multiplies (validated by ComposedLoRAs first).
             hook = BatchedLoRAs.build(self.linear, self.loras, block) or composed
         elif len(modules) == 1:
-            hook = self._apply_single
+            hook = functools.partial(self._apply_single, modules[0])
         else:
-            hook = self._scale_stack if modules[0].composition_mode == "scale" else self._add_stack
+            stack = self._scale_stack if modules[0].composition_mode == "scale" else self._add_stack
+            hook = functools.partial(stack, modules)
+        building().add(self, hook, attach=self)
+
+    def attach_hooks(self, state) -> None:
+        self._state = state
         # The update is part of what the linear computes: every other hook on it must see it.
-        self._handle = register_staged_forward_hook(self.linear, hook, HookStage.COMPUTE)
+        self._handle = register_staged_forward_hook(self.linear, self._run, HookStage.COMPUTE)
+
+    def detach_hooks(self) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+    def _run(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+        hook = current(self._state).plans.get(self)
+        return hook(module, args, output) if hook is not None else None
 
     @staticmethod
     def _check_stack(names: tuple[str, ...], modules: tuple[LoRAFamilyModule, ...]) -> None:
@@ -92,19 +110,27 @@ class LoRAPlace:
                 "reads the previous LoRA's output, which needs in_features == out_features."
             )
 
-    def _apply_single(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-        return self._modules[0].apply(output, args[0], weight_out_in(self.linear))
+    def _apply_single(
+        self, adapter: LoRAFamilyModule, module: nn.Module, args: tuple, output: torch.Tensor
+    ) -> torch.Tensor:
+        return adapter.apply(output, args[0], weight_out_in(self.linear))
 
-    def _add_stack(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def _add_stack(
+        adapters: tuple[LoRAFamilyModule, ...], module: nn.Module, args: tuple, output: torch.Tensor
+    ) -> torch.Tensor:
         # Each additive adapter reads the previous one's update; gates read the layer input.
         layer_input = hidden = args[0]
-        for adapter in self._modules:
+        for adapter in adapters:
             hidden = adapter.delta(hidden, layer_input)
         return output + hidden
 
-    def _scale_stack(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-        scale = self._modules[0].scale_vector(args[0])
-        for adapter in self._modules[1:]:
+    @staticmethod
+    def _scale_stack(
+        adapters: tuple[LoRAFamilyModule, ...], module: nn.Module, args: tuple, output: torch.Tensor
+    ) -> torch.Tensor:
+        scale = adapters[0].scale_vector(args[0])
+        for adapter in adapters[1:]:
             scale = scale * adapter.scale_vector(args[0])
         return output * scale
 
@@ -125,33 +151,46 @@ class LoRAPlace:
         else:
             return None
         scale = scale.detach().to(weight.dtype)
-        if not torch.isfinite(scale).all() or (scale == 0).any():
+        # (Zero entries merge: reset_adapter copies the weights back, it does not divide.)
+        if not torch.isfinite(scale).all():
             raise AdapterError(
-                f"Cannot merge adapter {name!r}: its scaling of {type(self.linear).__name__} has zero or non-finite "
-                "entries, so merging could not be undone by reset_adapter(). Use it unmerged."
+                f"Cannot merge adapter {name!r}: its scaling of {type(self.linear).__name__} has non-finite entries "
+                "(a DoRA row of zero norm, say), which would put inf or NaN into the weights. Use it unmerged."
             )
         return scale
 
     @torch.no_grad()
     def merge(self, name: str, scale: torch.Tensor | None) -> None:
+        """Add (and multiply by) the adapter's update in place, keeping a copy of the weights to restore.
+
+        The copy goes to CPU memory, so a merged model on an accelerator needs no more of its
+        memory; it costs one copy of each merged layer's weight (and bias) until reset or delete.
+        Subtracting the update again would restore the weights only up to rounding, and only if
+        the adapter's parameters had not changed since.
+        """
+        if self._original is not None:
+            raise AdapterError(
+                f"{type(self.linear).__name__} has a merged adapter already; call reset_adapter() first."
+            )
         adapter = self.loras[name]
         weight, bias = weight_out_in(self.linear), self.linear.bias
+        self._original = (
+            self.linear.weight.detach().to("cpu", copy=True),
+            bias.detach().to("cpu", copy=True) if bias is not None else None,
+        )
         if isinstance(adapter, AdditiveModule):
             weight.add_(adapter.delta_weight().to(weight.dtype))
         if scale is not None:
             weight.mul_(scale.unsqueeze(1))
             if bias is not None:
                 bias.mul_(scale)
-        self._merged_scale = scale
 
     @torch.no_grad()
     def unmerge(self, name: str) -> None:
-        adapter = self.loras[name]
-        weight, bias = weight_out_in(self.linear), self.linear.bias
-        scale, self._merged_scale = self._merged_scale, None
-        if scale is not None:
-            weight.div_(scale.unsqueeze(1))
-            if bias is not None:
-                bias.div_(scale)
-        if isinstance(adapter, AdditiveModule):
-            weight.sub_(adapter.delta_weight().to(weight.dtype))
+        """Copy back the weights kept by :meth:`merge` (a cast or move since is applied to them too)."""
+        if self._original is None:
+            return
+        (weight, bias), self._original = self._original, None
+        self.linear.weight.copy_(weight)
+        if bias is not None:
+            self.linear.bias.copy_(bias)

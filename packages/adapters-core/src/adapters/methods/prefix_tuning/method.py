@@ -12,6 +12,7 @@ A plain Stack concatenates the prefixes directly; BatchSplit, Parallel and Avera
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import TYPE_CHECKING
 
@@ -48,7 +49,6 @@ class PrefixPlace:
         self.attention = layer.get_submodule(spec.path)
         self.hooks = AttentionPrefixHooks(layer, spec)
         self._state = state
-        self._entries: tuple[PrefixEntry, ...] = ()
 
     def gates(self, create: bool = False) -> AdapterDict | None:
         holder = self.attention._modules.get(POOL)
@@ -81,7 +81,8 @@ class PrefixPlace:
         return found
 
     def activate(self, setup: AdapterCompositionBlock | None, parallel_runtime=None) -> None:
-        """Install the prefixes of ``setup``'s adapters here: a plain Stack directly, other blocks composed."""
+        """Install the prefixes of ``setup``'s adapters here (in the activation being built): a plain Stack
+        directly, other blocks composed."""
         pool, gates = _pool(self._state), self.gates()
         entries: dict[str, PrefixEntry] = {}
         for name in setup.flatten() if setup is not None else ():
@@ -91,24 +92,26 @@ class PrefixPlace:
                 continue
             gate = gates._modules.get(name) if gates is not None else None
             entries[name] = PrefixEntry(group[self.prefix_key], ids.index(self.layer_idx), gate)
-        self._entries = tuple(entries.values())
         if not entries:
             self.hooks.remove()
             return
-        needs_hidden = any(entry.gate is not None for entry in self._entries)
+        needs_hidden = any(entry.gate is not None for entry in entries.values())
         if isinstance(setup, Stack) and all(isinstance(child, str) for child in setup):
-            self.hooks.install(self._prefix, needs_hidden)
+            self.hooks.install(functools.partial(_stacked_prefix, tuple(entries.values())), needs_hidden)
         else:
             self.hooks.install(ComposedPrefixes(setup, entries, parallel_runtime), needs_hidden)
 
-    def _prefix(self, hidden: torch.Tensor | None, batch: int) -> tuple[torch.Tensor, torch.Tensor, None]:
-        """The prefix of a plain Stack: each adapter's in front of the previous ones (the reference's order)."""
-        if len(self._entries) == 1:
-            return (*adapter_prefix(self._entries[0], hidden, batch), None)
-        parts = [adapter_prefix(entry, hidden, batch) for entry in reversed(self._entries)]
-        keys = torch.cat([k.expand(batch, -1, -1, -1) for k, _ in parts], dim=2)
-        values = torch.cat([v.expand(batch, -1, -1, -1) for _, v in parts], dim=2)
-        return keys, values, None
+
+def _stacked_prefix(
+    entries: tuple[PrefixEntry, ...], hidden: torch.Tensor | None, batch: int
+) -> tuple[torch.Tensor, torch.Tensor, None]:
+    """The prefix of a plain Stack: each adapter's in front of the previous ones (the reference's order)."""
+    if len(entries) == 1:
+        return (*adapter_prefix(entries[0], hidden, batch), None)
+    parts = [adapter_prefix(entry, hidden, batch) for entry in reversed(entries)]
+    keys = torch.cat([k.expand(batch, -1, -1, -1) for k, _ in parts], dim=2)
+    values = torch.cat([v.expand(batch, -1, -1, -1) for _, v in parts], dim=2)
+    return keys, values, None
 
 
 def _pool(state: AdapterState) -> PrefixTuningPool | None:

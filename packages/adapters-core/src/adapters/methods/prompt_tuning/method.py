@@ -27,11 +27,12 @@ from torch import nn
 
 from ...composition import AdapterCompositionBlock, BatchSplit, Parallel, Stack
 from ...configs.prompt_tuning import PromptTuningConfig
-from ...core import context
+from ...core.activation import building, current
 from ...core.attention import input_at, positional_index, replace_input
-from ...errors import AdapterConfigError, AdapterError, AdapterNameError, CompositionError
+from ...core.context import register_pass_pre_hook
+from ...errors import AdapterConfigError, AdapterError, CompositionError
 from ..base import AdapterDict, AdapterMethod, adapter_dict
-from ..init import seeded
+from ..init import initial_values_needed, seeded
 from .layer import PromptTuning, prompt_from_text
 from .slots import PromptSlots
 from .slots import insert_columns as _insert_columns
@@ -87,10 +88,10 @@ class PromptPlan(NamedTuple):
 class PromptRuntime:
     """The hooks of prompt tuning in one model.
 
-    The embeddings hook exists only while a prompt is active. The padding-mask hook (and, on a
-    model with a head, the labels hook) stays while the model has any prompt-tuning adapter and
-    does nothing unless a prompt is active: ``AdapterSetup`` activates its setup in a pre-hook of
-    the base model, too late for hooks that must run before the base model's own forward.
+    Which prompts act is the runtime's plan in each activation (a :class:`PromptPlan`, or none).
+    The embeddings hook is attached once some activation has a plan. The padding-mask hook (and,
+    on a model with a head, the labels hook) stays while the model has any prompt-tuning adapter
+    and does nothing in passes without a prompt.
     """
 
     def __init__(self, state: AdapterState) -> None:
@@ -109,7 +110,6 @@ class PromptRuntime:
         for where in spec.padding_masks:
             module = state.base_model.get_submodule(where.path) if where.path else state.base_model
             self.mask_places.append((module, positional_index(module, where), where.keyword))
-        self.plan: PromptPlan | None = None
         self._embeddings_handle: Any = None
         self._standing: list[Any] = []
         # Models that shape their outputs by input_ids (GPT-2) get the prompt through placeholder tokens.
@@ -121,30 +121,41 @@ class PromptRuntime:
     def attach(self) -> None:
         if self._standing:
             return
+        state = self.state
         for module, index, keyword in self.mask_places:
             hook = functools.partial(self._extend_mask, index, keyword)
-            self._standing.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+            if module is state.base_model:
+                self._standing.append(register_pass_pre_hook(state, module, hook))
+            else:
+                self._standing.append(module.register_forward_pre_hook(hook, with_kwargs=True))
         if self.slots is not None:
-            self._standing.extend(self.slots.hooks(self.state.base_model))
+            self._standing.extend(self.slots.hooks(state))
         # Labels of an encoder-decoder belong to the decoder's sequence, which gets no prompt.
-        if self.state.model is not self.state.base_model and not getattr(
-            self.state.model.config, "is_encoder_decoder", False
-        ):
-            self._standing.append(self.state.model.register_forward_pre_hook(self._adjust_labels, with_kwargs=True))
+        if state.model is not state.base_model and not getattr(state.model.config, "is_encoder_decoder", False):
+            self._standing.append(register_pass_pre_hook(state, state.model, self._adjust_labels))
 
     def detach(self) -> None:
-        self.activate(None)
         for handle in self._standing:
             handle.remove()
         self._standing.clear()
 
     def activate(self, plan: PromptPlan | None) -> None:
-        self.plan = plan
-        if plan is None and self._embeddings_handle is not None:
+        """Use ``plan`` in the activation being built."""
+        if plan is not None:
+            building().add(self, plan, attach=self if self.slots is None else None)
+
+    @property
+    def plan(self) -> PromptPlan | None:
+        """The plan of the pass running here now (else the model-wide one)."""
+        return current(self.state).plans.get(self)
+
+    def attach_hooks(self, state: AdapterState) -> None:
+        self._embeddings_handle = self.embeddings.register_forward_hook(self._insert_prompt)
+
+    def detach_hooks(self) -> None:
+        if self._embeddings_handle is not None:
             self._embeddings_handle.remove()
             self._embeddings_handle = None
-        elif plan is not None and self._embeddings_handle is None and self.slots is None:
-            self._embeddings_handle = self.embeddings.register_forward_hook(self._insert_prompt)
 
     # -- which prompt acts in this forward pass -----------------------------------------------
     def plan_of(self, block: AdapterCompositionBlock | None) -> PromptPlan | None:
@@ -199,19 +210,16 @@ class PromptRuntime:
         return PromptPlan(branch_prompts, parallel=True)
 
     def _plan_for_call(self) -> PromptPlan | None:
-        current = context._CURRENT.get()
-        if current is None:
-            return self.plan
-        # Inside AdapterSetup the setup may be applied only after this hook ran: resolve it here too.
-        try:
-            return self.plan_of(self.state.resolve_setup(current.adapter_setup))
-        except AdapterNameError:
-            return None
+        # Every hook runs inside the pass's frame (opened by the first pre-hook of the model).
+        return self.plan
 
     # -- hooks ----------------------------------------------------------------------------
     def _insert_prompt(self, module: nn.Module, args: tuple, output: Any) -> Any:
+        plan = self.plan
+        if plan is None:
+            return None
         hidden = output[0] if isinstance(output, tuple) else output
-        slices = self.plan.slices(hidden.shape[0])
+        slices = plan.slices(hidden.shape[0])
         if len(slices) == 1:
             hidden = slices[0][1](hidden)
         else:
@@ -299,7 +307,8 @@ class PromptTuningMethod(AdapterMethod):
         model_config = base.config
         dim = getattr(model_config, "embedding_size", None) or model_config.hidden_size
         initial = None
-        if config.prompt_init == "from_string":
+        # A loaded prompt brings its vectors: only a new one is initialised from the text (and tokenizer).
+        if config.prompt_init == "from_string" and initial_values_needed():
             initial = prompt_from_text(config, model_config, base.get_input_embeddings())
         reference = next(base.parameters())
         with seeded(config.init_weights_seed):

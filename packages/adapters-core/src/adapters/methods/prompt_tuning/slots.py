@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from ...core.activation import PerThread
 from ...core.attention import input_at, replace_input
 from ...errors import AdapterError, CompositionError
 
@@ -102,12 +103,15 @@ class PromptSlots:
         self._mask_index = _signature_index(base_model, "attention_mask")
         self._slots_index = _signature_index(base_model, "cache_position")
         self._cache_indices = {k: _signature_index(base_model, k) for k in _CACHE_KEYWORDS}
-        self._pending: PromptPlan | None = None  # the plan whose placeholders the embeddings fill next
+        # The plan whose placeholders the embeddings fill next, in this thread's pass.
+        self._now = PerThread(pending=None)
 
-    def hooks(self, base_model: nn.Module) -> list[Any]:
-        """Register both hooks; returns their handles."""
+    def hooks(self, state: Any) -> list[Any]:
+        """Register both hooks (the first on the body of ``state``'s model); returns their handles."""
+        from ...core.context import register_pass_pre_hook
+
         return [
-            base_model.register_forward_pre_hook(self.before_model, with_kwargs=True),
+            register_pass_pre_hook(state, state.base_model, self.before_model),
             self.embeddings.register_forward_hook(self.fill),
         ]
 
@@ -120,7 +124,7 @@ class PromptSlots:
         return False
 
     def before_model(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-        self._pending = None
+        self._now.pending = None
         plan = self.plan_for_call()
         if plan is None:
             return None
@@ -148,7 +152,7 @@ class PromptSlots:
             args, kwargs = replace_input(
                 self._ids_index, "input_ids", insert_columns(input_ids, runs, n, 0), args, kwargs
             )
-            self._pending = plan
+            self._now.pending = plan
         elif embeds is not None:
             if plan.parallel and len(plan.prompts) > 1:
                 raise CompositionError(
@@ -172,7 +176,8 @@ class PromptSlots:
         return args, kwargs
 
     def fill(self, module: nn.Module, args: tuple, output: Any) -> Any:
-        plan, self._pending = self._pending, None
+        now = self._now
+        plan, now.pending = now.pending, None
         if plan is None:
             return output
         hidden = output[0] if isinstance(output, tuple) else output

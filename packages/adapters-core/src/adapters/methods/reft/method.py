@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
 import torch
@@ -9,6 +10,7 @@ from torch import nn
 
 from ...composition import AdapterCompositionBlock, Average, BatchSplit, Parallel, Stack
 from ...configs.reft import DiReftConfig, LoReftConfig, NoReftConfig, ReftConfig
+from ...core.activation import building, current
 from ...core.hook_order import HookStage, register_staged_forward_hook
 from ...errors import AdapterConfigError
 from ..base import AdapterDict, AdapterMethod, adapter_dict
@@ -39,32 +41,43 @@ class ReftPlace:
         self.positions = positions
         # Whether the model's attention mask describes this layer's sequence (not in CLIP's vision tower).
         self.padded = padded
-        self._active: tuple[ReftModule, ...] = ()
         self._handle = None
+        self._state = None
 
     def activate(
         self, names: tuple[str, ...], block: AdapterCompositionBlock | None = None, parallel_runtime=None
     ) -> None:
-        """Apply ``names`` as a Stack, or run ``block`` (any other composition) when given."""
-        composed = None
-        if block is not None and names:
-            composed = ComposedRefts(self.refts, self.positions, block, self.padded)  # may refuse: before any change
-            composed.parallel_runtime = parallel_runtime
+        """Apply ``names`` as a Stack, or run ``block`` (any other composition) when given, in the
+        activation being built."""
+        if not names:
+            return
+        if block is not None:
+            hook = ComposedRefts(self.refts, self.positions, block, self.padded)
+            hook.parallel_runtime = parallel_runtime
+        else:
+            # Resolved once here, not on every forward pass.
+            hook = functools.partial(self._intervene, tuple(self.refts[n] for n in names))
+        building().add(self, hook, attach=self)
+
+    def attach_hooks(self, state) -> None:
+        self._state = state
+        # Ahead of the layer's readers: transformers records hidden states with a forward hook
+        # on the layer, which must see the intervened output that the next layer receives.
+        self._handle = register_staged_forward_hook(self.layer, self._run, HookStage.REPLACE)
+
+    def detach_hooks(self) -> None:
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
-        # Resolved once here, not on every forward pass.
-        self._active = tuple(self.refts[n] for n in names)
-        if names:
-            # Ahead of the layer's readers: transformers records hidden states with a forward hook
-            # on the layer, which must see the intervened output that the next layer receives.
-            hook = composed if composed is not None else self._intervene
-            self._handle = register_staged_forward_hook(self.layer, hook, HookStage.REPLACE)
 
-    def _intervene(self, module: nn.Module, args: tuple, output):
+    def _run(self, module: nn.Module, args: tuple, output):
+        hook = current(self._state).plans.get(self)
+        return hook(module, args, output) if hook is not None else None
+
+    def _intervene(self, active: tuple[ReftModule, ...], module: nn.Module, args: tuple, output):
         hidden = output[0] if isinstance(output, tuple) else output
         # A Stack applies its ReFT adapters in order, each to the previous one's output.
-        for reft in self._active:
+        for reft in active:
             hidden = reft(hidden, self.positions, self.padded)
         return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
@@ -93,7 +106,7 @@ class ReftMethod(AdapterMethod):
 
     def _positions(self, state: AdapterState) -> InterventionPositions:
         if POSITIONS_KEY not in state.method_data:
-            state.method_data[POSITIONS_KEY] = InterventionPositions(state.base_model)
+            state.method_data[POSITIONS_KEY] = InterventionPositions(state.base_model, state)
         return state.method_data[POSITIONS_KEY]
 
     def add(self, state: AdapterState, name: str, config: ReftConfig) -> None:

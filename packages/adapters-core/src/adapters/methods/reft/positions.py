@@ -11,6 +11,7 @@ import inspect
 import torch
 from torch import nn
 
+from ...core.activation import PerThread
 from ...errors import AdapterError
 
 
@@ -23,32 +24,38 @@ class InterventionPositions:
     and right padding are both respected. Positions are clipped to the sequence.
     """
 
-    def __init__(self, base_model: nn.Module) -> None:
+    def __init__(self, base_model: nn.Module, state=None) -> None:
         self.base_model = base_model
+        self._state = state
         parameters = list(inspect.signature(base_model.forward).parameters)
         self._mask_index = parameters.index("attention_mask") if "attention_mask" in parameters else None
-        self._mask: torch.Tensor | None = None
-        self._cache: dict[tuple, tuple[torch.Tensor | None, torch.Tensor | None]] = {}
+        # This thread's pass: its mask, and the indices computed from it (shared by all layers).
+        self._now = PerThread(mask=None, cache={})
         self._handle = None
 
     # -- the hook on the base model (installed while the model has ReFT adapters) ----------------
     def attach(self) -> None:
         if self._handle is None:
-            self._handle = self.base_model.register_forward_pre_hook(self._capture, with_kwargs=True)
+            if self._state is not None:
+                from ...core.context import register_pass_pre_hook
+
+                self._handle = register_pass_pre_hook(self._state, self.base_model, self._capture)
+            else:
+                self._handle = self.base_model.register_forward_pre_hook(self._capture, with_kwargs=True)
 
     def detach(self) -> None:
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
-        self._mask = None
-        self._cache.clear()
+        self._now = PerThread(mask=None, cache={})
 
     def _capture(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         mask = kwargs.get("attention_mask")
         if mask is None and self._mask_index is not None and len(args) > self._mask_index:
             mask = args[self._mask_index]
-        self._mask = mask
-        self._cache.clear()
+        now = self._now
+        now.mask = mask
+        now.cache = {}
 
     # -- indices ----------------------------------------------------------------------------
     def indices(
@@ -56,10 +63,11 @@ class InterventionPositions:
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Gather/scatter indices (batch x n x hidden) for ``prefix`` and ``suffix`` positions."""
         key = (prefix, suffix, *hidden.shape, hidden.device, padded)
-        cached = self._cache.get(key)
+        cache = self._now.cache
+        cached = cache.get(key)
         if cached is None:
             offsets, ends = self.bounds(hidden, padded=padded)
-            cached = self._cache[key] = gather_indices(prefix, suffix, offsets, ends, hidden.shape[1], hidden.shape[2])
+            cached = cache[key] = gather_indices(prefix, suffix, offsets, ends, hidden.shape[1], hidden.shape[2])
         return cached
 
     def bounds(self, hidden: torch.Tensor, copies: int = 1, padded: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,7 +79,7 @@ class InterventionPositions:
         """
         batch, length, _ = hidden.shape
         device = hidden.device
-        mask = self._mask if padded else None
+        mask = self._now.mask if padded else None
         if mask is None:
             offsets = torch.zeros(batch, dtype=torch.long, device=device)
             return offsets, torch.full((batch,), length, dtype=torch.long, device=device)
