@@ -405,6 +405,44 @@ def test_average_inside_a_stack_weights_only_the_averaged_prefixes(inputs):
     assert_close(got, expected)
 
 
+def test_average_of_one_prefix_is_its_weighted_prefix(inputs):
+    """Stack("b", Average("a", weights=[0.5], unnormalized)): keys [0.5 k_a; k_b] (a lone child is weighted too)."""
+    model, prefixes = _two_prefixes(lengths=(3, 2))
+    (ka, va), (kb, vb) = prefixes["a"], prefixes["b"]
+    x = model.embeddings(input_ids=inputs["input_ids"])
+    for setup, keys, values in (
+        (adapters.Average("a"), ka, va),  # normalized: the weight of a lone child is 1
+        (adapters.Average("a", weights=[0.5], normalize_weights=False), 0.5 * ka, 0.5 * va),
+        (
+            Stack("b", adapters.Average("a", weights=[0.5], normalize_weights=False)),
+            torch.cat([0.5 * ka, kb], dim=2),
+            torch.cat([0.5 * va, vb], dim=2),
+        ),
+    ):
+        model.set_active_adapters(setup)
+        with torch.no_grad():
+            got = model(**inputs).last_hidden_state
+            expected = _bert_layer(model.encoder.layer[0], x, inputs["attention_mask"], keys, values)
+        assert_close(got, expected)
+
+
+def test_average_of_a_prefix_and_a_child_adding_none_is_refused(inputs):
+    """Average sums prefixes position by position: a child without one has nothing to add (weights=[0, 1]
+    would leave zero keys, not the second adapter), so activation refuses it."""
+    model, _ = _two_prefixes(lengths=(3, 3))
+    model.add_adapter("l", config="lora")
+    model.set_active_adapters("a")
+    for setup in (
+        adapters.Average("a", "l"),
+        adapters.Average("l", Stack("a", "b")),
+        Stack("b", adapters.Average("l", "a")),
+    ):
+        with pytest.raises(CompositionError, match="adds no prefix"):
+            model.set_active_adapters(setup)
+    assert model.active_adapters == Stack("a")
+    model.set_active_adapters(adapters.Average(Stack("l", "a"), "b"))  # every child adds 3 positions
+
+
 def test_batch_split_of_stacks_pads_to_the_longest(inputs):
     """BatchSplit(Stack("a", "b"), "b"): example 0 sees [b; a] (7 positions), example 1 only b (5)."""
     model, prefixes = _two_prefixes()

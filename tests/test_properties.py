@@ -631,33 +631,6 @@ def _names(setup) -> list[str]:
     return setup.flatten() if isinstance(setup, AdapterCompositionBlock) else [setup]
 
 
-def _known_bug(setup, error: Exception) -> bool:
-    """Whether ``error`` is one of the two known bugs (see the xfail tests) and ``setup`` has its pattern."""
-    if not isinstance(setup, AdapterCompositionBlock):
-        return False
-    if isinstance(error, ValueError) and "empty sequence" in str(error):
-        return _prefix_average(setup)  # test_average_over_prefix_tuning_with_a_child_adding_no_prefix
-    names = set(_names(setup))
-    return (  # test_parallel_of_seq_bn_and_prefix_tuning
-        isinstance(error, RuntimeError)
-        and "expanded size" in str(error)
-        and setup.parallel_channels > 1
-        and "p" in names
-        and bool(names & {"s1", "s2"})
-    )
-
-
-def _prefix_average(setup) -> bool:
-    """Whether ``setup`` has an Average over prefix tuning ``p`` with one child, or a child without ``p``."""
-    if not isinstance(setup, AdapterCompositionBlock):
-        return False
-    if isinstance(setup, Average):
-        adds = ["p" in _names(c) for c in setup]
-        if any(adds) and (len(adds) == 1 or not all(adds)):
-            return True
-    return any(_prefix_average(c) for c in setup)
-
-
 def _kinds(setup) -> str:
     """The block types in ``setup`` and its depth (for the statistics hypothesis reports)."""
 
@@ -699,14 +672,6 @@ def test_random_compositions_run_or_are_refused_keeping_the_previous_setup(compo
             # Only sizes that must fit the input (checked when it comes) may refuse a forward pass;
             # the model then runs on under another setup as before.
             assert _sized(model.active_adapters)
-            model.set_active_adapters(previous)
-            assert torch.equal(_run(model), previous_output)
-            continue
-        except (ValueError, RuntimeError) as error:
-            # Two known bugs, each pinned by an xfail test below; anything else fails here.
-            if not _known_bug(model.active_adapters, error):
-                raise
-            event(f"known bug: {type(error).__name__}")
             model.set_active_adapters(previous)
             assert torch.equal(_run(model), previous_output)
             continue
@@ -773,46 +738,36 @@ def test_a_saved_name_that_is_not_a_string_is_a_load_error(tmp_path, saved):
         assert_unchanged(model, before)
 
 
-# -- known bugs the composition suite found, outside the composition rules (not fixed here) --------------
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason=(
-        "Bug in methods/prefix_tuning/composition.py (ComposedPrefixes.average): the children's own prefix "
-        "segments are found as what follows the segments all children share, so a child that adds no prefix "
-        "at the layer (an adapter of another method) or a lone child leaves nothing, and _concat([]) raises "
-        "'max() arg is an empty sequence'. _length() accepts these Averages, so set_active_adapters passes "
-        "and the forward pass fails. A fix needs the prefix each child received (not derivable from the "
-        "children's states alone)."
-    ),
-)
+# -- found by the composition suite, outside the composition rules ------------------------------------
 @pytest.mark.parametrize(
-    "setup",
-    [Average("p"), Average("p", "l"), Average("s1", "p"), Stack("s1", Average("p"))],
-    ids=["alone", "with-lora", "with-seq_bn", "alone-in-stack"],
+    ("setup", "same_as"),
+    [
+        (Average("p"), "p"),
+        (Stack("s1", Average("p")), Stack("s1", "p")),
+        (Average("p", "l"), None),
+        (Average("s1", "p"), None),
+    ],
+    ids=["alone", "alone-in-stack", "with-lora", "with-seq_bn"],
 )
-def test_average_over_prefix_tuning_with_a_child_adding_no_prefix(composed, setup):
+def test_average_over_prefix_tuning_with_a_child_adding_no_prefix(composed, setup, same_as):
+    # Found: each of these was activated and the forward pass raised "max() arg is an empty sequence"
+    # (ComposedPrefixes.average took a child's own prefix to be what its siblings did not share).
     model = composed
+    model.set_active_adapters("p")
+    alone = _run(model)
+    if same_as is None:
+        # Average sums prefixes position by position: a child adding none has nothing to sum (None: refused).
+        with pytest.raises(CompositionError, match="adds no prefix"):
+            model.set_active_adapters(setup)
+        assert model.active_adapters == Stack("p")
+        assert torch.equal(_run(model), alone)
+        return
     model.set_active_adapters(setup)
     output = _run(model)
-    assert output.shape[0] == ROWS and torch.isfinite(output).all()
-    if setup == Average("p"):
-        model.set_active_adapters("p")  # the average of one child with weight 1 is that child
-        assert_close(output, _run(model))
+    model.set_active_adapters(same_as)
+    assert_close(output, _run(model))  # the average of one child (its weight normalized to 1) is that child
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason=(
-        "Bug in core/state.py (AdapterState._copies_at_last_block): Parallel's copies are made by the "
-        "bottleneck adapters closing the first adapted layer when every module of the setup *inside* that "
-        "layer is one; prefix tuning's modules live outside the layers (prefix_tuning.prefix_tunings.*) but "
-        "act in every layer's attention, before the copies exist, so the prefix (batch 2x) meets keys of "
-        "batch 1x: 'The expanded size of the tensor (4) must match the existing size (8)'. A fix: refuse the "
-        "copy-in when any module of the setup lies outside the layers."
-    ),
-)
 @pytest.mark.parametrize(
     "setup",
     [Parallel("s1", "p"), Parallel("p", "s2"), Parallel(Stack("s1", "p"), "s2")],

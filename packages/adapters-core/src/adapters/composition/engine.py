@@ -58,6 +58,14 @@ class ComposablePlace(ABC, Generic[S]):
     def average(self, states: Sequence[S], weights: Sequence[float]) -> S:
         """The children's outputs of one input, weighted."""
 
+    def average_of(self, received: S, states: Sequence[S], weights: Sequence[float]) -> S:
+        """:meth:`average`, for a place that must know the state its children received (default: it need not).
+
+        Prefix tuning does: each child's output holds the prefix it received, and only what the
+        child added is weighted; with one child nothing else tells the two apart.
+        """
+        return self.average(states, weights)
+
     def join(self, whole: S, parts: Sequence[S], dim: int) -> S:
         """The state after a slicing block's children ran on the parts of ``whole`` (default: :meth:`cat`).
 
@@ -99,7 +107,7 @@ def compose(block: AdapterCompositionBlock, state: S, place: ComposablePlace[S])
             if _acts_here(child, place):
                 outputs.append(_child(child, state, place))
                 weights.append(weight)
-        return place.average(outputs, weights) if outputs else state
+        return place.average_of(state, outputs, weights) if outputs else state
     if isinstance(block, Fuse):
         return place.fuse(block, state) if any(place.has(n) for n in block.flatten()) else state
     raise CompositionError(f"Unknown composition block {block!r}.")

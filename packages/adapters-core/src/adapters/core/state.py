@@ -369,7 +369,14 @@ class AdapterState:
         So the reference library does: the whole first adapted layer then runs once. Only where
         every module of the setup in that layer is a bottleneck adapter of its post-LN FFN block
         (whose LayerNorm output is the layer's output) and the layer module is not reused (ALBERT).
+        Not where a module of the setup lies outside the layers: prefix tuning's act in every layer's
+        attention, before that block, and would meet the batch before its copies.
         """
+        layer_paths = [self.module_path(module) + "." for _, module in self.layers]
+        if any(
+            not any(path.startswith(p) for p in layer_paths) for name in names for path in self.modules.get(name, {})
+        ):
+            return False
         layer = next((module for idx, module in self.layers if idx == first), None)
         block = self.layer_spec(first).ffn_block if layer is not None else None
         if block is None or block.layer_norm is None or sum(m is layer for _, m in self.layers) > 1:

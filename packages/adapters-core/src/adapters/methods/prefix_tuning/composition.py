@@ -155,13 +155,26 @@ class ComposedPrefixes(ComposablePlace[PrefixState]):
         return PrefixState(rows, (*common, (torch.cat(keys), torch.cat(values))), valid)
 
     def average(self, states: Sequence[PrefixState], weights: Sequence[float]) -> PrefixState:
-        # Each child's output is the prefix it received plus its own segments; only those are weighted.
-        common = _common_segments(states)
-        tails = [_concat(s.segments[len(common) :]) for s in states]
-        keys = sum(w * k for w, (k, _) in zip(weights, tails, strict=True))
-        values = sum(w * v for w, (_, v) in zip(weights, tails, strict=True))
-        valid = next((s.valid for s in states if s.valid is not None), None)
-        return PrefixState(states[0].rows, (*common, (keys, values)), valid)
+        raise NotImplementedError("a prefix Average needs the prefix its children received: see average_of")
+
+    def average_of(self, received: PrefixState, states: Sequence[PrefixState], weights: Sequence[float]) -> PrefixState:
+        # Each child's output is the prefix it received with its own positions in front (newest
+        # first); only those are weighted. They are told apart by length, not by which segments the
+        # children share: a lone child shares all of its own, and a BatchSplit inside a child joins
+        # the received per-example segments into its own.
+        older = _segments_length(received.segments)
+        own = []
+        for state in states:
+            shared = _shared_count(received.segments, state.segments)
+            keys, values = _concat(state.segments[shared:])
+            added = keys.shape[2] - (older - _segments_length(received.segments[:shared]))
+            own.append((keys[:, :, :added], values[:, :, :added]))
+        keys = sum(w * k for w, (k, _) in zip(weights, own, strict=True))
+        values = sum(w * v for w, (_, v) in zip(weights, own, strict=True))
+        valid = received.valid
+        if valid is not None:  # (_length refuses children whose prefixes differ in length)
+            valid = torch.cat([valid.new_ones(valid.shape[0], keys.shape[2]), valid], dim=1)
+        return PrefixState(received.rows, (*received.segments, (keys, values)), valid)
 
 
 def _concat(segments: Sequence[Segment]) -> Segment:
@@ -189,6 +202,16 @@ def _common_segments(states: Sequence[PrefixState]) -> tuple[Segment, ...]:
     return tuple(common)
 
 
+def _shared_count(received: Sequence[Segment], segments: Sequence[Segment]) -> int:
+    """How many leading ``segments`` are ``received``'s own tensors (the rest were added or rebuilt)."""
+    count = 0
+    for mine, theirs in zip(received, segments, strict=False):
+        if mine[0] is not theirs[0] or mine[1] is not theirs[1]:
+            break
+        count += 1
+    return count
+
+
 def _length(child: str | AdapterCompositionBlock, entries: Mapping[str, PrefixEntry]) -> tuple[int, bool]:
     """(prefix length ``child`` adds at this layer, whether its examples' prefixes differ in length)."""
     if isinstance(child, str):
@@ -203,6 +226,15 @@ def _length(child: str | AdapterCompositionBlock, entries: Mapping[str, PrefixEn
         return max(lengths), padded or len(set(lengths)) > 1
     if isinstance(child, Average):
         acting = [(n, p) for n, p in parts if n]
+        if acting and len(acting) < len(parts):
+            # Not "adds zero keys and values": those would still take attention, so weights=[0, 1]
+            # would not give the second child.
+            raise CompositionError(
+                f"{child!r}: {child[lengths.index(0)]!r} adds no prefix at one of the layers (an adapter of "
+                "another method, or prefix tuning left out there), and Average sums its children's prefix keys "
+                "and values position by position. Give every child of the Average a prefix of one prefix_length "
+                "at every layer, or put the other adapter outside it (Stack(other, Average(...)))."
+            )
         if len({n for n, _ in acting}) > 1 or any(p for _, p in acting):
             raise CompositionError(
                 f"{child!r} averages prefixes of different lengths ({[n for n, _ in acting]} positions at one "
