@@ -20,7 +20,7 @@ from huggingface_hub import constants
 from safetensors.torch import load_file, save_file
 
 import adapters
-from adapters import AdapterLoadError, AdapterNameError, AutoAdapterModel
+from adapters import AdapterError, AdapterLoadError, AdapterNameError, AutoAdapterModel
 from adapters.testing import randomize_adapter
 from adapters.training import load_checkpoint, save_checkpoint
 
@@ -351,3 +351,27 @@ def test_invalid_repo_ids_never_reach_the_hub(tmp_path, offline_cache, monkeypat
     for repo_id in ("org/../x", "org/x--y", "org//x", "a" * 100 + "/x"):
         with pytest.raises(AdapterLoadError):
             model.load_adapter(repo_id)
+
+
+@pytest.mark.parametrize("name", [[1], {}, {"a": 1}], ids=["list", "empty-dict", "dict"])
+def test_unhashable_names_get_a_library_error_not_a_type_error(tmp_path, name):
+    model = tiny_bert()
+    adapters.init(model)
+    model.add_adapter("a", config="seq_bn")
+    for call in (
+        lambda: model.save_adapter(tmp_path / "x", name),
+        lambda: model.delete_adapter(name),
+        lambda: model.merge_adapter(name),
+    ):
+        with pytest.raises(AdapterNameError):
+            call()
+    with pytest.raises(AdapterError):  # a list is a setup of names: CompositionError or AdapterNameError
+        model.set_active_adapters(name)
+    assert list(model.adapters_state.configs) == ["a"] and not (tmp_path / "x").exists()
+
+
+def test_deleting_a_head_of_an_unhashable_name_deletes_nothing():
+    model = AutoAdapterModel.from_config(tiny_bert().config)
+    model.add_classification_head("a", num_labels=2)
+    model.delete_head({"a": 1})  # as for an unknown name (the reference's behaviour): nothing happens
+    assert list(model.heads) == ["a"]

@@ -132,7 +132,8 @@ class AdapterState:
                     yield pname, param
 
     def require(self, name: str) -> AdapterConfig:
-        if name not in self.configs:
+        # A list or dict given as a name is unhashable: answer with the same error as for a string.
+        if not isinstance(name, str) or name not in self.configs:
             raise AdapterNameError(
                 f"No adapter named {name!r}. Added adapters: {sorted(self.configs)}; "
                 "add it with add_adapter() or load_adapter()."

@@ -185,7 +185,7 @@ class ModelWithFlexibleHeadsAdaptersMixin(ModelAdaptersMixin):
 
     def delete_head(self, head_name: str) -> None:
         """Remove a head (nothing happens if there is none of that name, as in the reference library)."""
-        if head_name not in self.heads:
+        if not isinstance(head_name, str) or head_name not in self.heads:
             logger.info("No prediction head %r to delete.", head_name)
             return
         del self.heads._modules[head_name]
