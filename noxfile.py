@@ -10,7 +10,7 @@ nox -s evaluate     # full fine-tuning vs every adapter method on SST-2 and MRPC
 nox -s reference_roundtrip  # our saved adapters and heads load in the reference library (adapters 1.3.0)
 nox -s crash        # the SIGKILL crash test of saves, 500 trials
 nox -s transformers_floor   # each plugin's tests on the oldest transformers its pyproject allows
-nox -s transformers_latest  # the same on the newest transformers 5.x on PyPI (CI)
+nox -s transformers_latest  # the whole suite on the newest transformers 5.x on PyPI (CI)
 """
 
 from __future__ import annotations
