@@ -108,6 +108,9 @@ def worker(output_dir: str) -> None:
     if int(os.environ["RANK"]) == 0:
         torch.save(trainable(model), Path(output_dir) / "weights.pt")
     dist.barrier()
+    # Without this, gloo's worker threads can still be joinable when the interpreter exits, and the
+    # C++ runtime aborts the process ("terminate called without an active exception", SIGABRT).
+    dist.destroy_process_group()
 
 
 def _free_port() -> int:
