@@ -15,6 +15,7 @@ from conftest import tiny_bert
 
 import adapters
 from adapters import AdapterConfigError, AdapterError, CompositionError, Stack
+from adapters.methods.lora import VeRA, VeRAShared
 from adapters.testing import assert_close, randomize_adapter
 
 X = torch.randn(2, 5, 32, generator=torch.Generator().manual_seed(3))
@@ -288,6 +289,91 @@ def test_dvora_is_dora_on_the_vera_update():
         expected = vera.m.weight.view(-1) / norm * (F.linear(X, query.weight, query.bias) + F.linear(X, delta))
         assert_close(query(X), expected)
     _assert_merge_and_reset(model, "a", query, X)
+
+
+def _to_full(model, name: str = "a", seed: int = 5) -> None:
+    """Put adapter ``name``'s VeRA modules in full mode (as loading a reference-trained file does), randomized."""
+    for module in model.adapters_state.modules_of(name).values():
+        if isinstance(module, VeRA):
+            module.use_full_matrices()
+    randomize_adapter(model, name, seed=seed)
+
+
+def test_full_mode_vera_is_vera_B_B_vera_D_A_with_square_matrices():
+    """Full mode (the reference's VeRA): dW = vera_B @ lora_B @ vera_D @ lora_A, every entry used."""
+    model = _model_with("vera[intermediate_lora=True,alpha=16]")
+    query, dense = model.encoder.layer[1].attention.self.query, model.encoder.layer[0].intermediate.dense
+    with torch.no_grad():
+        before = query(X)
+        query.loras["a"].use_full_matrices()  # diag(d), diag(b): the same update
+        assert_close(query(X), before)
+    _to_full(model)
+    shared = model.shared_parameters["a"]
+    for linear in (query, dense):
+        vera = linear.loras["a"]
+        assert vera.vera_D.shape == (8, 8) and vera.vera_B.shape == (linear.out_features,) * 2
+        assert (vera.vera_D - torch.diag(torch.diagonal(vera.vera_D))).abs().max() > 0
+        a, b = shared.lora_A[:, : linear.in_features], shared.lora_B[: linear.out_features]
+        delta = vera.vera_B @ b @ vera.vera_D @ a
+        with torch.no_grad():
+            assert_close(linear(X), F.linear(X, linear.weight, linear.bias) + (16 / 8) * F.linear(X, delta))
+            assert_close(vera.delta_weight(), (16 / 8) * delta)
+    _assert_merge_and_reset(model, "a", query, X)
+    _assert_merge_and_reset(model, "a", dense, X)
+
+
+def test_full_mode_vera_trains_every_entry_of_its_matrices():
+    model = tiny_bert()
+    adapters.init(model)
+    model.add_adapter("a", "vera[intermediate_lora=True]")
+    _to_full(model)
+    model.train_adapter("a")
+    trainable = {n: p.numel() for n, p in model.named_parameters() if p.requires_grad}
+    # q and v (32 -> 32) of 2 layers, and the intermediate dense (32 -> 37) of 2 layers.
+    assert sum(trainable.values()) == 4 * (8 * 8 + 32 * 32) + 2 * (8 * 8 + 37 * 37)
+    (model(input_ids=torch.tensor([[5, 6, 7]])).last_hidden_state ** 3).sum().backward()
+    grad = model.encoder.layer[0].attention.self.query.loras["a"].vera_D.grad
+    assert (grad - torch.diag(torch.diagonal(grad))).abs().max() > 0
+
+
+def test_full_mode_dvora_is_dora_on_the_full_vera_update():
+    model = _model_with("dvora")
+    _to_full(model)
+    query = model.encoder.layer[0].attention.self.query
+    vera, shared = query.loras["a"], model.shared_parameters["a"]
+    delta = vera.vera_B @ shared.lora_B @ vera.vera_D @ shared.lora_A
+    norm = torch.linalg.norm(query.weight + delta, dim=1)
+    with torch.no_grad():
+        plain = F.linear(X, query.weight, query.bias) + vera.scaling * F.linear(X, delta)
+        assert_close(query(X), vera.m.weight.view(-1) / norm * plain)
+    _assert_merge_and_reset(model, "a", query, X)
+
+
+def test_full_mode_vera_on_a_fused_linear():
+    """Fused (q, k, v in one projection; k left out): vera_D spans the pairs' stacked d, vera_B all adapted rows.
+
+    With diagonal matrices that is vector mode's per-slice update; with full ones
+    dW = vera_B @ blockdiag(B, B) @ vera_D @ [A; A], spread over the enabled slices.
+    """
+    config = adapters.VeraConfig(alpha=16)
+    shared = VeRAShared(8, 16, 12, "vera")
+    vera = VeRA(16, 36, config, shared, slices=(True, False, True))
+    with torch.no_grad():
+        vera.vera_D.normal_(generator=torch.Generator().manual_seed(1))
+        vera.vera_B.normal_(generator=torch.Generator().manual_seed(2))
+    x = torch.randn(3, 16, generator=torch.Generator().manual_seed(4))
+    full = copy.deepcopy(vera)
+    full.use_full_matrices()
+    assert full.vera_D.shape == (16, 16) and full.vera_B.shape == (24, 24)
+    with torch.no_grad():
+        assert_close(full.delta(x), vera.delta(x))
+        assert_close(full.delta_weight(), vera.delta_weight())
+        full.vera_D.add_(0.1 * torch.randn(16, 16, generator=torch.Generator().manual_seed(5)))
+        full.vera_B.add_(0.1 * torch.randn(24, 24, generator=torch.Generator().manual_seed(6)))
+        rows = full.vera_B @ torch.block_diag(shared.lora_B, shared.lora_B) @ full.vera_D @ shared.lora_A.repeat(2, 1)
+        expected = torch.cat([rows[:12], torch.zeros(12, 16), rows[12:]]) * 2.0
+        assert_close(full.delta_weight(), expected)
+        assert_close(full.delta(x), x @ expected.t())
 
 
 # -- gating ----------------------------------------------------------------------------------

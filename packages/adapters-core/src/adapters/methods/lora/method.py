@@ -19,7 +19,7 @@ from .ia3 import IA3
 from .layer import LoRA
 from .linears import ADAPTABLE_LINEARS, is_adaptable, linear_features, weight_out_in
 from .place import LoRAPlace
-from .vera import SHARED_CONTAINER, VeRA, VeRAShared, diagonal_to_vector
+from .vera import SHARED_CONTAINER, VeRA, VeRAShared, convert_saved_vera
 
 if TYPE_CHECKING:
     from ...core.state import AdapterState
@@ -266,25 +266,26 @@ class LoRAMethod(AdapterMethod):
     ) -> dict[str, torch.Tensor]:
         """Read VeRA adapters saved by the reference library.
 
-        The reference stores ``d`` and ``b`` as square matrices (converted here when diagonal)
-        and does not save the shared random matrices; those are rebuilt from the config's
-        ``init_weights_seed`` (drawn as the reference draws them), and without a seed the
-        adapter cannot be reproduced, which raises a clear error.
+        The reference stores ``d`` and ``b`` as square matrices: diagonal ones become vectors,
+        and any off-diagonal entry puts the adapter's VeRA modules in full mode (see
+        :func:`~.vera.convert_saved_vera`). It does not save the shared random matrices; those
+        are rebuilt from the config's ``init_weights_seed`` (drawn as the reference draws them),
+        and without a seed the adapter cannot be reproduced, which raises a clear error.
         """
         from ...io.adapter_io import expected_keys
 
         saved_key = {ours: saved for saved, ours in expected_keys(state, name, saved_name).items()}
-        tensors = dict(tensors)
+        veras = [
+            (module, saved_key[f"{path}.vera_D"], saved_key[f"{path}.vera_B"])
+            for path, module in state.modules_of(name).items()
+            if isinstance(module, VeRA)
+        ]
+        try:
+            tensors = convert_saved_vera(veras, tensors) if veras else dict(tensors)
+        except AdapterLoadError as error:
+            raise AdapterLoadError(f"Cannot load VeRA adapter {saved_name!r}: {error}") from None
         for path, module in state.modules_of(name).items():
-            if isinstance(module, VeRA):
-                for key in (saved_key[f"{path}.vera_D"], saved_key[f"{path}.vera_B"]):
-                    value = tensors.get(key)
-                    if value is not None and value.dim() == 2:
-                        try:
-                            tensors[key] = diagonal_to_vector(value, key)
-                        except ValueError as error:
-                            raise AdapterLoadError(f"Cannot load VeRA adapter {saved_name!r}: {error}") from None
-            elif isinstance(module, VeRAShared):
+            if isinstance(module, VeRAShared):
                 keys = [saved_key[f"{path}.lora_A"], saved_key[f"{path}.lora_B"]]
                 if all(k not in tensors for k in keys):
                     seed = state.configs[name].init_weights_seed
