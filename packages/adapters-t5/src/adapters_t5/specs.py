@@ -38,11 +38,9 @@ _ENCODER_INVERTIBLE = ReferenceNames(paths={"invertible_adapters": "encoder.inve
 _PADDING_MASKS = (InputOf("encoder", 1, "attention_mask"), InputOf("decoder", 3, "encoder_attention_mask"))
 
 
-_REFUSED = {
-    "reft": "ReFT intervenes on the first/last positions of every layer's output, read with the model's padding "
-    "mask; in an encoder-decoder that mask describes only the encoder, and the decoder's positions change at "
-    "each generation step. Use LoRA, bottleneck adapters or prefix tuning",
-}
+# ReFT: the decoder layers intervene at the positions of the encoder's sequence (its padding mask and
+# length), as in the reference library (see adapters.methods.reft.positions).
+_REFUSED: dict[str, str] = {}
 
 
 # -- T5, mT5 -----------------------------------------------------------------------------------
@@ -200,7 +198,9 @@ MBART = _bart_spec(("mbart",), post_ln=False)
 # invertible adapters act on the output of the encoder's final LayerNorm (encoder.layer_norm), and
 # the LM head (proj_out) applies no inverse.
 _WHISPER_REFUSED = {
-    **_REFUSED,
+    "reft": "ReFT's decoder layers intervene at the positions of the encoder's sequence (as in the reference "
+    "library): for Whisper the audio frames, which have no padding mask and outnumber the decoder's tokens. Use "
+    "LoRA, bottleneck adapters or prefix tuning",
     "prompt_tuning": "Whisper's encoder reads log-mel frames of a fixed length and adds its positional table "
     "inside its forward, with no token embeddings where a prompt could enter (the reference library has no "
     "prompt tuning for Whisper either). Use prefix tuning, which adds keys/values to every attention instead",
@@ -255,7 +255,9 @@ ENCODER_DECODER = ModelSpec(
     ),
     reference_names=_ENCODER_INVERTIBLE,
     refused_methods={
-        **_REFUSED,
+        "reft": "ReFT on an EncoderDecoderModel is not checked against the reference library (its decoder layers "
+        "would intervene at the encoder's positions, as in T5 and BART). Use LoRA, bottleneck adapters or prefix "
+        "tuning",
         "prompt_tuning": "an EncoderDecoderModel's config holds no model-level sizes of its own (they live in "
         "its encoder's and decoder's configs), and the reference library has no prompt tuning for it either. "
         "Use prefix tuning, which adds keys/values to every attention instead",

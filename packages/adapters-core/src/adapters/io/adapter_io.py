@@ -332,3 +332,6 @@ def load_into(state: AdapterState, name: str, saved_name: str, tensors: dict[str
     with torch.no_grad():
         for _, target, source in pairs:
             target.copy_(source)
+    # Once per method, also where a ConfigUnion holds several of its configs.
+    for method in dict.fromkeys(method for method, _ in state.methods_of(state.configs[name])):
+        method.after_load(state, name)

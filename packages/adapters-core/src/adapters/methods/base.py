@@ -101,6 +101,14 @@ class AdapterMethod(ABC):
         """
         return tensors
 
+    def after_load(self, state: AdapterState, name: str) -> None:
+        """Read values just copied from a file into adapter ``name`` as the file means them; default: nothing.
+
+        Called once the loaded tensors are in the adapter's parameters (:func:`adapters.io.adapter_io.load_into`).
+        ReFT splits the file's sign diagonal into the signs and the row scale it trains with.
+        """
+        return None
+
     def unmerge(self, state: AdapterState, name: str) -> None:
         raise AdapterError(f"{self.name} adapters cannot be merged into the model weights.")
 

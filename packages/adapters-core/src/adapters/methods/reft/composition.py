@@ -16,7 +16,7 @@ from ...composition.blocks import AdapterCompositionBlock, Average
 from ...composition.engine import ComposablePlace, cat_states, compose, slice_state
 from ...errors import CompositionError
 from ..base import AdapterDict
-from .positions import InterventionPositions, gather_indices
+from .positions import InterventionPositions, check_within, gather_indices
 
 
 class ReftState(NamedTuple):
@@ -34,12 +34,18 @@ class ComposedRefts(ComposablePlace[ReftState]):
     """
 
     def __init__(
-        self, refts: AdapterDict, positions: InterventionPositions, block: AdapterCompositionBlock, padded: bool
+        self,
+        refts: AdapterDict,
+        positions: InterventionPositions,
+        block: AdapterCompositionBlock,
+        padded: bool,
+        from_encoder: bool = False,
     ) -> None:
         _check_averages(block, refts)
         self.refts = refts
         self.positions = positions
         self.padded = padded
+        self.from_encoder = from_encoder
         self.block = block
         self.names = frozenset(n for n in block.flatten() if n in refts._modules)
 
@@ -47,7 +53,8 @@ class ComposedRefts(ComposablePlace[ReftState]):
         hidden = output[0] if isinstance(output, tuple) else output
         runtime = self.parallel_runtime
         copies = runtime.copies if runtime is not None and runtime.batch_size is not None else 1
-        state = compose(self.block, ReftState(hidden, *self.positions.bounds(hidden, copies, self.padded)), self)
+        bounds = self.positions.bounds(hidden, copies, self.padded, self.from_encoder)
+        state = compose(self.block, ReftState(hidden, *bounds), self)
         return (state.hidden, *output[1:]) if isinstance(output, tuple) else state.hidden
 
     # -- ComposablePlace ----------------------------------------------------------------
@@ -57,10 +64,12 @@ class ComposedRefts(ComposablePlace[ReftState]):
     def single(self, name: str, state: ReftState) -> ReftState:
         reft = self.refts[name]
         hidden = state.hidden
+        # The encoder's sequence length in a decoder layer (see InterventionPositions).
+        length = self.positions.length(hidden, self.from_encoder)
         index = gather_indices(
-            reft.prefix_positions, reft.suffix_positions, state.offsets, state.ends, hidden.shape[1], hidden.shape[2]
+            reft.prefix_positions, reft.suffix_positions, state.offsets, state.ends, length, hidden.shape[2]
         )
-        return state._replace(hidden=reft.apply_at(hidden, *index))
+        return state._replace(hidden=reft.apply_at(hidden, *check_within(index, hidden.shape[1], length)))
 
     def batch_size(self, state: ReftState) -> int:
         return state.hidden.shape[0]

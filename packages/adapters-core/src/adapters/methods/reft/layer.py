@@ -10,7 +10,7 @@ from torch import nn
 
 from ...configs.reft import ReftConfig
 from ..init import seeded
-from .orthogonal import ORIGINAL_KEY, canonical_signs, orthonormal_projection
+from .orthogonal import ORIGINAL_KEY, orthonormal_projection, saved_original, split_saved_diagonal
 from .positions import InterventionPositions
 
 
@@ -61,7 +61,8 @@ class ReftUnit(nn.Module):
             # Householder products have no half-precision kernels: keep R in float32 (as the reference).
             low_precision = dtype in (torch.float16, torch.bfloat16)
             self.projection = orthonormal_projection(hidden_size, r, torch.float32 if low_precision else dtype)
-            self.register_state_dict_post_hook(_canonical_signs_hook)
+            self.register_state_dict_post_hook(_saved_signs_hook)
+            self.register_load_state_dict_pre_hook(_loaded_signs_hook)
         else:
             self.projection = nn.Linear(hidden_size, r, bias=False, dtype=dtype)
         self.act = reft_activation(non_linearity)
@@ -79,13 +80,30 @@ class ReftUnit(nn.Module):
             source = source - F.linear(h, rotation)
         return (h + self.dropout(source @ rotation)).to(hidden.dtype)
 
+    def read_saved_signs(self) -> None:
+        """Give R the meaning torch's map gives the loaded diagonal (see :mod:`.orthogonal`); call after loading."""
+        if self.orthogonal:
+            parametrization = self.projection.parametrizations.weight
+            split_saved_diagonal(parametrization.original, parametrization[0].scale)
 
-def _canonical_signs_hook(module: ReftUnit, state_dict: dict, prefix: str, local_metadata: dict) -> None:
-    # Files must hold exact +-1 signs: readers that truncate them (torch's own map) would get R = 0.
+
+def _saved_signs_hook(module: ReftUnit, state_dict: dict, prefix: str, local_metadata: dict) -> None:
+    # Files hold sign * scale, integers: readers that truncate them (torch's own map) get our R.
     key = f"{prefix}projection.{ORIGINAL_KEY}"
     value = state_dict.get(key)
     if value is not None and not isinstance(value, nn.Parameter):  # keep_vars=True hands out the parameter
-        state_dict[key] = canonical_signs(value)
+        state_dict[key] = saved_original(value, module.projection.parametrizations.weight[0].scale)
+
+
+def _loaded_signs_hook(module: ReftUnit, state_dict: dict, prefix: str, *args) -> None:
+    # nn.Module.load_state_dict (whole-model checkpoints): read the diagonal as files mean it, like load_adapter.
+    key = f"{prefix}projection.{ORIGINAL_KEY}"
+    value = state_dict.get(key)
+    parametrization = module.projection.parametrizations.weight
+    if isinstance(value, torch.Tensor) and value.shape == parametrization.original.shape:
+        value = value.detach().clone()
+        split_saved_diagonal(value, parametrization[0].scale)
+        state_dict[key] = value
 
 
 class ReftModule(nn.Module):
@@ -118,8 +136,11 @@ class ReftModule(nn.Module):
                 )
         self.units = nn.ModuleList(units)
 
-    def forward(self, hidden: torch.Tensor, positions: InterventionPositions, padded: bool = True) -> torch.Tensor:
-        return self.apply_at(hidden, *positions.indices(self.prefix_positions, self.suffix_positions, hidden, padded))
+    def forward(
+        self, hidden: torch.Tensor, positions: InterventionPositions, padded: bool = True, from_encoder: bool = False
+    ) -> torch.Tensor:
+        index = positions.indices(self.prefix_positions, self.suffix_positions, hidden, padded, from_encoder)
+        return self.apply_at(hidden, *index)
 
     def apply_at(
         self, hidden: torch.Tensor, prefix_index: torch.Tensor | None, suffix_index: torch.Tensor | None

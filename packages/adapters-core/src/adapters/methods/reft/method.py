@@ -30,7 +30,9 @@ POSITIONS_KEY = "reft.positions"
 class ReftPlace:
     """The ReFT modules after one layer, and the forward hook that applies the active ones."""
 
-    def __init__(self, layer: nn.Module, positions: InterventionPositions, padded: bool = True) -> None:
+    def __init__(
+        self, layer: nn.Module, positions: InterventionPositions, padded: bool = True, from_encoder: bool = False
+    ) -> None:
         holder = layer._modules.get(HOLDER)
         if holder is None:
             holder = nn.Module()
@@ -41,6 +43,8 @@ class ReftPlace:
         self.positions = positions
         # Whether the model's attention mask describes this layer's sequence (not in CLIP's vision tower).
         self.padded = padded
+        # A decoder layer of an encoder-decoder: it intervenes at the positions of the encoder's sequence.
+        self.from_encoder = from_encoder
         self._handle = None
         self._state = None
 
@@ -52,7 +56,7 @@ class ReftPlace:
         if not names:
             return
         if block is not None:
-            hook = ComposedRefts(self.refts, self.positions, block, self.padded)
+            hook = ComposedRefts(self.refts, self.positions, block, self.padded, self.from_encoder)
             hook.parallel_runtime = parallel_runtime
         else:
             # Resolved once here, not on every forward pass.
@@ -78,7 +82,7 @@ class ReftPlace:
         hidden = output[0] if isinstance(output, tuple) else output
         # A Stack applies its ReFT adapters in order, each to the previous one's output.
         for reft in active:
-            hidden = reft(hidden, self.positions, self.padded)
+            hidden = reft(hidden, self.positions, self.padded, self.from_encoder)
         return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
 
@@ -142,12 +146,21 @@ class ReftMethod(AdapterMethod):
         for layer_idx, layer in chosen:
             key = (layer_idx, "reft")
             if key not in places:
-                places[key] = ReftPlace(layer, positions, _reads_padding_mask(state, layer_idx))
+                places[key] = ReftPlace(
+                    layer, positions, _reads_padding_mask(state, layer_idx), _in_decoder(state, layer_idx)
+                )
             module = ReftModule(state.layer_hidden_size(layer_idx), config, dtype).to(reference.device)
             # Follow the model's train/eval mode, so that dropout is off in a model in eval mode.
             module.train(layer.training)
             places[key].refts[name] = module
             records[state.module_path(module)] = module
+
+    def after_load(self, state: AdapterState, name: str) -> None:
+        # A file's sign diagonal means what torch's orthogonal map reads in it (see .orthogonal).
+        for module in state.modules_of(name).values():
+            if isinstance(module, ReftModule):
+                for unit in module.units:
+                    unit.read_saved_signs()
 
     def delete(self, state: AdapterState, name: str) -> None:
         places = self._places(state)
@@ -173,3 +186,12 @@ def _reads_padding_mask(state: AdapterState, layer_idx: int) -> bool:
     (its config has an ``image_size``) has no padding, whatever the text's mask says.
     """
     return not hasattr(state.layer_config(layer_idx), "image_size")
+
+
+def _in_decoder(state: AdapterState, layer_idx: int) -> bool:
+    """Whether the layer is a decoder layer of an encoder-decoder (it has a cross-attention).
+
+    As in the reference library, such a layer intervenes at the positions of the encoder's sequence:
+    the attention mask of the model's forward is the encoder's.
+    """
+    return state.layer_spec(layer_idx).cross_attention is not None
