@@ -392,7 +392,13 @@ def quickstart(ns: dict[str, Any], hub: FakeHub) -> None:
     model, other = ns["model"], ns["other"]
     # train_adapter: the body frozen, the adapter and the static head (classifier) trainable.
     assert trainable(model) == {*adapter_parameters(model, "sst2"), "classifier.weight", "classifier.bias"}
-    assert files_in("out/sst2") == ["adapter.safetensors", "adapter_config.json"]
+    # With the static head (classifier), as the reference library saves it (with_head=True by default).
+    assert files_in("out/sst2") == [
+        "adapter.safetensors",
+        "adapter_config.json",
+        "head_config.json",
+        "model_head.safetensors",
+    ]
     # The file is the parameters in float32 plus the safetensors header (what the quoted size counts).
     count = sum(p.numel() for p in adapter_parameters(model, "sst2").values())
     with open("out/sst2/adapter.safetensors", "rb") as f:
@@ -400,6 +406,22 @@ def quickstart(ns: dict[str, Any], hub: FakeHub) -> None:
     assert os.path.getsize("out/sst2/adapter.safetensors") == 4 * count + 8 + header
     assert other.active_adapters.flatten() == ["sst2"]
     assert_same_tensors(adapter_parameters(model, "sst2"), adapter_parameters(other, "sst2"))
+    # The reloaded model is the trained one: its classifier came back with the adapter, so the logits are identical.
+    assert_same_tensors(dict(model.classifier.named_parameters()), dict(other.classifier.named_parameters()))
+    # Without the head (with_head=False), a fresh model keeps its own random classifier: other logits.
+    fresh = ns["AutoModelForSequenceClassification"].from_pretrained("path/or/hub-id", num_labels=2)
+    adapters.init(fresh)
+    fresh.load_adapter("out/sst2", set_active=True, with_head=False)
+    ids = torch.randint(3, 100, (2, 7), generator=torch.Generator().manual_seed(0))
+    modes = model.training, other.training
+    try:
+        with torch.no_grad():
+            trained, reloaded, headless = (m.eval()(input_ids=ids).logits for m in (model, other, fresh))
+    finally:
+        model.train(modes[0])
+        other.train(modes[1])
+    assert torch.equal(reloaded, trained)  # the same weights, the same computation
+    assert not torch.allclose(headless, trained, atol=1e-3)
 
 
 def test_quoted_seq_bn_file_size(tmp_path) -> None:

@@ -181,10 +181,13 @@ def test_push_adapter_to_hub_uploads_the_folder_and_a_card(upload_spy, offline_c
     (_, create), (_, upload) = upload_spy.calls
     assert create == {"repo_id": REPO, "private": True, "exist_ok": True, "repo_type": "model"}
     assert upload["repo_id"] == REPO and upload["commit_message"] == "Upload adapter sst2"
+    # The save_adapter folder, with the model's static head (classifier) as the reference library uploads it.
     assert sorted(p.name for p in upload_spy.store.iterdir()) == [
         "README.md",
         "adapter.safetensors",
         "adapter_config.json",
+        "head_config.json",
+        "model_head.safetensors",
     ]
 
     card = (upload_spy.store / "README.md").read_text()

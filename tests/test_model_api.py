@@ -221,7 +221,10 @@ def test_saved_files_follow_the_reference_format(tmp_path):
     adapters.init(model)
     model.add_adapter("a", "lora")
     model.save_adapter(tmp_path, "a")
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([fmt.ADAPTER_CONFIG, fmt.ADAPTER_WEIGHTS])
+    # With the model's static head (the classifier), as the reference saves it by default (with_head=True).
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [fmt.ADAPTER_CONFIG, fmt.ADAPTER_WEIGHTS, fmt.HEAD_CONFIG, fmt.HEAD_WEIGHTS]
+    )
     data = json.loads((tmp_path / fmt.ADAPTER_CONFIG).read_text())
     # "integrity" (size and sha256 of the weights file) is ours; the reference library ignores it.
     reference_fields = {"config", "hidden_size", "model_class", "model_name", "model_type", "name", "version"}

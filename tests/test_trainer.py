@@ -94,6 +94,9 @@ def test_checkpoint_holds_only_adapters_and_head(tmp_path):
     assert files == {
         "task/adapter_config.json",
         "task/adapter.safetensors",
+        # save_adapter's folder: with the static head, as the reference's trainer saves it
+        "task/head_config.json",
+        "task/model_head.safetensors",
         "head.safetensors",
         "adapters_checkpoint.json",
         "optimizer.pt",

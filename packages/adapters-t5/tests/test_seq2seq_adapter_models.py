@@ -12,7 +12,7 @@ from tiny_seq2seq import CONFIGS, VOCAB, config, generation_model
 
 import adapters
 from adapters import AutoAdapterModel, LoRAConfig
-from adapters.errors import AdapterConfigError
+from adapters.errors import AdapterConfigError, AdapterLoadError
 from adapters.heads.language_modeling import body_cache
 from adapters.testing import assert_close, randomize_adapter
 
@@ -197,6 +197,21 @@ def test_generate_with_the_seq2seq_lm_head_matches_the_static_model(model_type, 
     start = torch.full((2, 1), model.config.decoder_start_token_id)
     # the cache reaches generate
     assert body_cache(model(**inputs, decoder_input_ids=start, use_cache=True)) is not None
+
+
+def test_a_bart_head_with_a_non_zero_final_logits_bias_is_refused_by_the_flexible_head(tmp_path):
+    # The flexible seq2seq_lm head has no bias: BART's final_logits_bias loads only as zeros (above).
+    static = generation_model("bart")
+    static.save_pretrained(tmp_path / "static")
+    adapters.init(static)
+    static.add_adapter("a", config=LORA)
+    with torch.no_grad():
+        static.final_logits_bias[0, 3] = 1.0
+    static.save_adapter(tmp_path / "a", "a")
+    model = AutoAdapterModel.from_pretrained(tmp_path / "static")  # its LM head converted as "default"
+    with pytest.raises(AdapterLoadError, match=r"non-zero final_logits_bias.*BartForConditionalGeneration"):
+        model.load_adapter(tmp_path / "a")
+    assert "a" not in model.adapters_state.configs and list(model.heads) == ["default"]
 
 
 def test_generate_needs_one_seq2seq_lm_head():

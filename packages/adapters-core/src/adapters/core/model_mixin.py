@@ -15,7 +15,8 @@ from ..composition import AdapterCompositionBlock
 from ..configs.base import AdapterConfig
 from ..configs.registry import load_config
 from ..errors import AdapterConfigError, AdapterError, AdapterLoadError, AdapterNameError
-from ..io import adapter_io, hub
+from ..io import adapter_io, hub, static_head
+from ..io.atomic import atomic_directory
 from ..io.paths import named_child
 from ..methods.fusion import api as fusion_api
 from ..methods.init import initial_values_unneeded
@@ -291,14 +292,50 @@ class ModelAdaptersMixin:
         adapter_name: str,
         meta_dict: dict | None = None,
         use_safetensors: bool = True,
+        with_head: bool = True,
     ) -> None:
-        """Write ``adapter_config.json`` and the weights (safetensors by default), atomically."""
-        adapter_io.save_adapter(self.adapters_state, save_directory, adapter_name, meta_dict, use_safetensors)
+        """Write ``adapter_config.json`` and the weights (safetensors by default), atomically.
 
-    def save_all_adapters(self, save_directory: str | os.PathLike, use_safetensors: bool = True) -> None:
-        """Save every adapter to ``save_directory/<name>`` (refusing a name or link that leads outside it)."""
+        Args:
+            save_directory: the adapter's folder (created, or replaced as a whole).
+            adapter_name: the adapter to save.
+            meta_dict: extra fields for ``adapter_config.json``.
+            use_safetensors: ``adapter.safetensors`` (default) or the pickle ``pytorch_adapter.bin``.
+            with_head: on a model with a static head (``BertForSequenceClassification`` after
+                ``adapters.init``), also write that head as the reference library does:
+                ``head_config.json`` (``model_class``, ``label2id``, ``num_labels``, ...) and
+                ``model_head.safetensors`` (``pytorch_model_head.bin`` with
+                ``use_safetensors=False``), in the same whole-folder swap. ``False`` writes the
+                adapter only. Models without a static head (``BertModel``) write the adapter only.
+
+        Example:
+            >>> model.save_adapter("out/sst2", "sst2")  # doctest: +SKIP
+            >>> sorted(os.listdir("out/sst2"))  # doctest: +SKIP
+            ['adapter.safetensors', 'adapter_config.json', 'head_config.json', 'model_head.safetensors']
+            >>> model.save_adapter("out/sst2-only", "sst2", with_head=False)  # doctest: +SKIP
+        """
+        state = self.adapters_state
+        if not (with_head and static_head.has_static_head(self, state)):
+            adapter_io.save_adapter(state, save_directory, adapter_name, meta_dict, use_safetensors)
+            return
+        state.require(adapter_name)
+        with atomic_directory(save_directory, adapter_io.ADAPTER_FILES | static_head.HEAD_FILES) as scratch:
+            adapter_io.write_adapter(state, scratch, adapter_name, meta_dict, use_safetensors)
+            static_head.write_static_head(self, state, scratch, use_safetensors)
+
+    def save_all_adapters(
+        self, save_directory: str | os.PathLike, use_safetensors: bool = True, with_head: bool = True
+    ) -> None:
+        """Save every adapter to ``save_directory/<name>`` (refusing a name or link that leads outside it).
+
+        ``with_head`` as in :meth:`save_adapter`: a static head is written into every adapter's folder.
+
+        Example:
+            >>> model.save_all_adapters("out")  # doctest: +SKIP
+        """
         for name in self.adapters_state.configs:
-            self.save_adapter(named_child(save_directory, name), name, use_safetensors=use_safetensors)
+            folder = named_child(save_directory, name)
+            self.save_adapter(folder, name, use_safetensors=use_safetensors, with_head=with_head)
 
     def save_pretrained(self, save_directory: str | os.PathLike, save_adapters: bool = True, **kwargs: Any) -> None:
         """Save a plain transformers checkpoint, with each adapter beside it in ``adapters/<name>``
@@ -331,7 +368,9 @@ class ModelAdaptersMixin:
         if save_adapters and state.configs:
             for name in state.configs:
                 meta = {merging.ADAPTER_FIELD: True} if name == state.merged else None
-                self.save_adapter(named_child(Path(save_directory) / "adapters", name), name, meta_dict=meta)
+                # The checkpoint holds a static head already: the adapter folders do not repeat it.
+                folder = named_child(Path(save_directory) / "adapters", name)
+                self.save_adapter(folder, name, meta_dict=meta, with_head=not static_head.has_static_head(self, state))
             self.save_all_adapter_fusions(Path(save_directory) / "adapter_fusions")
 
     @_changes_adapters
@@ -343,9 +382,18 @@ class ModelAdaptersMixin:
         set_active: bool = False,
         use_safetensors: bool | None = None,
         overwrite_ok: bool = False,
+        with_head: bool = True,
         **kwargs: Any,
     ) -> str:
         """Load an adapter folder written by this library or the reference library; return its name.
+
+        ``with_head`` (default): on a model with a static head (``BertForSequenceClassification``
+        after ``adapters.init``), a head saved in the folder (``head_config.json`` +
+        ``model_head.safetensors`` or ``pytorch_model_head.bin``, by ``save_adapter`` here or in
+        the reference library) is loaded into that head, and its ``label2id`` into the config. The
+        head must come from the same model class with the same shapes (``num_labels``); otherwise
+        the load is refused before anything changes. ``with_head=False`` loads the adapter only
+        and keeps the model's head. Models without a static head ignore head files.
 
         Any error (missing or corrupt file, other model type or hidden size, mismatching weights)
         leaves the model exactly as it was. A string that is not a local folder is a Hugging Face
@@ -358,6 +406,14 @@ class ModelAdaptersMixin:
         refused before anything of its size is allocated. Weights with NaN or infinite values are
         refused; weights of another dtype are cast to the adapter's (with a warning), unless the
         cast would overflow. See :mod:`adapters.core.dry_run`.
+
+        Example:
+            >>> model = AutoModelForSequenceClassification.from_pretrained("bert-base-uncased")  # doctest: +SKIP
+            >>> adapters.init(model)  # doctest: +SKIP
+            >>> model.load_adapter("out/sst2", set_active=True)  # adapter and classifier  # doctest: +SKIP
+            'sst2'
+            >>> model.load_adapter("out/sst2", load_as="body_only", with_head=False)  # doctest: +SKIP
+            'body_only'
         """
         hub_options = {key: kwargs.pop(key) for key in hub.HUB_OPTIONS if key in kwargs}
         if kwargs:
@@ -373,6 +429,8 @@ class ModelAdaptersMixin:
         name = check_adapter_name(load_as) if load_as else check_saved_name(saved_name, folder)
         tensors = adapter_io.read_adapter_weights(folder, data, use_safetensors)
         merging.refuse_merged_twice(self, data, tensors, folder)
+        # Read and checked before the model changes: a head that does not fit refuses the whole load.
+        head = static_head.prepare_static_head(self, state, folder, use_safetensors) if with_head else None
         previous = None
         if name in state.configs:
             if not overwrite_ok:
@@ -393,6 +451,8 @@ class ModelAdaptersMixin:
         except BaseException:
             self.delete_adapter(staging)
             raise
+        if head is not None:
+            head.apply(self)
         if previous:
             self.delete_adapter(previous)
             self._rename_adapter(staging, name)

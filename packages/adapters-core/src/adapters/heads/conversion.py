@@ -25,12 +25,15 @@ class StaticHead:
         options: head config fields (``layers``, ``activation_function``, ``use_pooler``, ...).
         params: single static parameters -> ``"<index>.<param>"`` in the flexible head
             (transformers 5 keeps an LM decoder's bias as ``cls.predictions.bias``).
+        zero_buffers: static buffers the flexible head has no place for and that change nothing
+            while zero (BART's ``final_logits_bias``): a saved head may hold them only as zeros.
     """
 
     head_type: str
     modules: Mapping[str, int]
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     params: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    zero_buffers: frozenset[str] = frozenset()
 
     def head_config(self, label2id: Mapping[str, int] | None, num_labels: int | None = None) -> dict[str, Any]:
         """The flexible head's config; labels come from the static model's ``label2id``."""
@@ -115,7 +118,10 @@ def _bart_like(prefix: str, qa: bool = True) -> dict[str, StaticHead]:
         f"{prefix}ForSequenceClassification": _two_layer(
             "classification_head.dense", "classification_head.out_proj", "tanh"
         ),
-        f"{prefix}ForConditionalGeneration": _projection("seq2seq_lm"),
+        # Its final_logits_bias buffer is zero unless a vocabulary was resized with a bias.
+        f"{prefix}ForConditionalGeneration": dataclasses.replace(
+            _projection("seq2seq_lm"), zero_buffers=frozenset({"final_logits_bias"})
+        ),
     }
     if qa:
         # BART's QA classes set config.num_labels = 2; T5's project onto config.num_labels outputs.

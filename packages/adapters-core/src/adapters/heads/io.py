@@ -129,6 +129,7 @@ def prepare_head(
         raise AdapterLoadError(f"The head in {folder} was saved for hidden_size {saved_size}; this model has {size}.")
     label2id = _labels(id2label)
     saved = data.get("config")
+    zero_buffers: frozenset[str] = frozenset()
     if isinstance(saved, dict) and "head_type" in saved:
         name = name or check_saved_name(data.get("name"), folder, "head")
         config = copy.deepcopy(saved)
@@ -148,6 +149,7 @@ def prepare_head(
             raise AdapterLoadError(f"The static head in {folder} has no saved name; pass load_as=.")
         config = conversion.head_config(label2id or data.get("label2id"), data.get("num_labels"))
         rename = conversion.head_key
+        zero_buffers = conversion.zero_buffers
     if label2id is not None:
         config["label2id"] = label2id
     head = model.build_head(name, config)
@@ -159,8 +161,23 @@ def prepare_head(
         expected=data.get(integrity.KEY),
         config_name=fmt.HEAD_CONFIG,
     )
+    if zero_buffers:
+        tensors = _without_zero_buffers(tensors, zero_buffers, str(data["model_class"]), folder)
     _load_head_weights(model, head, name, tensors, rename, folder)
     return PreparedHead(head, head.config)
+
+
+def _without_zero_buffers(
+    tensors: dict[str, torch.Tensor], zero_buffers: frozenset[str], model_class: str, folder: Path
+) -> dict[str, torch.Tensor]:
+    """``tensors`` without the static head's buffers that the flexible head lacks, which must be zero."""
+    for key in zero_buffers & tensors.keys():
+        if tensors[key].count_nonzero():
+            raise AdapterLoadError(
+                f"The {model_class} head in {folder} has a non-zero {key}, which the flexible head has no place for: "
+                f"its outputs would change. Load the folder into a {model_class} instead."
+            )
+    return {key: value for key, value in tensors.items() if key not in zero_buffers}
 
 
 def _load_head_weights(model, head, name: str, tensors: dict[str, torch.Tensor], rename, folder: Path) -> None:

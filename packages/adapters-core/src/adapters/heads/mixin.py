@@ -478,7 +478,7 @@ class ModelWithFlexibleHeadsAdaptersMixin(ModelAdaptersMixin):
         Both go into the folder in one whole-folder swap: a crash leaves the old pair or the new one.
         """
         if not (with_head and adapter_name in self.heads):
-            super().save_adapter(save_directory, adapter_name, meta_dict, use_safetensors)
+            super().save_adapter(save_directory, adapter_name, meta_dict, use_safetensors, with_head=False)
             return
         state = self.adapters_state
         state.require(adapter_name)
@@ -521,7 +521,9 @@ class ModelWithFlexibleHeadsAdaptersMixin(ModelAdaptersMixin):
         if with_head and head_io.has_head(folder):
             # Named after the adapter once that is loaded; a placeholder until then.
             prepared = head_io.prepare_head(self, folder, load_as or "loading", id2label, use_safetensors)
-        name = super().load_adapter(folder, config, load_as, set_active, use_safetensors, overwrite_ok, **kwargs)
+        name = super().load_adapter(
+            folder, config, load_as, set_active, use_safetensors, overwrite_ok, with_head=False, **kwargs
+        )
         if prepared is not None:
             prepared.head.name = name
             self.add_prediction_head(prepared.head, overwrite_ok=True, set_active=set_active)
