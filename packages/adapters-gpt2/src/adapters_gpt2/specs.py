@@ -124,7 +124,11 @@ GPTJ = ModelSpec(
 GPT2 = ModelSpec(
     model_types=("gpt2",),
     layers="h",
-    embeddings="wte",
+    # As in the reference library, invertible adapters act on the output of the embedding dropout:
+    # token + position embeddings (drop(wte + wpe)), not on the token embeddings alone. The prompt
+    # replaces the placeholder tokens' embeddings at wte.
+    embeddings="drop",
+    prompt_embeddings="wte",
     attention_block=ResidualBlock(holder="attention_adapters", residual=InputOf("ln_1", 0, "input"), sublayer="attn"),
     ffn_block=ResidualBlock(holder="output_adapters", residual=InputOf("ln_2", 0, "input"), sublayer="mlp"),
     linears={"attn_out": "attn.c_proj", "ffn_in": "mlp.c_fc", "ffn_out": "mlp.c_proj"},

@@ -61,6 +61,8 @@ _V4_LINEAR_NAMES = {
     "attention.o_proj": "attention.output.dense",
     "mlp.fc1": "intermediate.dense",
     "mlp.fc2": "output.dense",
+    # Prefix-tuning gates (UniPELT, use_gating=True) sit in the 4.x self-attention module.
+    "attention.prefix_tuning": "attention.attention.prefix_tuning",
 }
 
 VIT = ModelSpec(
