@@ -323,11 +323,27 @@ def reference_roundtrip(session: nox.Session) -> None:
         str(ref / "bin" / "python"), "packages/adapters-t5/tests/fixtures/reference/check_in_reference.py",
         str(seq2seq), external=True, env={"PYTHONPATH": ""},
     )  # fmt: skip
+    # Every method and composition on 13 architectures (tests/fixtures/reference/dropin): saved here
+    # with fresh weights, loaded there; documented differences compared as differences.json says.
+    dropin = _fresh_dir(session, "ours-dropin")
+    session.run("python", "tests/fixtures/reference/dropin/export_dropin.py", str(dropin))
+    session.run(
+        str(ref / "bin" / "python"), "tests/fixtures/reference/dropin/check_dropin.py", str(dropin),
+        external=True, env={"PYTHONPATH": ""},
+    )  # fmt: skip
     # Flexible heads (and an adapter with its head) saved here, loaded by the reference's AdapterModel.
     heads = _fresh_dir(session, "ours-heads")
     session.run("python", "tests/fixtures/reference/export_our_heads.py", str(heads))
     session.run(
         str(ref / "bin" / "python"), "tests/fixtures/reference/make_head_fixtures.py", "--check", str(heads),
+        external=True, env={"PYTHONPATH": ""},
+    )  # fmt: skip
+    # Static heads (BertForSequenceClassification, ...): an adapter saved here with the model's head,
+    # loaded by the reference into a fresh model of that class.
+    static = _fresh_dir(session, "ours-static-heads")
+    session.run("python", "tests/fixtures/reference/make_static_head_fixtures.py", "--export", str(static))
+    session.run(
+        str(ref / "bin" / "python"), "tests/fixtures/reference/make_static_head_fixtures.py", "--check", str(static),
         external=True, env={"PYTHONPATH": ""},
     )  # fmt: skip
 
@@ -341,3 +357,8 @@ def reference_fixtures(session: nox.Session) -> None:
     session.run(
         str(ref / "bin" / "python"), "packages/adapters-gpt2/tests/fixtures/reference/make_fixtures.py", external=True
     )
+    session.run(str(ref / "bin" / "python"), "tests/fixtures/reference/dropin/make_dropin.py", external=True)
+    session.run(
+        str(ref / "bin" / "python"), "tests/fixtures/reference/make_static_head_fixtures.py",
+        external=True, env={"PYTHONPATH": ""},
+    )  # fmt: skip
