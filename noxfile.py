@@ -171,9 +171,12 @@ def transformers_latest(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def lint(session: nox.Session) -> None:
-    """ruff over every package, test, benchmark and example."""
-    session.install(*CONSTRAINTS, "ruff", silent=False)
+    """ruff over every package, test, benchmark and example; import-linter's layer contracts (pyproject.toml)."""
+    session.install(*CONSTRAINTS, "ruff", "import-linter", silent=False)
     session.run("ruff", "check", "packages", "tests", "benchmarks", "examples", "noxfile.py")
+    # import-linter reads the sources statically: the packages' src folders on the path, nothing installed.
+    sources = os.pathsep.join(str(ROOT / path / "src") for path in PACKAGE_DIRS)
+    session.run("lint-imports", env={"PYTHONPATH": sources})
 
 
 # examples/quickstart.py's default --data-dir: SST-2 in the shared data folder beside the repository.

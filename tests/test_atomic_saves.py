@@ -27,7 +27,7 @@ from conftest import tiny_bert
 
 import adapters
 from adapters import AdapterLoadError, AutoAdapterModel
-from adapters.io import format as fmt
+from adapters.files import format as fmt
 from adapters.methods.fusion import FusionRegistry
 from adapters.testing import randomize_adapter
 

@@ -1,4 +1,4 @@
-"""model.average_adapter: parameter averaging into a new, ordinary adapter (REFERENCE §3)."""
+"""model.average_adapter: parameter averaging into a new, ordinary adapter."""
 
 from __future__ import annotations
 

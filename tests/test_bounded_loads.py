@@ -27,7 +27,7 @@ from torch.utils._pytree import tree_leaves
 
 import adapters
 from adapters import AdapterConfigError, AdapterError, AdapterLoadError, LoRAConfig, PromptTuningConfig
-from adapters.io import format as fmt
+from adapters.files import format as fmt
 from adapters.testing import randomize_adapter
 from adapters.testing.conformance import method_cases
 
@@ -159,7 +159,7 @@ def test_legacy_pickles_are_checked_before_allocating_too(tmp_path):
 
 
 def test_add_adapter_refuses_a_config_out_of_proportion_to_the_model(monkeypatch):
-    from adapters.core import dry_run
+    from adapters.model import dry_run
 
     # The floor keeps small models from refusing ordinary configs; without it the cap is 10x the model.
     monkeypatch.setattr(dry_run, "PARAMETER_FLOOR", 0)
@@ -174,7 +174,7 @@ def test_add_adapter_refuses_a_config_out_of_proportion_to_the_model(monkeypatch
 
 
 def test_the_parameter_cap_has_a_floor_for_small_models():
-    from adapters.core import dry_run
+    from adapters.model import dry_run
 
     assert dry_run.PARAMETER_FLOOR >= 1 << 24 and dry_run.PARAMETER_FACTOR >= 10
     model = tiny_bert()
@@ -361,13 +361,13 @@ def test_every_builtin_method_runs_the_trial_build(case, caplog):
     _, config = case
     model = tiny_bert()
     adapters.init(model)
-    with caplog.at_level(logging.DEBUG, logger="adapters.core.dry_run"):
+    with caplog.at_level(logging.DEBUG, logger="adapters.model.dry_run"):
         model.add_adapter("a", config)
     assert not caplog.records
 
 
 def test_the_trial_build_draws_no_random_numbers(monkeypatch):
-    from adapters.core import dry_run
+    from adapters.model import dry_run
 
     def build_all(model):
         torch.manual_seed(1)
@@ -388,7 +388,7 @@ def test_the_trial_build_draws_no_random_numbers(monkeypatch):
 
 
 def test_a_method_that_cannot_run_on_meta_is_built_without_the_trial(monkeypatch, caplog):
-    from adapters.core import dry_run
+    from adapters.model import dry_run
 
     class NoMeta(TorchFunctionMode):
         def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -397,7 +397,7 @@ def test_a_method_that_cannot_run_on_meta_is_built_without_the_trial(monkeypatch
     monkeypatch.setattr(dry_run, "_OnMeta", NoMeta)
     model = tiny_bert()
     adapters.init(model)
-    with caplog.at_level(logging.DEBUG, logger="adapters.core.dry_run"):
+    with caplog.at_level(logging.DEBUG, logger="adapters.model.dry_run"):
         model.add_adapter("a", "lora")
     assert "without the trial" in caplog.text
     assert all(p.device.type == "cpu" for _, p in model.adapters_state.parameters_of("a"))

@@ -10,7 +10,7 @@ import torch
 from adapters import CompositionError
 from adapters.composition import Average, BatchSplit, Fuse, Parallel, Split, Stack
 from adapters.composition.engine import ComposablePlace, cat_states, compose, slice_state
-from adapters.composition.parallel import ParallelRuntime
+from adapters.core.parallel import ParallelRuntime
 from adapters.testing import assert_close
 
 

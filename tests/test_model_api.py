@@ -14,7 +14,7 @@ import adapters
 from adapters import AdapterLoadError, AdapterNameError, AdapterSetup, UnsupportedModelError
 from adapters.composition import Stack
 from adapters.core.context import adapter_hooks
-from adapters.io import format as fmt
+from adapters.files import format as fmt
 from adapters.testing import assert_close, randomize_adapter
 
 

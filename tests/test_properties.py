@@ -61,8 +61,8 @@ from adapters.composition import (
     Stack,
     validate_nesting,
 )
-from adapters.io import format as fmt
-from adapters.io import integrity
+from adapters.files import format as fmt
+from adapters.files import integrity
 from adapters.io.adapter_io import parse_saved_config
 from adapters.methods.fusion.api import fusion_names
 from adapters.testing import assert_close, randomize_adapter
@@ -96,7 +96,7 @@ def assert_unchanged(model: torch.nn.Module, before: tuple) -> None:
 def unsynced():
     """Saves without fsync: durability is test_atomic_saves' business, and here the syncs of a few
     hundred saves would take most of the time budget (seconds on a loaded disk)."""
-    from adapters.io import atomic
+    from adapters.files import atomic
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(atomic, "_sync_files", lambda folder: None)

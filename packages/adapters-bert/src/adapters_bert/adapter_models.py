@@ -112,15 +112,3 @@ class BertGenerationAdapterModel(AdapterModelBase, BertGenerationPreTrainedModel
     head_types = ("masked_lm", "causal_lm")
 
 
-ADAPTER_MODELS = {
-    "bert": BertAdapterModel,
-    "roberta": RobertaAdapterModel,
-    "xlm-roberta": XLMRobertaAdapterModel,
-    "xmod": XmodAdapterModel,
-    "electra": ElectraAdapterModel,
-    "distilbert": DistilBertAdapterModel,
-    "albert": AlbertAdapterModel,
-    "deberta": DebertaAdapterModel,
-    "deberta-v2": DebertaV2AdapterModel,
-    "bert-generation": BertGenerationAdapterModel,
-}

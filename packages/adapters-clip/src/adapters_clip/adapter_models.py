@@ -26,4 +26,3 @@ class CLIPAdapterModel(AdapterModelBase, CLIPPreTrainedModel):
     head_types = ()
 
 
-ADAPTER_MODELS = {"clip": CLIPAdapterModel}

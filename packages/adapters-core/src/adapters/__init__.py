@@ -40,15 +40,17 @@ from .configs import (
     UniPELTConfig,
     VeraConfig,
 )
-from .core import AdapterSetup, ModelAdaptersMixin, init
+from .core import AdapterSetup
 from .errors import (
     AdapterConfigError,
     AdapterError,
     AdapterLoadError,
     AdapterNameError,
     CompositionError,
+    PluginConflictError,
     UnsupportedModelError,
 )
+from .model import ModelAdaptersMixin, init
 from .support import MethodSupport, ModelSupport, supported_models
 
 __all__ = [
@@ -88,6 +90,7 @@ __all__ = [
     "NoReftConfig",
     "ParBnConfig",
     "Parallel",
+    "PluginConflictError",
     "PredictionHead",
     "PrefixTuningConfig",
     "PromptTuningConfig",

@@ -23,3 +23,7 @@ class AdapterLoadError(AdapterError, OSError):
 
 class CompositionError(AdapterError, ValueError):
     """An adapter setup cannot be activated."""
+
+
+class PluginConflictError(AdapterError, RuntimeError):
+    """Two installed plugins claim the same model type."""

@@ -91,13 +91,3 @@ class GPT2AdapterModel(DecoderAdapterModelBase, GPT2PreTrainedModel, GenerationM
     base_model_class = GPT2Model
 
 
-ADAPTER_MODELS = {
-    "llama": LlamaAdapterModel,
-    "mistral": MistralAdapterModel,
-    "qwen2": Qwen2AdapterModel,
-    "qwen3": Qwen3AdapterModel,
-    "gemma2": Gemma2AdapterModel,
-    "gemma3_text": Gemma3TextAdapterModel,
-    "gptj": GPTJAdapterModel,
-    "gpt2": GPT2AdapterModel,
-}

@@ -35,10 +35,10 @@ from transformers.models.bart.modeling_bart import shift_tokens_right as bart_sh
 from transformers.models.mbart.modeling_mbart import shift_tokens_right as mbart_shift
 from transformers.models.plbart.modeling_plbart import shift_tokens_right as plbart_shift
 
-from adapters.composition.generation import ParallelGenerationMixin
 from adapters.errors import AdapterConfigError
 from adapters.heads import AdapterModelBase
 from adapters.heads.model import _base_inputs
+from adapters.model.generation import ParallelGenerationMixin
 
 # The reference library's head types of its encoder-decoder AdapterModels.
 SEQ2SEQ_HEAD_TYPES = ("classification", "multilabel_classification", "question_answering", "seq2seq_lm")
@@ -238,16 +238,7 @@ class PLBartAdapterModel(_BartFamily, PLBartPreTrainedModel, GenerationMixin):
         return plbart_shift(labels, self.config.pad_token_id)
 
 
-ADAPTER_MODELS = {
-    "t5": T5AdapterModel,
-    "mt5": MT5AdapterModel,
-    "bart": BartAdapterModel,
-    "mbart": MBartAdapterModel,
-    "plbart": PLBartAdapterModel,
-}
-
 __all__ = [
-    "ADAPTER_MODELS",
     "SEQ2SEQ_HEAD_TYPES",
     "BartAdapterModel",
     "MBartAdapterModel",

@@ -87,9 +87,3 @@ class Dinov2WithRegistersAdapterModel(_ClsAndMeanPatch, Dinov2WithRegistersPreTr
     head_types = VISION_HEAD_TYPES
 
 
-ADAPTER_MODELS = {
-    "vit": ViTAdapterModel,
-    "beit": BeitAdapterModel,
-    "dinov2": Dinov2AdapterModel,
-    "dinov2_with_registers": Dinov2WithRegistersAdapterModel,
-}

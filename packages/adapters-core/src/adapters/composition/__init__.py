@@ -1,4 +1,4 @@
-"""Adapter composition blocks and their rules (REFERENCE §3).
+"""Adapter composition blocks and their rules.
 
 A plain name or a list of names is a :class:`Stack`; blocks nest as :data:`ALLOWED_NESTINGS`
 says, and every adapter's method must support the blocks around it. Both are checked when a setup

@@ -1,4 +1,4 @@
-"""The composition blocks of ``adapters.composition`` (REFERENCE §3) as plain data.
+"""The composition blocks of ``adapters.composition`` as plain data.
 
 Blocks only describe a setup; where it is checked lives in :mod:`.rules`, and what a block does
 at a place is each method's business.

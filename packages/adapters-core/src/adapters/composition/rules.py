@@ -1,4 +1,4 @@
-"""Which setups are valid: the nesting rules of REFERENCE §3 and each method's supported blocks.
+"""Which setups are valid: the nesting rules of the reference library and each method's supported blocks.
 
 Checked when a setup is activated, so an invalid one raises before any hook changes.
 """

@@ -31,8 +31,6 @@ if TYPE_CHECKING:
 INT_MAX = 2**31 - 1
 # torch.manual_seed takes [-2**63, 2**64).
 _SEED_MIN, _SEED_MAX = -(2**63), 2**64 - 1
-# Deeper than any config of the reference format (a union of configs with a per-layer dict).
-MAX_NESTING = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,22 +184,6 @@ def check_fields(config: AdapterConfig) -> None:
             raise _refuse(config, field.name, value, rule.allowed + (" or null" if nullable else ""), rule.label)
         if coerced is not value:
             object.__setattr__(config, field.name, coerced)
-
-
-def check_nesting(data: Any, limit: int = MAX_NESTING) -> None:
-    """Refuse dicts and lists nested deeper than ``limit`` (walked without recursion)."""
-    stack = [(data, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if depth > limit:
-            raise AdapterConfigError(
-                f"The config is nested more than {limit} levels deep; no adapter config is. The file or dict is "
-                "corrupt or hostile."
-            )
-        if isinstance(item, Mapping):
-            stack.extend((v, depth + 1) for v in item.values())
-        elif isinstance(item, (list, tuple)):
-            stack.extend((v, depth + 1) for v in item)
 
 
 # Fields that set the size of an adapter's tensors, named in messages about sizes.

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..errors import AdapterConfigError
+from ..files.jsonfile import read_json
 from . import checks
 from .base import AdapterConfig
 
@@ -141,8 +142,6 @@ def _from_name_or_path(text: str) -> AdapterFusionConfig:
             f"Unknown AdapterFusion config {text!r}: use one of {sorted(FUSION_CONFIG_NAMES)}, a dict of every "
             "field, or the path of an adapter_fusion_config.json."
         )
-    from ..io.jsonfile import read_json
-
     data = read_json(Path(path), "AdapterFusion config")
     if not isinstance(data, dict):
         raise AdapterConfigError(f"{path} does not hold an AdapterFusion config object.")

@@ -7,8 +7,10 @@ from collections.abc import Iterator
 from typing import Any, ClassVar
 
 from ..errors import AdapterConfigError
-from .base import AdapterConfig
-from .bottleneck import BnConfig
+from .base import AdapterConfig, config_from_dict
+from .bottleneck import BnConfig, ParBnConfig, SeqBnConfig
+from .lora import LoRAConfig
+from .prefix_tuning import PrefixTuningConfig
 
 
 @dataclasses.dataclass(frozen=True, init=False)
@@ -67,8 +69,6 @@ class ConfigUnion(AdapterConfig):
 
     @classmethod
     def from_dict(cls, config: dict[str, Any]) -> ConfigUnion:
-        from .registry import config_from_dict
-
         members = config.get("configs")
         if not isinstance(members, (list, tuple)):
             raise AdapterConfigError(f"A union config needs a list 'configs' of member configs, got {members!r:.80}.")
@@ -84,10 +84,9 @@ class MAMConfig(ConfigUnion):
         ['PrefixTuningConfig', 'ParBnConfig']
     """
 
-    def __init__(self, prefix_tuning: AdapterConfig | None = None, adapter: AdapterConfig | None = None) -> None:
-        from .bottleneck import ParBnConfig
-        from .prefix_tuning import PrefixTuningConfig
+    shorthand: ClassVar[str | None] = "mam"
 
+    def __init__(self, prefix_tuning: AdapterConfig | None = None, adapter: AdapterConfig | None = None) -> None:
         super().__init__(prefix_tuning or PrefixTuningConfig(bottleneck_size=800), adapter or ParBnConfig())
 
 
@@ -102,16 +101,14 @@ class UniPELTConfig(ConfigUnion):
         True
     """
 
+    shorthand: ClassVar[str | None] = "unipelt"
+
     def __init__(
         self,
         prefix_tuning: AdapterConfig | None = None,
         adapter: AdapterConfig | None = None,
         lora: AdapterConfig | None = None,
     ) -> None:
-        from .bottleneck import SeqBnConfig
-        from .lora import LoRAConfig
-        from .prefix_tuning import PrefixTuningConfig
-
         members = (
             prefix_tuning or PrefixTuningConfig(prefix_length=10),
             adapter or SeqBnConfig(reduction_factor=16),
@@ -119,6 +116,3 @@ class UniPELTConfig(ConfigUnion):
         )
         super().__init__(*(member.replace(use_gating=True) for member in members))
 
-
-# Shorthands for unions, next to the single-method names the registered methods provide.
-UNION_NAMES: dict[str, type[ConfigUnion]] = {"mam": MAMConfig, "unipelt": UniPELTConfig}

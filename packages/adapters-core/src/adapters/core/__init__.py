@@ -1,8 +1,10 @@
-"""The model-facing core: ``init``, the model API, per-model state and ``AdapterSetup``."""
+"""The runtime the methods build on: per-model adapter state, hook stages, residual and attention
+places, the forward context (``AdapterSetup``) and gating scores.
+
+Below the methods and the composition engine; the model API that sits on top is :mod:`adapters.model`.
+"""
 
 from .context import AdapterSetup
-from .init import init
-from .model_mixin import ModelAdaptersMixin
 from .state import AdapterState
 
-__all__ = ["AdapterSetup", "AdapterState", "ModelAdaptersMixin", "init"]
+__all__ = ["AdapterSetup", "AdapterState"]

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from .activation import PerThread
+from .context import register_pass_pre_hook
 
 if TYPE_CHECKING:
     from .state import AdapterState
@@ -93,8 +94,6 @@ class GatingScores:
         if recorder is None:
             recorder = state.method_data[KEY] = cls(state)
             model = state.model
-            from .context import register_pass_pre_hook
-
             recorder._handles = [
                 register_pass_pre_hook(state, model, recorder._start),
                 model.register_forward_hook(recorder._finish, always_call=True),

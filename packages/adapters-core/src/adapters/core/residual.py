@@ -199,3 +199,28 @@ def _input_of(where: InputOf, args: tuple, kwargs: dict) -> torch.Tensor:
     if len(args) > where.index:
         return args[where.index]
     return kwargs[where.keyword]
+
+
+# -- where residual-block adapters sit (bottleneck adapters and the fusion layers beside them) ----------
+#: Config flag -> the ``LayerSpec`` field of the residual block it places adapters at.
+LOCATIONS = {"mh_adapter": "attention_block", "output_adapter": "ffn_block", "cross_adapter": "cross_attention_block"}
+
+
+def config_flag_of(block, location: str) -> str | None:
+    """The config flag that places adapters at ``block`` (``None``: the model has no such block)."""
+    if block is None:
+        return None
+    return block.config_flag or location
+
+
+def holder_module(layer: nn.Module, path: str) -> nn.Module:
+    # A model without a module at the holder path gets an empty container there, so weight keys
+    # read e.g. "transformer.layer.0.output_adapters.adapters.NAME..." as in the reference.
+    parent = layer
+    for part in path.split("."):
+        child = parent._modules.get(part)
+        if child is None:
+            child = nn.Module()
+            parent.add_module(part, child)
+        parent = child
+    return parent

@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from ..composition import AdapterCompositionBlock, Parallel, check_method_support, parse_composition, validate_nesting
-from ..composition.parallel import ParallelHooks, ParallelRuntime
 from ..configs.base import AdapterConfig
 from ..configs.union import ConfigUnion
 from ..errors import AdapterError, AdapterNameError
 from ..plugins.manager import Registry
 from ..plugins.spec import ModelSpec
 from .activation import _BUILDING, Activation, ActivationCache, Attachable, ForwardGuard, PerThread, build_into
+from .parallel import ParallelHooks, ParallelRuntime
 
 if TYPE_CHECKING:
     from ..methods.base import AdapterMethod

@@ -14,6 +14,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from ..plugins.manager import get_registry
+
 
 @dataclasses.dataclass(frozen=True)
 class StaticHead:
@@ -240,7 +242,5 @@ STATIC_HEADS: dict[str, StaticHead] = {
 
 def static_head(class_name: str) -> StaticHead | None:
     """The conversion of a static head class: from a plugin (``adapters_static_heads``) or the built-in table."""
-    from ..plugins.manager import get_registry
-
     registered = getattr(get_registry(), "static_heads", {})
     return registered.get(class_name) or STATIC_HEADS.get(class_name)

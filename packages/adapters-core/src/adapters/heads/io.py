@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..core.reference_format import write_config
 from ..errors import AdapterLoadError
-from ..io import format as fmt
-from ..io import integrity
-from ..io.adapter_io import write_config
-from ..io.atomic import atomic_directory
-from ..io.scratch import tidy_before_reading
-from ..io.weights import load_weights, save_weights
+from ..files import format as fmt
+from ..files import integrity
+from ..files.atomic import atomic_directory
+from ..files.scratch import tidy_before_reading
+from ..files.weights import load_weights, save_weights
 from ..names import check_saved_name
 from .conversion import static_head
 

@@ -13,12 +13,12 @@ from typing import Any
 from torch import nn
 
 from ..composition import AdapterCompositionBlock, BatchSplit, Parallel, Stack, parse_composition
-from ..core.model_mixin import ModelAdaptersMixin, _changes_adapters
 from ..errors import AdapterConfigError, AdapterNameError
+from ..files.atomic import atomic_directory
+from ..files.paths import named_child
 from ..io import adapter_io, hub
-from ..io.atomic import atomic_directory
-from ..io.paths import named_child
 from ..methods.base import AdapterDict
+from ..model.model_mixin import ModelAdaptersMixin, _changes_adapters
 from ..names import check_adapter_name
 from . import io as head_io
 from .base import PredictionHead

@@ -27,8 +27,8 @@ from transformers.utils.generic import TransformersKwargs
 
 from ..composition import BatchSplit
 from ..core import context
-from ..core.init import attach_adapters
 from ..errors import AdapterNameError, CompositionError
+from ..model.init import attach_adapters
 from .base import MultiHeadOutput
 from .conversion import static_head
 from .mixin import HeadSetup, ModelWithFlexibleHeadsAdaptersMixin, heads_of_setup

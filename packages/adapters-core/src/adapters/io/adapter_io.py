@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from pathlib import Path
@@ -10,42 +9,24 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..configs.base import AdapterConfig
+from ..configs.base import AdapterConfig, config_from_dict
 from ..configs.checks import size_summary
-from ..configs.registry import config_from_dict
+from ..core.reference_format import (
+    expected_keys,
+    read_config_file,
+    saved_config_dict,
+    saved_path,
+    strip_base_prefix,
+    write_config,
+)
 from ..errors import AdapterConfigError, AdapterLoadError
-from . import format as fmt
-from . import integrity
-from .atomic import atomic_directory
-from .jsonfile import read_json
-from .weights import load_weights, save_weights
+from ..files import format as fmt
+from ..files import integrity
+from ..files.atomic import atomic_directory
+from ..files.weights import load_weights, save_weights
 
 if TYPE_CHECKING:
     from ..core.state import AdapterState
-
-
-def _body_prefix(state: AdapterState) -> str:
-    names = state.spec.reference_names
-    return names.body_prefix if names is not None else ""
-
-
-def saved_path(state: AdapterState, path: str) -> str:
-    """The key prefix the reference format gives a module at ``path`` (relative to the base model).
-
-    The model's own module path with the base prefix of a model with a head (``bert.``), except
-    where the model plugin maps paths that transformers 5 renamed to their 4.x names, or keys a
-    body that the 4.x class wrapped under ``body_prefix`` (``ModelSpec.reference_names``).
-    """
-    names = state.spec.reference_names
-    reference = state.spec.reference_path(path)
-    if names is not None and names.body_prefix:
-        return reference if reference.split(".", 1)[0] in names.outer_modules else names.body_prefix + reference
-    return state.base_prefix + reference
-
-
-def loaded_path(state: AdapterState, path: str) -> str:
-    """:func:`saved_path` as the keys read back look after :func:`strip_base_prefix`."""
-    return saved_path(state, path) if _body_prefix(state) else state.spec.reference_path(path)
 
 
 def adapter_state_dict(state: AdapterState, name: str) -> dict[str, torch.Tensor]:
@@ -56,38 +37,11 @@ def adapter_state_dict(state: AdapterState, name: str) -> dict[str, torch.Tensor
     return tensors
 
 
-def saved_config_dict(
-    state: AdapterState, name: str, config: dict[str, Any], meta: dict[str, Any] | None = None, **extra: Any
-) -> dict[str, Any]:
-    """The reference format's config file: the model fields every saved adapter or fusion carries."""
-    base_config = state.base_model.config
-    data = {
-        **extra,
-        "config": config,
-        "hidden_size": state.hidden_size,
-        "model_class": state.model_class_name,
-        "model_name": getattr(base_config, "name_or_path", "") or None,
-        "model_type": base_config.model_type,
-        "name": name,
-        "version": f"{fmt.FORMAT_VERSION_PREFIX}{fmt.FORMAT_VERSION}",
-    }
-    if meta:
-        data.update(meta)
-    return data
-
-
 def adapter_config_dict(state: AdapterState, name: str, meta: dict[str, Any] | None = None) -> dict[str, Any]:
     return saved_config_dict(state, name, state.configs[name].to_dict(), meta)
 
 
 ADAPTER_FILES = frozenset({fmt.ADAPTER_CONFIG, fmt.ADAPTER_WEIGHTS, fmt.ADAPTER_WEIGHTS_LEGACY})
-
-
-def write_config(path: Path, data: dict[str, Any], weights_name: str, weights_record: dict[str, Any]) -> None:
-    """Write a config file that names (by size and SHA-256) the weights file saved with it."""
-    data = {**data, integrity.KEY: {weights_name: weights_record}}
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
 
 
 def write_adapter(
@@ -120,27 +74,10 @@ def save_adapter(
     use_safetensors: bool = True,
     tensors: dict[str, torch.Tensor] | None = None,
 ) -> None:
-    """Replace ``directory`` with the adapter's folder as a whole (:func:`~adapters.io.atomic.atomic_directory`)."""
+    """Replace ``directory`` with the adapter's folder as a whole (:func:`~adapters.files.atomic.atomic_directory`)."""
     state.require(name)
     with atomic_directory(directory, ADAPTER_FILES) as scratch:
         write_adapter(state, scratch, name, meta, use_safetensors, tensors)
-
-
-def read_config_file(folder: Path, filename: str, loader: str, saver: str, kind: str) -> dict[str, Any]:
-    """The JSON dict of ``folder/filename``, which must hold a ``config`` object (adapter or fusion files)."""
-    path = folder / filename
-    if not path.is_file():
-        raise AdapterLoadError(f"{folder} has no {filename}; point {loader}() at a folder written by {saver}().")
-    data = read_json(path, f"{kind} config")
-    if not isinstance(data, dict) or not isinstance(data.get("config"), dict):
-        raise AdapterLoadError(f"{path} has no 'config' object; it is not an {kind} config file.")
-    # The saved name keys the weights in the file, also when the caller renames the item (load_as).
-    if data.get("name") is not None and not isinstance(data["name"], str):
-        raise AdapterLoadError(
-            f"{path} gives the {kind} the name {data['name']!r}, which is not a string: the file is corrupt or was "
-            f"edited. Re-save the {kind}, or set its 'name' field to the name its weights are saved under."
-        )
-    return data
 
 
 def read_adapter_config(folder: Path) -> dict[str, Any]:
@@ -159,22 +96,6 @@ def read_adapter_weights(
         expected=data.get(integrity.KEY),
         config_name=fmt.ADAPTER_CONFIG,
     )
-
-
-def check_compatible(state: AdapterState, data: dict[str, Any], folder: Path) -> None:
-    """Refuse adapters saved for another model type or hidden size, before touching the model."""
-    model_type = state.base_model.config.model_type
-    saved_type = data.get("model_type")
-    if saved_type is not None and saved_type != model_type:
-        raise AdapterLoadError(
-            f"The adapter in {folder} was saved for model_type {saved_type!r}; this model is {model_type!r}."
-        )
-    saved_size = data.get("hidden_size")
-    # Models of several stacks (CLIPModel) have no single hidden size; the file says null then.
-    if saved_size is not None and state.hidden_size is not None and saved_size != state.hidden_size:
-        raise AdapterLoadError(
-            f"The adapter in {folder} was saved for hidden_size {saved_size}; this model has {state.hidden_size}."
-        )
 
 
 def _upgrade_legacy_config(data: dict[str, Any]) -> dict[str, Any]:
@@ -211,17 +132,6 @@ def parse_saved_config(data: dict[str, Any], folder: Path) -> AdapterConfig:
         raise AdapterLoadError(f"Cannot use the config in {folder}: {error}") from error
 
 
-def strip_base_prefix(state: AdapterState, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Keys saved from a model with a head carry the body's prefix (``bert.``); drop it.
-
-    Models keyed with a ``body_prefix`` (CLIP's towers) are keyed alike with and without a head.
-    """
-    prefix = f"{state.base_model.base_model_prefix}."
-    if not _body_prefix(state) and tensors and all(k.startswith(prefix) for k in tensors):
-        return {k[len(prefix) :]: v for k, v in tensors.items()}
-    return tensors
-
-
 _LEGACY_CONTAINERS = (
     "attention_text_task_adapters",
     "attention_text_lang_adapters",
@@ -240,24 +150,13 @@ def _rename_legacy_keys(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     return renamed
 
 
-def expected_keys(state: AdapterState, name: str, saved_name: str) -> dict[str, str]:
-    """Map keys as saved (with ``saved_name``, no base prefix) to our keys (with ``name``)."""
-    mapping = {}
-    for path, module in state.modules_of(name).items():
-        saved = loaded_path(state, path)
-        saved = saved[: -len(name)] + saved_name if saved.endswith(name) else saved
-        for key in module.state_dict():
-            mapping[f"{saved}.{key}"] = f"{path}.{key}"
-    return mapping
-
-
 def match_weights(
     state: AdapterState, name: str, saved_name: str, tensors: dict[str, torch.Tensor], folder: Path
 ) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
     """Pair the loaded tensors with the parameters of the freshly added adapter ``name``; raise on any mismatch.
 
     Returns ``(saved key, parameter, tensor)`` triples. Reads only the parameters' shapes and dtypes,
-    so it also runs on the trial build on the ``meta`` device (see :mod:`adapters.core.dry_run`):
+    so it also runs on the trial build on the ``meta`` device (see :mod:`adapters.model.dry_run`):
     a config whose sizes do not fit the file is refused before anything of its size is allocated.
     """
     mapping = expected_keys(state, name, saved_name)

@@ -16,11 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 from .._version import __version__
 from ..errors import AdapterLoadError
-from .paths import inside
-from .scratch import tidy_before_reading
+from ..files.paths import inside, is_hub_id
+from ..files.scratch import tidy_before_reading
+from .model_card import adapter_card
 
 if TYPE_CHECKING:
-    from ..core.model_mixin import ModelAdaptersMixin
+    from ..model.model_mixin import ModelAdaptersMixin
 
 # Keyword arguments of load_adapter() that concern hub ids only.
 HUB_OPTIONS = ("revision", "version", "subfolder", "cache_dir", "token", "local_files_only", "force_download")
@@ -40,7 +41,7 @@ def resolve_adapter_folder(
     """The local folder of an adapter: ``name_or_path`` itself, or the cached snapshot of a hub repository.
 
     A local folder always wins (after recovering it from an interrupted save, see
-    :func:`adapters.io.scratch.tidy`). Any other string that is a valid hub id (``"org/name"``) is
+    :func:`adapters.files.scratch.tidy`). Any other string that is a valid hub id (``"org/name"``) is
     downloaded with ``huggingface_hub.snapshot_download`` at ``revision`` (a branch, tag or commit;
     ``version`` is the reference library's name for it), or taken from the cache when offline;
     ``subfolder`` is a folder inside the repository. ``revision`` and ``subfolder`` are checked
@@ -119,19 +120,6 @@ def _relative_segments(text: object) -> tuple[str, ...] | None:
     return None if any(segment in ("", ".", "..") for segment in segments) else segments
 
 
-def is_hub_id(name_or_path: str | os.PathLike) -> bool:
-    """Whether a string is a valid Hub id; Path objects, "./x", "/x", "~/x" and "a/b/c" are local paths."""
-    if not isinstance(name_or_path, str) or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
-        return False
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    try:
-        validate_repo_id(name_or_path)
-    except HFValidationError:
-        return False
-    return True
-
-
 def _download(repo_id: str, **options: Any) -> str:
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import (
@@ -198,7 +186,6 @@ def push_adapter_to_hub(
     model.adapters_state.require(adapter_name)  # fail before touching the network
     from huggingface_hub import HfApi
 
-    from .model_card import adapter_card
 
     api = HfApi(token=token, library_name="adapters", library_version=__version__)
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model").repo_id

@@ -7,10 +7,10 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from .hub import is_hub_id
+from ..files.paths import is_hub_id
 
 if TYPE_CHECKING:
-    from ..core.model_mixin import ModelAdaptersMixin
+    from ..model.model_mixin import ModelAdaptersMixin
 
 PLACEHOLDER = "<!-- Add some description here -->"
 

@@ -27,11 +27,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..core.reference_format import write_config
 from ..errors import AdapterLoadError
-from . import format as fmt
-from . import integrity
-from .jsonfile import read_json
-from .weights import load_weights, save_weights
+from ..files import format as fmt
+from ..files import integrity
+from ..files.jsonfile import read_json
+from ..files.weights import load_weights, save_weights
 
 if TYPE_CHECKING:
     from torch import nn
@@ -106,8 +107,6 @@ def write_static_head(model: nn.Module, state: AdapterState, folder: Path, use_s
 
     Returns whether there was a static head to write.
     """
-    from .adapter_io import write_config  # adapter_io imports this module
-
     tensors = saved_head_state(model, state)
     if not tensors:
         return False

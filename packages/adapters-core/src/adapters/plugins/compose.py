@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from torch import nn
 
 from ..errors import UnsupportedModelError
+from .manager import get_registry
 from .spec import LAYER_FIELDS, InputOf, LayerStack, ModelSpec, ReferenceNames
 
 
@@ -61,8 +62,6 @@ class SubModels:
         return hash((self.paths, self.model_fields_from, self.padding_masks, tuple(sorted(self.prefix_keys.items()))))
 
     def __call__(self, template: ModelSpec, base_model: nn.Module) -> ModelSpec:
-        from .manager import get_registry
-
         stacks: list[LayerStack] = []
         refused = dict(template.refused_methods)
         model_fields: dict[str, object] = {}

@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import json
 import shlex
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
 import pluggy
 
-from ..configs.base import AdapterConfig
-from ..errors import UnsupportedModelError
+from ..errors import PluginConflictError, UnsupportedModelError
 from . import hookspecs
 from .spec import ModelSpec
+
+if TYPE_CHECKING:
+    from ..configs.base import AdapterConfig
+
+#: The core's own plugins, loaded by name like pytest's default plugins: the manager sits in the
+#: bottom layer and knows no method; the methods (a layer above) register through the same hooks
+#: as any installed plugin package.
+BUILTIN_PLUGINS: tuple[str, ...] = ("adapters.methods.builtin",)
 
 # Which distribution provides which model types, for the "install X" hint of the error message.
 KNOWN_PACKAGES: Mapping[str, tuple[str, ...]] = {
@@ -44,10 +53,21 @@ class Registry:
     def __init__(self, plugin_manager: pluggy.PluginManager) -> None:
         self.plugin_manager = plugin_manager
         self.model_specs: dict[str, ModelSpec] = {}
-        for specs in plugin_manager.hook.adapters_model_specs():
-            for spec in specs:
+        #: Which plugin (its registered name) provides the spec of each model type.
+        self.spec_owners: dict[str, str] = {}
+        # Each plugin's specs separately, to know who claims what: a model type has one owner.
+        for impl in plugin_manager.hook.adapters_model_specs.get_hookimpls():
+            for spec in impl.function() or ():
                 for model_type in spec.model_types:
+                    owner = self.spec_owners.get(model_type)
+                    if owner is not None and owner != impl.plugin_name:
+                        raise PluginConflictError(
+                            f"Two installed adapters plugins support model_type {model_type!r}: {owner!r} and "
+                            f"{impl.plugin_name!r}, and neither may silently replace the other. Uninstall the "
+                            "package of one of them (pip uninstall), or do not register the second one."
+                        )
                     self.model_specs[model_type] = spec
+                    self.spec_owners[model_type] = impl.plugin_name
         self.methods = [m for methods in plugin_manager.hook.adapters_methods() for m in methods]
         self.config_names: dict[str, AdapterConfig] = {}
         self.config_architectures: dict[str | None, type[AdapterConfig]] = {}
@@ -152,11 +172,11 @@ def _is_installed(distribution: str) -> bool:
 
 
 def create_plugin_manager(load_entry_points: bool = True) -> pluggy.PluginManager:
-    from ..methods import builtin
-
+    """A plugin manager with the built-in plugins and (``load_entry_points``) the installed packages."""
     pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
     pm.add_hookspecs(hookspecs)
-    pm.register(builtin, name="adapters.builtin")
+    for module_name in BUILTIN_PLUGINS:
+        pm.register(importlib.import_module(module_name), name=module_name)
     if load_entry_points:
         pm.load_setuptools_entrypoints(hookspecs.ENTRY_POINT_GROUP)
     return pm
@@ -183,6 +203,13 @@ def register_plugin(plugin: object, name: str | None = None) -> None:
     """
     global _registry
     pm = get_registry().plugin_manager
-    if not pm.is_registered(plugin):
+    new = not pm.is_registered(plugin)
+    if new:
         pm.register(plugin, name=name)
-    _registry = Registry(pm)
+    try:
+        _registry = Registry(pm)
+    except PluginConflictError:
+        if new:
+            pm.unregister(plugin)  # refused: the registry stays as it was
+        raise
+

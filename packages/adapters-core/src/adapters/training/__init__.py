@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-# Registers the "fusion" checkpoint kind; imported here so that `import adapters` stays light.
-from ..methods.fusion import checkpoint as _fusion_checkpoint  # noqa: F401
+from . import fusion_checkpoint as _fusion_checkpoint  # noqa: F401  (registers the "fusion" checkpoint kind)
 from .checkpoint import CheckpointKind, checkpoint_items, load_checkpoint, register_checkpoint_kind, save_checkpoint
 from .guard import check_adapter_training
 

@@ -29,12 +29,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core import reference_format
 from ..errors import AdapterError, AdapterLoadError
-from ..io import adapter_io, integrity
-from ..io import format as fmt
-from ..io.paths import inside
-from ..io.scratch import tidy_before_reading
-from ..io.weights import load_weights, save_weights
+from ..files import format as fmt
+from ..files import integrity
+from ..files.paths import inside
+from ..files.scratch import tidy_before_reading
+from ..files.weights import load_weights, save_weights
+from ..io import adapter_io
 from ..names import check_adapter_name, check_fusion_name
 
 logger = logging.getLogger(__name__)
@@ -248,7 +250,7 @@ def _load_adapter(model: nn.Module, folder: Path, name: str) -> bool:
     if state.merged == name:
         raise AdapterError(f"Adapter {name!r} is merged into the model weights; call reset_adapter() first.")
     data = adapter_io.read_adapter_config(folder)
-    adapter_io.check_compatible(state, data, folder)
+    reference_format.check_compatible(state, data, folder)
     saved = adapter_io.parse_saved_config(data, folder)
     if saved.to_dict() != state.configs[name].to_dict():
         raise AdapterLoadError(

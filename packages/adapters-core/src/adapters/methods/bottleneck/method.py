@@ -26,9 +26,10 @@ from ...configs.bottleneck import (
     bottleneck_size,
 )
 from ...core.gating import GateSite, GatingScores
-from ...core.residual import ResidualBlockHooks
+from ...core.residual import LOCATIONS, ResidualBlockHooks, config_flag_of, holder_module
 from ...errors import AdapterConfigError
 from ..base import AdapterDict, AdapterMethod, adapter_dict
+from ..fusion.runtime import fusers_for
 from ..init import seeded
 from .batched import BatchedBottlenecks
 from .composition import ComposedBottlenecks
@@ -40,23 +41,15 @@ from .phm import SharedPHMParameters
 if TYPE_CHECKING:
     from ...core.state import AdapterState
 
-LOCATIONS = {"mh_adapter": "attention_block", "output_adapter": "ffn_block", "cross_adapter": "cross_attention_block"}
 # adapter-transformers 1.x kept invertible adapters in "invertible_lang_adapters".
 _LEGACY_INVERTIBLE = re.compile(r"(^|\.)invertible_lang_adapters\.")
-
-
-def _flag(block, location: str) -> str | None:
-    """The config flag that places adapters at ``block`` (``None``: the model has no such block)."""
-    if block is None:
-        return None
-    return block.config_flag or location
 
 
 class BottleneckPlace:
     """The bottleneck adapters at one residual block of one layer, and their hooks."""
 
     def __init__(self, layer: nn.Module, holder_path: str, block) -> None:
-        holder = _get_or_create(layer, holder_path)
+        holder = holder_module(layer, holder_path)
         self.adapters: AdapterDict = adapter_dict(holder, "adapters")
         self.container = self.adapters
         self.hooks = ResidualBlockHooks(layer, block)
@@ -98,19 +91,6 @@ def _stack(
         hidden, residual = adapter.pre_forward(hidden, x, layer_norm, summed if hidden is h else None)
         hidden = adapter(hidden, residual)
     return active[-1].post_forward(hidden, h, x, layer_norm)
-
-
-def _get_or_create(layer: nn.Module, path: str) -> nn.Module:
-    # A model without a module at the holder path gets an empty container there, so weight keys
-    # read e.g. "transformer.layer.0.output_adapters.adapters.NAME..." as in the reference.
-    parent = layer
-    for part in path.split("."):
-        child = parent._modules.get(part)
-        if child is None:
-            child = nn.Module()
-            parent.add_module(part, child)
-        parent = child
-    return parent
 
 
 class BottleneckMethod(AdapterMethod):
@@ -217,7 +197,7 @@ class BottleneckMethod(AdapterMethod):
     def add(self, state: AdapterState, name: str, config: BnConfig) -> None:
         for location, block_attr in LOCATIONS.items():
             if getattr(config, location) and all(
-                _flag(getattr(state.layer_spec(i), block_attr), location) != location for i, _ in state.layers
+                config_flag_of(getattr(state.layer_spec(i), block_attr), location) != location for i, _ in state.layers
             ):
                 raise AdapterConfigError(
                     f"{type(config).__name__} asks for {location}=True but the "
@@ -235,7 +215,7 @@ class BottleneckMethod(AdapterMethod):
                 for location, block_attr in LOCATIONS.items():
                     # Only decoder layers of encoder-decoder models have a cross-attention block.
                     block = getattr(state.layer_spec(layer_idx), block_attr)
-                    if block is None or not getattr(config, _flag(block, location)):
+                    if block is None or not getattr(config, config_flag_of(block, location)):
                         continue
                     place = self._place(state, layer_idx, layer, location)
                     module = Bottleneck(state.layer_hidden_size(layer_idx), sizes[layer_idx], config, shared)
@@ -322,8 +302,6 @@ class BottleneckMethod(AdapterMethod):
         make_fuser = None
         if block is not None:
             # AdapterFusion: every Fuse of the setup needs its fusion layer (refused here, before any hook changes).
-            from ..fusion.runtime import fusers_for
-
             make_fuser = fusers_for(state, block)
         for key, place in self._places(state).items():
             if key == INVERTIBLE_KEY:

@@ -2,8 +2,8 @@
 
 ``layer`` is the fusion layer, ``registry`` the per-model bookkeeping (and the forward keyword
 ``output_adapter_fusion_attentions``), ``fuser`` runs a Fuse block at one place for
-``ComposedBottlenecks``, ``io`` the reference on-disk format, ``api`` the model methods and
-``checkpoint`` the AdapterTrainer checkpoint kind (registered by ``adapters.training`` on import).
+``ComposedBottlenecks``, ``io`` the reference on-disk format and ``api`` the model methods (the
+AdapterTrainer checkpoint kind is :mod:`adapters.training.fusion_checkpoint`).
 """
 
 from .layer import FusionLayer

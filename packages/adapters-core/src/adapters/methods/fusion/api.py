@@ -11,8 +11,8 @@ import torch
 from ...composition.blocks import AdapterCompositionBlock, Fuse
 from ...configs.fusion import AdapterFusionConfig
 from ...errors import AdapterConfigError, AdapterLoadError, AdapterNameError
-from ...io.paths import named_child
-from ...io.scratch import tidy_before_reading
+from ...files.paths import named_child
+from ...files.scratch import tidy_before_reading
 from ...names import check_fusion_name, check_saved_name
 from .fuser import check_fusions, fuse_blocks
 from .io import load_into, read_fusion_folder, save_fusion

@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ...configs.fusion import AdapterFusionConfig
+from ...core import reference_format
 from ...errors import AdapterConfigError, AdapterLoadError
-from ...io import adapter_io, integrity
-from ...io import format as fmt
-from ...io.atomic import atomic_directory
-from ...io.weights import load_weights, save_weights
+from ...files import format as fmt
+from ...files import integrity
+from ...files.atomic import atomic_directory
+from ...files.weights import load_weights, save_weights
 from .registry import CONTAINER, Fusion, FusionRegistry
 
 if TYPE_CHECKING:
@@ -29,13 +30,13 @@ def fusion_state_dict(state: AdapterState, fusion: Fusion) -> dict[str, torch.Te
     """The fusion's tensors keyed as the reference library names them."""
     tensors: dict[str, torch.Tensor] = {}
     for path, layer in fusion.paths.items():
-        tensors.update(layer.state_dict(prefix=f"{adapter_io.saved_path(state, path)}."))
+        tensors.update(layer.state_dict(prefix=f"{reference_format.saved_path(state, path)}."))
     return tensors
 
 
 def fusion_config_dict(state: AdapterState, name: str, meta: dict[str, Any] | None = None) -> dict[str, Any]:
     fusion = FusionRegistry.of(state).require(name)
-    return adapter_io.saved_config_dict(
+    return reference_format.saved_config_dict(
         state, name, fusion.config.to_dict(), meta, adapter_names=list(fusion.adapter_names)
     )
 
@@ -63,17 +64,17 @@ def save_fusion(
     weights_name = fmt.FUSION_WEIGHTS if use_safetensors else fmt.FUSION_WEIGHTS_LEGACY
     with atomic_directory(directory, FUSION_FILES) as scratch:
         record = save_weights(weights, scratch / weights_name, use_safetensors)
-        adapter_io.write_config(scratch / fmt.FUSION_CONFIG, config, weights_name, record)
+        reference_format.write_config(scratch / fmt.FUSION_CONFIG, config, weights_name, record)
 
 
 def read_fusion_folder(
     state: AdapterState, folder: Path, use_safetensors: bool | None = None
 ) -> tuple[dict[str, Any], AdapterFusionConfig, dict[str, torch.Tensor]]:
     """The saved config dict, the fusion config and the weights of a fusion folder (nothing changes yet)."""
-    data = adapter_io.read_config_file(
+    data = reference_format.read_config_file(
         folder, fmt.FUSION_CONFIG, "load_adapter_fusion", "save_adapter_fusion", "AdapterFusion"
     )
-    adapter_io.check_compatible(state, data, folder)
+    reference_format.check_compatible(state, data, folder)
     try:
         config = AdapterFusionConfig.load(data["config"])
     except (AdapterConfigError, TypeError) as error:
@@ -86,7 +87,7 @@ def read_fusion_folder(
         expected=data.get(integrity.KEY),
         config_name=fmt.FUSION_CONFIG,
     )
-    return data, config, adapter_io.strip_base_prefix(state, tensors)
+    return data, config, reference_format.strip_base_prefix(state, tensors)
 
 
 def load_into(
@@ -97,7 +98,7 @@ def load_into(
     own_segment = f"{CONTAINER}.{name}"
     saved_segment = f"{CONTAINER}.{saved_name}"
     for path, layer in fusion.paths.items():
-        saved_path = adapter_io.loaded_path(state, path)
+        saved_path = reference_format.loaded_path(state, path)
         saved_path = saved_path[: -len(own_segment)] + saved_segment
         for key, value in layer.state_dict(keep_vars=True).items():
             expected[f"{saved_path}.{key}"] = value

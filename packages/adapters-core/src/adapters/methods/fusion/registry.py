@@ -12,6 +12,8 @@ from torch import nn
 from ...configs.bottleneck import BnConfig
 from ...configs.fusion import AdapterFusionConfig
 from ...core.activation import PerThread
+from ...core.context import register_pass_pre_hook
+from ...core.residual import LOCATIONS, config_flag_of, holder_module
 from ...errors import AdapterConfigError, AdapterNameError
 from ..base import adapter_dict
 from .layer import FusionLayer
@@ -97,8 +99,6 @@ class FusionRegistry:
         The place follows the adapters' configs (``mh_adapter``/``output_adapter``) in every
         layer, including layers their ``leave_out`` skips, so weight files match the reference's.
         """
-        from ..bottleneck.method import LOCATIONS, _flag, _get_or_create
-
         state = self.state
         flags = _common_locations(state, adapter_names)
         fusion = Fusion(config, list(adapter_names))
@@ -110,9 +110,9 @@ class FusionRegistry:
                     block = getattr(state.layer_spec(layer_idx), LOCATIONS[location])
                     # cross_adapter: encoder layers have no cross-attention block; a block may follow
                     # another flag (a BERT decoder's cross-attention takes the mh_adapter adapters).
-                    if _flag(block, location) not in flags:
+                    if config_flag_of(block, location) not in flags:
                         continue
-                    container = adapter_dict(_get_or_create(layer, block.holder), CONTAINER)
+                    container = adapter_dict(holder_module(layer, block.holder), CONTAINER)
                     module = FusionLayer(config, state.layer_hidden_size(layer_idx), _dropout(state, layer_idx, config))
                     module.train(state.base_model.training)
                     container[name] = module.to(reference.device, reference.dtype)
@@ -142,8 +142,6 @@ class FusionRegistry:
     def _install_output_hooks(self) -> None:
         if self._handles:
             return
-        from ...core.context import register_pass_pre_hook
-
         model = self.state.model
         self._handles.append(register_pass_pre_hook(self.state, model, self._take_flag))
         self._handles.append(model.register_forward_hook(self._attach_attentions, always_call=True))

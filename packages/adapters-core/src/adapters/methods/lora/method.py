@@ -10,6 +10,7 @@ from torch import nn
 from ...composition import AdapterCompositionBlock, Average, BatchSplit, Parallel, Split, Stack
 from ...configs.lora import DoRAConfig, DvoRAConfig, IA3Config, LoRAConfig, VeraConfig
 from ...core.gating import GateSite, GatingScores
+from ...core.reference_format import expected_keys
 from ...errors import AdapterConfigError, AdapterError, AdapterLoadError, CompositionError
 from ...plugins.spec import CROSS_ROLE_PREFIX, ModelSpec
 from ..base import AdapterMethod, adapter_dict
@@ -272,8 +273,6 @@ class LoRAMethod(AdapterMethod):
         are rebuilt from the config's ``init_weights_seed`` (drawn as the reference draws them),
         and without a seed the adapter cannot be reproduced, which raises a clear error.
         """
-        from ...io.adapter_io import expected_keys
-
         saved_key = {ours: saved for saved, ours in expected_keys(state, name, saved_name).items()}
         veras = [
             (module, saved_key[f"{path}.vera_D"], saved_key[f"{path}.vera_B"])

@@ -26,6 +26,7 @@ from torch import nn
 
 from ...core.activation import PerThread
 from ...core.attention import input_at, replace_input
+from ...core.context import register_pass_pre_hook
 from ...errors import AdapterError, CompositionError
 
 if TYPE_CHECKING:
@@ -108,8 +109,6 @@ class PromptSlots:
 
     def hooks(self, state: Any) -> list[Any]:
         """Register both hooks (the first on the body of ``state``'s model); returns their handles."""
-        from ...core.context import register_pass_pre_hook
-
         return [
             register_pass_pre_hook(state, state.base_model, self.before_model),
             self.embeddings.register_forward_hook(self.fill),

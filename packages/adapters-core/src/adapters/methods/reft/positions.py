@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ...core.activation import PerThread
+from ...core.context import register_pass_pre_hook
 from ...errors import AdapterError
 
 
@@ -42,8 +43,6 @@ class InterventionPositions:
     def attach(self) -> None:
         if self._handle is None:
             if self._state is not None:
-                from ...core.context import register_pass_pre_hook
-
                 self._handle = register_pass_pre_hook(self._state, self.base_model, self._capture)
             else:
                 self._handle = self.base_model.register_forward_pre_hook(self._capture, with_kwargs=True)

@@ -1,4 +1,4 @@
-"""The reference library's on-disk format (REFERENCE §4): file names and config fields."""
+"""The reference library's on-disk format: file names and config fields."""
 
 from __future__ import annotations
 

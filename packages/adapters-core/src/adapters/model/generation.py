@@ -23,6 +23,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core import context
+from ..core.activation import current_frame
+from ..core.context import setup_for_next_forward
 from ..errors import CompositionError
 
 
@@ -40,8 +43,6 @@ class ParallelGenerationMixin:
     """
 
     def generate(self, *args: Any, **kwargs: Any) -> Any:
-        from ..core.context import setup_for_next_forward
-
         state = self.adapters_state
         setup = setup_for_next_forward(state)
         copies = setup.parallel_channels if setup is not None else 1
@@ -80,9 +81,6 @@ class ParallelGenerationMixin:
         # start a Parallel forward (the batch size its branches split by): run those around this
         # encoder call too. The hooks are this call's own: a pass of another thread meanwhile
         # finds no open pass of its own here and passes through them.
-        from ..core import context
-        from ..core.activation import current_frame
-
         state = self.adapters_state
         base = state.base_model
         thread = threading.get_ident()

@@ -8,10 +8,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ...training.checkpoint import CheckpointKind, register_checkpoint_kind
-from . import api
-from .io import save_fusion
-from .registry import FusionRegistry
+from ..methods.fusion import api
+from ..methods.fusion.io import save_fusion
+from ..methods.fusion.registry import FusionRegistry
+from .checkpoint import CheckpointKind, register_checkpoint_kind
 
 
 def _fusions_to_save(model: nn.Module) -> list[str]:

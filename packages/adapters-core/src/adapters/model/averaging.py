@@ -18,8 +18,8 @@ from ..methods.lora.averaging import negate_b_average, svd_average
 from ..methods.lora.layer import LoRA
 
 if TYPE_CHECKING:
+    from ..core.state import AdapterState
     from .model_mixin import ModelAdaptersMixin
-    from .state import AdapterState
 
 STRATEGIES = ("linear", "lora_linear_only_negate_b", "lora_delta_w_svd")
 # Fields that may differ between averaged adapters (as in the reference): they do not shape the weights.

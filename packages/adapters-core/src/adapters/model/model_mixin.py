@@ -1,4 +1,4 @@
-"""The adapter API that ``adapters.init`` adds to a model (REFERENCE §1)."""
+"""The adapter API that ``adapters.init`` adds to a model."""
 
 from __future__ import annotations
 
@@ -12,18 +12,18 @@ from typing import Any, TypeVar
 from torch import nn
 
 from ..composition import AdapterCompositionBlock
-from ..configs.base import AdapterConfig
-from ..configs.registry import load_config
+from ..configs.base import AdapterConfig, load_config
+from ..core import reference_format
+from ..core.state import AdapterState
 from ..errors import AdapterConfigError, AdapterError, AdapterLoadError, AdapterNameError
+from ..files.atomic import atomic_directory
+from ..files.paths import named_child
 from ..io import adapter_io, hub, static_head
-from ..io.atomic import atomic_directory
-from ..io.paths import named_child
 from ..methods.fusion import api as fusion_api
 from ..methods.init import initial_values_unneeded
 from ..names import check_adapter_name, check_saved_name
 from . import dry_run, merging
 from .averaging import average_adapter as _average_adapter
-from .state import AdapterState
 
 DEFAULT_CONFIG = "seq_bn"
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -177,7 +177,7 @@ class ModelAdaptersMixin:
         ``combine_strategy`` is ``"linear"`` (any method; equal configs required),
         ``"lora_linear_only_negate_b"`` or ``"lora_delta_w_svd"`` (plain LoRA; the latter with
         ``svd_rank``). ``adapter_list`` may also map names to weights. See
-        :func:`adapters.core.averaging.average_adapter`.
+        :func:`adapters.model.averaging.average_adapter`.
 
         Example:
             >>> model.average_adapter("avg", ["a", "b"], weights=[0.7, 0.3])  # doctest: +SKIP
@@ -200,7 +200,7 @@ class ModelAdaptersMixin:
 
         Until :meth:`reset_adapter`, the merged adapter acts in every forward pass whatever the
         active setup, is frozen, and refuses ``train_adapter`` and setups that would compute
-        otherwise with it merged (see :mod:`adapters.core.merging`). The weights it changes are
+        otherwise with it merged (see :mod:`adapters.model.merging`). The weights it changes are
         kept, in CPU memory, so that the reset restores them bit for bit.
         """
         merging.merge(self.adapters_state, name)
@@ -405,7 +405,7 @@ class ModelAdaptersMixin:
         shapes compared with the weights file's, so a config whose sizes do not fit its weights is
         refused before anything of its size is allocated. Weights with NaN or infinite values are
         refused; weights of another dtype are cast to the adapter's (with a warning), unless the
-        cast would overflow. See :mod:`adapters.core.dry_run`.
+        cast would overflow. See :mod:`adapters.model.dry_run`.
 
         Example:
             >>> model = AutoModelForSequenceClassification.from_pretrained("bert-base-uncased")  # doctest: +SKIP
@@ -421,7 +421,7 @@ class ModelAdaptersMixin:
         state = self.adapters_state
         folder = hub.resolve_adapter_folder(adapter_name_or_path, **hub_options)
         data = adapter_io.read_adapter_config(folder)
-        adapter_io.check_compatible(state, data, folder)
+        reference_format.check_compatible(state, data, folder)
         saved_config = adapter_io.parse_saved_config(data, folder)
         if config is not None and load_config(config).to_dict() != saved_config.to_dict():
             raise AdapterLoadError(f"The config passed to load_adapter() differs from the one saved in {folder}.")

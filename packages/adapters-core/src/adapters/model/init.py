@@ -5,12 +5,12 @@ from __future__ import annotations
 from torch import nn
 from transformers import GenerationMixin
 
-from ..composition.generation import ParallelGenerationMixin
+from ..core import context
+from ..core.state import AdapterState
 from ..errors import UnsupportedModelError
 from ..plugins.manager import get_registry
-from . import context
+from .generation import ParallelGenerationMixin
 from .model_mixin import ModelAdaptersMixin
-from .state import AdapterState
 
 _CLASS_CACHE: dict[type, type] = {}
 

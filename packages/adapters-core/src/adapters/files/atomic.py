@@ -5,7 +5,7 @@ then, holding a lock on the parent folder, renames the old target to a backup na
 folder to the target name, and the backup to a trash name that is then removed. A crash (even
 SIGKILL) at any moment leaves the old folder, the new one, or, between the first two renames,
 no target and a complete backup, which the next load or save of the target moves back
-(:func:`adapters.io.scratch.tidy`). Leftover scratch folders are removed by the next save or load.
+(:func:`adapters.files.scratch.tidy`). Leftover scratch folders are removed by the next save or load.
 
 Files in the old folder that the save does not write itself (a model card, another item's files)
 are carried into the new folder by hard link (copied where links are unsupported). Files the
@@ -14,7 +14,7 @@ never holds two weights files.
 
 A target that cannot be renamed (a mount point, or the working directory or a folder above it)
 gets its files replaced one by one instead, config files first: an interrupted save there may
-leave a folder that loading refuses as torn (:mod:`adapters.io.integrity`), never a silent mix.
+leave a folder that loading refuses as torn (:mod:`adapters.files.integrity`), never a silent mix.
 """
 
 from __future__ import annotations

@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core.activation import PerThread, current
 from ..errors import CompositionError
+from .activation import PerThread, current
 
 
 class ParallelRuntime:

@@ -8,14 +8,33 @@ walks it (depth), instead of exhausting memory or raising ``RecursionError``.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..configs.checks import MAX_NESTING, check_nesting
 from ..errors import AdapterConfigError, AdapterLoadError
 
 #: The largest config file read (1 MiB); saved configs are a few kB.
 MAX_CONFIG_BYTES = 1 << 20
+#: The deepest nesting of dicts and lists accepted in a config (file or dict); saved ones have a few levels.
+MAX_NESTING = 32
+
+
+def check_nesting(data: Any, limit: int = MAX_NESTING) -> None:
+    """Refuse dicts and lists nested deeper than ``limit`` (walked without recursion)."""
+    stack = [(data, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            raise AdapterConfigError(
+                f"The config is nested more than {limit} levels deep; no adapter config is. The file or dict is "
+                "corrupt or hostile."
+            )
+        if isinstance(item, Mapping):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend((v, depth + 1) for v in item)
+
 
 
 def read_json(path: Path, what: str = "config") -> Any:

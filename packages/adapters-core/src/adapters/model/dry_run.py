@@ -36,8 +36,8 @@ from ..errors import AdapterConfigError, AdapterError
 from ..methods.init import initial_values_unneeded
 
 if TYPE_CHECKING:
+    from ..core.state import AdapterState
     from ..methods.base import AdapterMethod
-    from .state import AdapterState
 
 logger = logging.getLogger(__name__)
 
@@ -182,5 +182,5 @@ def _check_size(state: AdapterState, name: str, config: AdapterConfig) -> None:
             f"Adapter {name!r} ({type(config).__name__}, {size_summary(config)}) would have {count:,} parameters, "
             f"more than {PARAMETER_FACTOR} times the model's own {model:,} (at most {limit:,}). Such a config is a "
             "mistake or a hostile file: lower its sizes. (If you mean it, raise "
-            "adapters.core.dry_run.PARAMETER_FACTOR.)"
+            "adapters.model.dry_run.PARAMETER_FACTOR.)"
         )

@@ -27,7 +27,7 @@ from ..errors import AdapterError, AdapterLoadError, CompositionError
 from ..io.adapter_io import adapter_state_dict
 
 if TYPE_CHECKING:
-    from .state import AdapterState
+    from ..core.state import AdapterState
 
 logger = logging.getLogger(__name__)
 

@@ -35,4 +35,17 @@ def named_child(parent: str | os.PathLike, name: str, kind: str = "adapter") -> 
     return inside(parent, Path(parent) / name)
 
 
-__all__ = ["inside", "named_child"]
+def is_hub_id(name_or_path: str | os.PathLike) -> bool:
+    """Whether a string is a valid Hub id; Path objects, "./x", "/x", "~/x" and "a/b/c" are local paths."""
+    if not isinstance(name_or_path, str) or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+        return False
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name_or_path)
+    except HFValidationError:
+        return False
+    return True
+
+
+__all__ = ["inside", "is_hub_id", "named_child"]

@@ -1,7 +1,7 @@
 """Read and write weight files: safetensors by default, legacy pickles only as plain tensors.
 
 Every save records the size and SHA-256 of the weights file it wrote in the config file beside it
-(the ``integrity`` field, :mod:`adapters.io.integrity`); loading checks the file against that record.
+(the ``integrity`` field, :mod:`adapters.files.integrity`); loading checks the file against that record.
 """
 
 from __future__ import annotations
