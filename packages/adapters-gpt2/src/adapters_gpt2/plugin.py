@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from adapters.plugins import ModelSpec, hookimpl
 
 from .specs import SPECS
+
+if TYPE_CHECKING:
+    from adapters.heads.conversion import StaticHead
 
 
 @hookimpl
@@ -28,3 +33,11 @@ _ADAPTER_MODELS = {
 @hookimpl
 def adapters_adapter_models() -> dict[str, str]:
     return {model_type: f"adapters_gpt2.adapter_models:{name}" for model_type, name in _ADAPTER_MODELS.items()}
+
+
+@hookimpl
+def adapters_static_heads() -> dict[str, StaticHead]:
+    # Imported on first use: the builders come from adapters.heads, which imports transformers' output classes.
+    from .static_heads import STATIC_HEADS
+
+    return STATIC_HEADS

@@ -14,7 +14,7 @@ from .classification import (
     QuestionAnsweringHead,
     TaggingHead,
 )
-from .conversion import STATIC_HEADS, StaticHead, static_head
+from .conversion import StaticHead, static_head
 from .decoder import DECODER_HEAD_TYPES, DecoderAdapterModelBase
 from .dependency_parsing import Biaffine, BiaffineParsingHead, DependencyParsingOutput
 from .language_modeling import BertStyleMaskedLMHead, CausalLMHead, MaskedLMHead, Seq2SeqLMHead
@@ -27,7 +27,6 @@ __all__ = [
     "DECODER_HEAD_TYPES",
     "DEFAULT_HEAD",
     "ENCODER_HEAD_TYPES",
-    "STATIC_HEADS",
     "AdapterModelBase",
     "AutoAdapterModel",
     "BertStyleMaskedLMHead",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata
 import json
@@ -20,6 +21,7 @@ from .spec import ModelSpec
 
 if TYPE_CHECKING:
     from ..configs.base import AdapterConfig
+    from ..heads.conversion import StaticHead
 
 #: The core's own plugins, loaded by name like pytest's default plugins: the manager sits in the
 #: bottom layer and knows no method; the methods (a layer above) register through the same hooks
@@ -78,9 +80,16 @@ class Registry:
         self.adapter_models: dict[str, str | type] = {}
         for mapping in plugin_manager.hook.adapters_adapter_models():
             self.adapter_models.update(mapping)
-        self.static_heads: dict[str, object] = {}
-        for mapping in plugin_manager.hook.adapters_static_heads():
-            self.static_heads.update(mapping)
+
+    @functools.cached_property
+    def static_heads(self) -> dict[str, StaticHead]:
+        """Static head class name -> its conversion to a flexible head, from every plugin (on first use:
+        plugins build them with :mod:`adapters.heads`, which imports transformers' output classes)."""
+        merged: dict[str, StaticHead] = {}
+        # pluggy calls the most recently registered plugin first: the plugin registered first wins.
+        for mapping in self.plugin_manager.hook.adapters_static_heads():
+            merged.update(mapping)
+        return merged
 
     def plugin_names(self) -> list[str]:
         return sorted(name for name, _ in self.plugin_manager.list_name_plugin() if name)
