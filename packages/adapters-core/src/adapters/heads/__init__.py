@@ -21,12 +21,14 @@ from .language_modeling import BertStyleMaskedLMHead, CausalLMHead, MaskedLMHead
 from .mixin import ModelWithFlexibleHeadsAdaptersMixin, heads_of_setup
 from .model import DEFAULT_HEAD, ENCODER_HEAD_TYPES, AdapterModelBase, last_token_states
 from .registry import BUILTIN_HEADS, register_head
+from .seq2seq import SEQ2SEQ_HEAD_TYPES, Seq2SeqAdapterModelBase, eos_states
 
 __all__ = [
     "BUILTIN_HEADS",
     "DECODER_HEAD_TYPES",
     "DEFAULT_HEAD",
     "ENCODER_HEAD_TYPES",
+    "SEQ2SEQ_HEAD_TYPES",
     "AdapterModelBase",
     "AutoAdapterModel",
     "BertStyleMaskedLMHead",
@@ -44,10 +46,12 @@ __all__ = [
     "MultipleChoiceHead",
     "PredictionHead",
     "QuestionAnsweringHead",
+    "Seq2SeqAdapterModelBase",
     "Seq2SeqLMHead",
     "StaticHead",
     "TaggingHead",
     "adapter_model_class",
+    "eos_states",
     "heads_of_setup",
     "last_token_states",
     "register_head",
