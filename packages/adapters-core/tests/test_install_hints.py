@@ -16,7 +16,7 @@ from adapters import UnsupportedModelError
 from adapters.plugins import manager
 from adapters.plugins.manager import Registry, create_plugin_manager
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[3] / "README.md"  # the repository root
 
 
 def hint_with(monkeypatch, direct_url: dict | None, package: str = "adapters-gpt2") -> str:
