@@ -77,7 +77,13 @@ def _attention_with_prefix(
     return module.config._hooks.attend(module, query, key, value, attention_mask, **kwargs)
 
 
-AttentionInterface.register(ATTENTION_FUNCTION_NAME, _attention_with_prefix)
+def _register_attention_function() -> None:
+    """Register the prefix attention function with transformers, once, when a module first needs it.
+
+    Not on import: a process that never runs prefix tuning leaves transformers' global table as it was.
+    """
+    if ATTENTION_FUNCTION_NAME not in ALL_ATTENTION_FUNCTIONS:
+        AttentionInterface.register(ATTENTION_FUNCTION_NAME, _attention_with_prefix)
 
 #: The method in which some attention modules compute attention themselves, from heads-split
 #: ``query, key, value`` (keys after the cache) and the model's attention mask.
@@ -176,6 +182,7 @@ class AttentionPrefixHooks:
             if self._own_method:
                 self.module.__dict__[ATTENTION_METHOD] = self._attend_in_method
                 return
+            _register_attention_function()
             self._config = self.module.__dict__["config"]
             self.module.__dict__["config"] = _ConfigView(self._config, self)
             # Checked on the first forward pass with a prefix only: a module that computes attention in code of
