@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 from transformers import GenerationMixin
 
 from ..core import context
+from ..core.spec_check import spec_problems
 from ..core.state import AdapterState
 from ..errors import UnsupportedModelError
 from ..plugins.manager import get_registry
+from ..plugins.spec import ModelSpec
 from .generation import ParallelGenerationMixin
 from .model_mixin import ModelAdaptersMixin
 
@@ -24,10 +28,16 @@ def _with_mixin(cls: type) -> type:
     return _CLASS_CACHE[cls]
 
 
-def init(model: nn.Module) -> None:
+def init(model: nn.Module, spec: ModelSpec | None = None) -> None:
     """Add the adapter API to ``model`` (a transformers model, with or without a head), in place.
 
     Nothing changes in the model's computation until an adapter is added and activated.
+
+    ``spec``: where adapters attach, for a model type no installed plugin supports (or to replace
+    the plugin's layout): a :class:`~adapters.plugins.ModelSpec` of module paths relative to the
+    base model (``model.base_model``). Every path is checked against the model first; a spec that
+    does not fit raises :class:`~adapters.errors.UnsupportedModelError` naming each wrong path and
+    leaves the model as it was.
 
     Example:
         >>> import adapters
@@ -41,13 +51,14 @@ def init(model: nn.Module) -> None:
     """
     if isinstance(model, ModelAdaptersMixin):
         return
-    attach_adapters(model, mix_in=True)
+    attach_adapters(model, mix_in=True, spec=spec)
 
 
-def attach_adapters(model: nn.Module, mix_in: bool = False) -> None:
+def attach_adapters(model: nn.Module, mix_in: bool = False, spec: ModelSpec | None = None) -> None:
     """Build the adapter state of ``model``; ``mix_in`` also adds the API to its class.
 
     Classes that inherit the API already (the AdapterModel classes) call this in ``__init__``.
+    ``spec`` replaces the registered spec of the model's type (see :func:`init`).
     """
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
@@ -57,12 +68,36 @@ def attach_adapters(model: nn.Module, mix_in: bool = False) -> None:
         )
     registry = get_registry()
     base_model = getattr(model, "base_model", model)
+    given = spec is not None
     # Checkpoint-dependent layouts (a gated FFN, cross-attention, sub-models) resolve here.
-    spec = registry.spec_for(model_type).for_model(base_model)
+    spec = (spec if given else registry.spec_for(model_type)).for_model(base_model)
     base_prefix = "" if base_model is model else f"{model.base_model_prefix}."
-    state = AdapterState(model, base_model, base_prefix, spec, registry)
+    state = _state(model, base_model, base_prefix, spec, registry, given)
     if mix_in:
         model.__class__ = _with_mixin(type(model))
     model.__dict__["adapters_state"] = state
     registry.plugin_manager.hook.adapters_post_init(model=model, spec=spec)
     context.track(model)
+
+
+def _state(
+    model: nn.Module, base_model: nn.Module, base_prefix: str, spec: ModelSpec, registry: Any, given: bool
+) -> AdapterState:
+    """The adapter state; a spec the user gave is checked against the model first (nothing changes if it fails)."""
+    if not given:
+        return AdapterState(model, base_model, base_prefix, spec, registry)
+    try:
+        state = AdapterState(model, base_model, base_prefix, spec, registry)
+        model.__dict__["adapters_state"] = state
+        problems = spec_problems(model)
+    except (AttributeError, TypeError, ValueError) as error:
+        problems = [f"{type(error).__name__}: {error}"]
+    finally:
+        model.__dict__.pop("adapters_state", None)
+    if problems:
+        listed = "\n  ".join(problems)
+        raise UnsupportedModelError(
+            f"The ModelSpec given to adapters.init does not fit this {type(model).__name__}:\n  {listed}\n"
+            "Fix those paths (relative to model.base_model; `print(model.base_model)` shows its modules)."
+        )
+    return state
