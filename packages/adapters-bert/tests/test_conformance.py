@@ -17,6 +17,8 @@ from transformers import (
     DistilBertModel,
     ElectraConfig,
     ElectraModel,
+    ModernBertConfig,
+    ModernBertModel,
     RobertaConfig,
     RobertaModel,
     XLMRobertaConfig,
@@ -63,3 +65,34 @@ class TestBertFamily(ModelConformanceSuite):
         # X-MOD keeps its own language adapters; the default language routes every input.
         "xmod": lambda: XmodModel(XmodConfig(languages=["en_XX", "de_DE"], default_language="en_XX", **TINY)),
     }
+
+
+# The interface lists no prompt or prefix tuning (as the reference's); AdapterPlus sets
+# original_ln_after=False, which interface placement cannot honour (the reference refuses it too).
+REFUSED = ("prompt_tuning", "prefix_tuning", "bottleneck-adapter_plus")
+
+
+class TestModernBert(ModelConformanceSuite):
+    """ModernBERT, declared through the reference library's AdapterModelInterface for it."""
+
+    model_factories = {
+        "modernbert": lambda: ModernBertModel(
+            ModernBertConfig(
+                hidden_size=32,
+                num_hidden_layers=3,
+                num_attention_heads=4,
+                intermediate_size=37,
+                vocab_size=100,
+                max_position_embeddings=64,
+                # Alternating local (window 4, shorter than the inputs) and global attention layers.
+                local_attention=4,
+                global_attn_every_n_layers=2,
+                pad_token_id=0,
+                bos_token_id=1,
+                eos_token_id=2,
+                cls_token_id=1,
+                sep_token_id=2,
+            )
+        )
+    }
+    refused = {"modernbert": REFUSED}

@@ -6,7 +6,16 @@ from collections.abc import Iterator
 
 from torch import nn
 
-from adapters.plugins import FusedLinear, InputOf, KVProjections, ModelSpec, OutputOf, ResidualBlock, SelfAttention
+from adapters.plugins import (
+    AdapterModelInterface,
+    FusedLinear,
+    InputOf,
+    KVProjections,
+    ModelSpec,
+    OutputOf,
+    ResidualBlock,
+    SelfAttention,
+)
 
 # The two post-LN blocks of BERT and its copies: output modules take (hidden_states, input_tensor).
 _BERT_ATTENTION_BLOCK = ResidualBlock(
@@ -185,4 +194,23 @@ ALBERT = ModelSpec(
     self_attention=SelfAttention("attention"),
 )
 
-SPECS = (BERT_LIKE, DEBERTA_V2, DEBERTA, DISTILBERT, ALBERT)
+# ModernBERT through the reference library's own interface for it, so that adapters it trained on
+# ModernBERT load with their outputs (its fused Wqkv takes LoRA in q/k/v slices; bottleneck adapters
+# replace the outputs of attn.Wo and mlp.Wo). Prompt and prefix tuning are refused, as there.
+MODERNBERT_INTERFACE = AdapterModelInterface(
+    adapter_methods=["bottleneck", "lora", "reft", "invertible"],
+    model_embeddings="embeddings",
+    model_layers="layers",
+    layer_self_attn="attn",
+    layer_cross_attn=None,
+    attn_qkv_proj="Wqkv",
+    attn_o_proj="Wo",
+    layer_intermediate_proj="mlp.Wi",
+    layer_output_proj="mlp.Wo",
+    layer_pre_self_attn="attn",
+    layer_pre_ffn="mlp",
+    layer_ln_1="mlp_norm",
+)
+MODERNBERT = MODERNBERT_INTERFACE.to_spec("modernbert")
+
+SPECS = (BERT_LIKE, DEBERTA_V2, DEBERTA, DISTILBERT, ALBERT, MODERNBERT)

@@ -51,6 +51,7 @@ from .errors import (
     UnsupportedModelError,
 )
 from .model import ModelAdaptersMixin, init
+from .plugins.interface import AdapterModelInterface
 from .support import MethodSupport, ModelSupport, supported_models
 
 __all__ = [
@@ -60,6 +61,7 @@ __all__ = [
     "AdapterFusionConfig",
     "AdapterLoadError",
     "AdapterModelBase",
+    "AdapterModelInterface",
     "AdapterNameError",
     "AdapterPlusConfig",
     "AdapterSetup",

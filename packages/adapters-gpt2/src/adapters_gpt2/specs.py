@@ -20,7 +20,15 @@ enters the cache once and cached decoding equals cache-free decoding.
 
 from __future__ import annotations
 
-from adapters.plugins import FusedLinear, InputOf, ModelSpec, OutputOf, ResidualBlock, SelfAttention
+from adapters.plugins import (
+    AdapterModelInterface,
+    FusedLinear,
+    InputOf,
+    ModelSpec,
+    OutputOf,
+    ResidualBlock,
+    SelfAttention,
+)
 
 _ATTENTION = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "attn_out": "self_attn.o_proj"}
 
@@ -140,4 +148,24 @@ GPT2 = ModelSpec(
     cross_attention_overrides={"cross_attention": SelfAttention("crossattention", prefix_key="cross_prefix")},
 )
 
-SPECS = (LLAMA, QWEN, GEMMA, GPTJ, GPT2)
+# Phi through the reference library's own interface for it, so that adapters it trained on Phi load
+# with their outputs: one norm before the attention and the FFN, which both read it (a parallel
+# block); bottleneck adapters replace the outputs of self_attn.dense and mlp.fc2, the FFN's without a
+# residual input. Prompt and prefix tuning are refused, as there.
+PHI_INTERFACE = AdapterModelInterface(
+    adapter_methods=["bottleneck", "lora", "reft", "invertible"],
+    model_embeddings="embed_tokens",
+    model_layers="layers",
+    layer_self_attn="self_attn",
+    layer_cross_attn=None,
+    attn_k_proj="k_proj",
+    attn_q_proj="q_proj",
+    attn_v_proj="v_proj",
+    attn_o_proj="dense",
+    layer_intermediate_proj="mlp.fc1",
+    layer_output_proj="mlp.fc2",
+    layer_pre_self_attn="input_layernorm",
+)
+PHI = PHI_INTERFACE.to_spec("phi")
+
+SPECS = (LLAMA, QWEN, GEMMA, GPTJ, GPT2, PHI)

@@ -36,11 +36,16 @@ class ResidualBlockHooks:
     activation installed ``fn`` here."""
 
     def __init__(self, layer: nn.Module, block: ResidualBlock) -> None:
-        # x is read at one place, or summed from several (parallel blocks such as GPT-J's).
-        sources = block.residual if isinstance(block.residual, tuple) else (block.residual,)
+        # x is read at one place, or summed from several (parallel blocks such as GPT-J's), or (a hooked
+        # block without a residual) nowhere: x is zero.
+        if block.residual is None:
+            sources: tuple = ()
+        else:
+            sources = block.residual if isinstance(block.residual, tuple) else (block.residual,)
+        self.hooked = block.hooked
         self._layer = layer
         self.residual_sources = [(source, layer.get_submodule(source.path)) for source in sources]
-        self._first_source = sources[0]
+        self._first_source = sources[0] if sources else None
         # What this thread's pass captured so far in the current layer call.
         self._now = PerThread(x=None, h=None, parts=[None] * len(sources))
         # h normally leaves the sublayer; a spec may read it from a module's input instead.
@@ -98,7 +103,10 @@ class ResidualBlockHooks:
                 self._handles.append(module.register_forward_pre_hook(capture, with_kwargs=True))
             else:
                 self._handles.append(module.register_forward_hook(capture))
-        if self.layer_norm is not None:
+        if self.hooked:
+            # The adapters replace the sublayer's output; its layer_norm is the adapters' to call, not rerouted.
+            self._handles.append(register_staged_forward_hook(self.sublayer, self._hooked_output, HookStage.REPLACE))
+        elif self.layer_norm is not None:
             if self.h_from_sum:
                 pass
             elif self.h_from_input:
@@ -119,7 +127,7 @@ class ResidualBlockHooks:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        if self.layer_norm is not None:
+        if self.layer_norm is not None and not self.hooked:
             self.layer_norm.__dict__.pop("forward", None)
         self._now = PerThread(x=None, h=None, parts=[None] * len(self.residual_sources))
 
@@ -192,6 +200,20 @@ class ResidualBlockHooks:
             new_h = without_residual(h, x)
         else:
             new_h = fn(h, x, None, None) - x
+        return (new_h, *output[1:]) if isinstance(output, tuple) else new_h
+
+
+    def _hooked_output(self, module: nn.Module, args: tuple, output):
+        now = self._now
+        x, now.x = now.x, None
+        plan = self._plan()
+        h = output[0] if isinstance(output, tuple) else output
+        if plan is None or (x is None and self.residual_sources):
+            return None
+        if x is None:
+            x = torch.zeros_like(h)
+        # The adapters' output as it is (no x added: the model adds its residual after this module).
+        new_h = plan[0](h, x, self._layer_norm_fn, None)
         return (new_h, *output[1:]) if isinstance(output, tuple) else new_h
 
 

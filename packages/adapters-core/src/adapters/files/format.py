@@ -10,6 +10,9 @@ HEAD_CONFIG = "head_config.json"
 HEAD_WEIGHTS = "model_head.safetensors"
 HEAD_WEIGHTS_LEGACY = "pytorch_model_head.bin"
 
+# The module names of a model adapted through an AdapterModelInterface, saved beside its adapters.
+INTERFACE_CONFIG = "adapter_interface.json"
+
 FUSION_CONFIG = "adapter_fusion_config.json"
 FUSION_WEIGHTS = "model_adapter_fusion.safetensors"
 FUSION_WEIGHTS_LEGACY = "pytorch_model_adapter_fusion.bin"

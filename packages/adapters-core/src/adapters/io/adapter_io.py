@@ -41,7 +41,9 @@ def adapter_config_dict(state: AdapterState, name: str, meta: dict[str, Any] | N
     return saved_config_dict(state, name, state.configs[name].to_dict(), meta)
 
 
-ADAPTER_FILES = frozenset({fmt.ADAPTER_CONFIG, fmt.ADAPTER_WEIGHTS, fmt.ADAPTER_WEIGHTS_LEGACY})
+ADAPTER_FILES = frozenset(
+    {fmt.ADAPTER_CONFIG, fmt.ADAPTER_WEIGHTS, fmt.ADAPTER_WEIGHTS_LEGACY, fmt.INTERFACE_CONFIG}
+)
 
 
 def write_adapter(
@@ -64,6 +66,34 @@ def write_adapter(
     weights_name = fmt.ADAPTER_WEIGHTS if use_safetensors else fmt.ADAPTER_WEIGHTS_LEGACY
     record = save_weights(weights, folder / weights_name, use_safetensors)
     write_config(folder / fmt.ADAPTER_CONFIG, config, weights_name, record)
+    write_interface(state, folder)
+
+
+def write_interface(state: AdapterState, folder: Path) -> None:
+    """``adapter_interface.json`` for a model adapted through an AdapterModelInterface (as the reference saves it)."""
+    interface = state.spec.interface
+    if interface is not None:
+        interface.save(folder, state.base_model.config.model_type)
+
+
+def check_interface(state: AdapterState, folder: Path) -> None:
+    """Refuse an adapter saved through another AdapterModelInterface than the model's: its modules sit elsewhere.
+
+    A folder without the file, or a model adapted by a plugin, loads as before (the reference
+    saves the file for model types that plugins here support natively).
+    """
+    ours = state.spec.interface
+    if ours is None or not (folder / fmt.INTERFACE_CONFIG).is_file():
+        return
+    theirs = type(ours).load(folder)
+    differing = sorted(k for k, v in ours.to_dict().items() if k != "adapter_methods" and theirs.to_dict()[k] != v)
+    if differing:
+        raise AdapterLoadError(
+            f"{folder} was saved from a model adapted through another AdapterModelInterface: "
+            + ", ".join(f"{k}={theirs.to_dict()[k]!r} there, {ours.to_dict()[k]!r} here" for k in differing)
+            + ". Its weights belong to other modules; adapt the model with that interface "
+            f"(adapters.init(model, interface=AdapterModelInterface.load({str(folder)!r})))."
+        )
 
 
 def save_adapter(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -11,6 +13,8 @@ from ..core import context
 from ..core.spec_check import spec_problems
 from ..core.state import AdapterState
 from ..errors import UnsupportedModelError
+from ..plugins.inference import infer_spec
+from ..plugins.interface import INTERFACE_CONFIG, AdapterModelInterface
 from ..plugins.manager import get_registry
 from ..plugins.spec import ModelSpec
 from .generation import ParallelGenerationMixin
@@ -28,10 +32,16 @@ def _with_mixin(cls: type) -> type:
     return _CLASS_CACHE[cls]
 
 
-def init(model: nn.Module, spec: ModelSpec | None = None) -> None:
+def init(model: nn.Module, spec: ModelSpec | None = None, interface: AdapterModelInterface | None = None) -> None:
     """Add the adapter API to ``model`` (a transformers model, with or without a head), in place.
 
     Nothing changes in the model's computation until an adapter is added and activated.
+
+    ``interface``: the reference library's way to adapt a model type no plugin supports, an
+    :class:`~adapters.AdapterModelInterface` of module names; adapters then sit where the
+    reference puts them in that mode, and ``adapter_interface.json`` is saved beside them. A model
+    loaded from a folder that holds ``adapter_interface.json`` (a ``save_pretrained`` of such a
+    model) finds its interface there when no plugin supports its type.
 
     ``spec``: where adapters attach, for a model type no installed plugin supports (or to replace
     the plugin's layout): a :class:`~adapters.plugins.ModelSpec` of module paths relative to the
@@ -51,7 +61,65 @@ def init(model: nn.Module, spec: ModelSpec | None = None) -> None:
     """
     if isinstance(model, ModelAdaptersMixin):
         return
+    if spec is not None and interface is not None:
+        raise TypeError("adapters.init takes a spec or an interface, not both.")
+    if interface is None and spec is None:
+        interface = _saved_interface(model)
+    if interface is not None:
+        spec = _spec_from_interface(model, interface)
+    elif spec is None and not _has_plugin(model):
+        spec = _inferred_spec(model)
     attach_adapters(model, mix_in=True, spec=spec)
+
+
+def _has_plugin(model: nn.Module) -> bool:
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    return model_type is None or model_type in get_registry().model_specs
+
+
+def _inferred_spec(model: nn.Module) -> ModelSpec:
+    """The layout inferred from the model (a warning says what was inferred); else the registry's refusal."""
+    model_type = model.config.model_type
+    try:
+        inferred = infer_spec(model)
+    except UnsupportedModelError as inference_error:
+        try:
+            get_registry().spec_for(model_type)
+        except UnsupportedModelError as error:
+            raise UnsupportedModelError(f"{error} Inferring its layout failed too: {inference_error}") from None
+        raise
+    warnings.warn(
+        f"No installed adapters plugin supports model_type {model_type!r}; adapters.init inferred its layout: "
+        f"{inferred.describe()}. `python -m adapters.inspect {model_type}` prints it as a ModelSpec for a plugin.",
+        UserWarning,
+        stacklevel=3,
+    )
+    return inferred.spec
+
+
+def _spec_from_interface(model: nn.Module, interface: AdapterModelInterface) -> ModelSpec:
+    if not isinstance(interface, AdapterModelInterface):
+        raise TypeError(f"adapters.init(interface=...) takes an AdapterModelInterface, not {type(interface).__name__}.")
+    if interface.base_model is not None:
+        if not isinstance(getattr(model, interface.base_model, None), nn.Module):
+            raise UnsupportedModelError(
+                f"AdapterModelInterface.base_model = {interface.base_model!r} is not a module of "
+                f"{type(model).__name__}; it has: {', '.join(model._modules)}."
+            )
+        # As the reference does: the interface's paths are relative to this submodule.
+        model.base_model_prefix = interface.base_model
+    return interface.to_spec(model.config.model_type)
+
+
+def _saved_interface(model: nn.Module) -> AdapterModelInterface | None:
+    """The interface saved with a checkpoint of a model type no plugin supports (else None)."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type is None or model_type in get_registry().model_specs:
+        return None
+    folder = getattr(model, "name_or_path", None)
+    if not folder or not (Path(str(folder)) / INTERFACE_CONFIG).is_file():
+        return None
+    return AdapterModelInterface.load(folder)
 
 
 def attach_adapters(model: nn.Module, mix_in: bool = False, spec: ModelSpec | None = None) -> None:

@@ -87,13 +87,15 @@ class ModelAdaptersMixin:
         """Add the adapter's modules; ``check`` (a loader's comparison with its file) sees them first on ``meta``."""
         state = self.adapters_state
         parts = state.methods_of(config)
-        for method, _ in parts:
-            reason = state.spec.refused_methods.get(method.name)
-            if reason is not None:
-                raise AdapterConfigError(
-                    f"{method.name} adapters are not available for {state.base_model.config.model_type} models: "
-                    f"{reason}"
-                )
+        for method, part in parts:
+            # Invertible adapters are a part of bottleneck configs that a model may refuse on its own.
+            for refused in (method.name, *(("invertible",) if getattr(part, "inv_adapter", None) else ())):
+                reason = state.spec.refused_methods.get(refused)
+                if reason is not None:
+                    raise AdapterConfigError(
+                        f"{refused} adapters are not available for {state.base_model.config.model_type} models: "
+                        f"{reason}"
+                    )
         # Sizes first, without memory: a config too large for the model, or not fitting its weights
         # file, is refused before anything of its size is allocated.
         dry_run.trial(state, name, config, parts, self.training, check)
@@ -365,6 +367,8 @@ class ModelAdaptersMixin:
             kwargs["state_dict"] = {k: v for k, v in self.state_dict().items() if not k.startswith(prefixes)}
         with merging.recorded_in_config(self.config, records):
             super().save_pretrained(save_directory, **kwargs)
+        # Where adapters.init finds the interface again for a model loaded from this folder.
+        adapter_io.write_interface(state, Path(save_directory))
         if save_adapters and state.configs:
             for name in state.configs:
                 meta = {merging.ADAPTER_FIELD: True} if name == state.merged else None
@@ -422,6 +426,7 @@ class ModelAdaptersMixin:
         folder = hub.resolve_adapter_folder(adapter_name_or_path, **hub_options)
         data = adapter_io.read_adapter_config(folder)
         reference_format.check_compatible(state, data, folder)
+        adapter_io.check_interface(state, folder)
         saved_config = adapter_io.parse_saved_config(data, folder)
         if config is not None and load_config(config).to_dict() != saved_config.to_dict():
             raise AdapterLoadError(f"The config passed to load_adapter() differs from the one saved in {folder}.")

@@ -2,6 +2,7 @@
 
 from .compose import SubModels
 from .hookspecs import ENTRY_POINT_GROUP, hookimpl, hookspec
+from .interface import AdapterModelInterface
 from .manager import get_registry, register_plugin
 from .spec import (
     LINEAR_ROLES,
@@ -19,6 +20,7 @@ from .spec import (
 __all__ = [
     "ENTRY_POINT_GROUP",
     "LINEAR_ROLES",
+    "AdapterModelInterface",
     "FusedLinear",
     "InputOf",
     "KVProjections",

@@ -104,7 +104,11 @@ class Registry:
         elif hint:
             install = plugin_install_hint(hint)
         else:
-            install = "No known plugin covers it; write one (docs/writing-a-model-plugin.md)."
+            install = (
+                "No known plugin covers it: name its modules with adapters.init(model, "
+                "interface=AdapterModelInterface(...)) (or spec=ModelSpec(...)), or write a plugin "
+                "(docs/writing-a-model-plugin.md)."
+            )
         raise UnsupportedModelError(
             f"No installed adapters plugin supports model_type {model_type!r}. Installed plugins: "
             f"{self.plugin_names()} (model types: {sorted(self.model_specs)}). {install}"

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING
 
 from torch import nn
 
 from ..errors import UnsupportedModelError
+
+if TYPE_CHECKING:
+    from .interface import AdapterModelInterface
 
 LINEAR_ROLES = ("q", "k", "v", "attn_out", "ffn_in", "ffn_out", "cross_q", "cross_k", "cross_v")
 # Roles of a decoder layer's cross-attention projections: LoRA's attn_matrices ("q", "v") adapt the
@@ -79,15 +83,25 @@ class ResidualBlock:
     """
 
     holder: str
-    residual: InputOf | OutputOf | tuple[InputOf | OutputOf, ...]
+    residual: InputOf | OutputOf | tuple[InputOf | OutputOf, ...] | None
     sublayer: str | InputOf | None
     layer_norm: str | None = None
     # The bottleneck config flag that places adapters here, where it is not the block's own
     # (mh_adapter, output_adapter, cross_adapter): the reference library adapts a BERT decoder's
     # cross-attention output (a BertSelfOutput, like the self-attention's) under mh_adapter.
     config_flag: str | None = None
+    # The reference library's "interface" placement (AdapterModelInterface): the adapters' output
+    # replaces the sublayer's output as it is, and the model adds its residual and applies its own
+    # norms afterwards. ``layer_norm`` is then a norm the adapter applies to ``h + x`` before itself
+    # where its config says so (``original_ln_before``), never after; ``residual`` may be ``None``
+    # (``x`` is zero: the adapter reads ``h`` alone).
+    hooked: bool = False
 
     def __post_init__(self) -> None:
+        if self.residual is None and not self.hooked:
+            raise ValueError("ResidualBlock.residual may be None only for a hooked block (hooked=True).")
+        if self.hooked and not isinstance(self.sublayer, str):
+            raise ValueError("A hooked ResidualBlock needs the sublayer module whose output the adapters replace.")
         if isinstance(self.residual, tuple) and not self.residual:
             raise ValueError("ResidualBlock.residual needs at least one source.")
         if (self.sublayer is None or isinstance(self.sublayer, InputOf)) and self.layer_norm is None:
@@ -334,6 +348,9 @@ class ModelSpec:
     # specs (T5 with a gated FFN; EncoderDecoderModel, whose stacks come from the specs of its
     # sub-models: see plugins.compose.SubModels). Called by :meth:`for_model` before adapters attach.
     specialize: Callable[[ModelSpec, nn.Module], ModelSpec] | None = None
+    # The reference library's AdapterModelInterface this spec was made from (AdapterModelInterface.
+    # to_spec): saved beside adapters as adapter_interface.json, as the reference does.
+    interface: AdapterModelInterface | None = None
 
     def __post_init__(self) -> None:
         unknown_overrides = sorted(set(self.cross_attention_overrides) - set(LAYER_FIELDS))

@@ -42,7 +42,9 @@ from ..composition import Average, BatchSplit, Fuse, Parallel, Split, Stack
 from ..configs.base import AdapterConfig
 from ..configs.lora import LoRAConfig
 from ..errors import AdapterError
+from ..plugins.interface import AdapterModelInterface
 from ..plugins.manager import get_registry
+from ..plugins.spec import ModelSpec
 from .numerics import assert_close
 from .spec_check import spec_problems
 
@@ -132,9 +134,14 @@ class ModelConformanceSuite:
             (``"prompt_tuning"``) or case ids as in the test ids (``"bottleneck-seq_bn_inv"``). For
             these the suite checks that ``add_adapter`` raises an ``AdapterConfigError`` and leaves
             the model unchanged, then skips the other checks (and fails if the adapter is accepted).
+        interfaces, specs: ``model_type`` to the :class:`~adapters.AdapterModelInterface` or
+            :class:`~adapters.plugins.ModelSpec` that ``adapters.init`` gets for it: a model no
+            plugin supports, adapted by a user's interface or spec, runs the whole suite too.
     """
 
     model_factories: Mapping[str, Callable[[], nn.Module]] = {}
+    interfaces: Mapping[str, AdapterModelInterface] = {}
+    specs: Mapping[str, ModelSpec] = {}
     without_gradient_checkpointing: frozenset[str] = frozenset()
     refused: Mapping[str, Collection[str]] = {}
     seq_len: int = 7
@@ -156,7 +163,7 @@ class ModelConformanceSuite:
         if not ({method.name} | names) & set(self.refused.get(model_type, ())):
             return
         model = self.make_model(model_type)
-        adapters.init(model)
+        self.init_adapters(model)
         keys = set(model.state_dict())
         with pytest.raises(adapters.AdapterConfigError) as refusal:
             model.add_adapter(ADAPTER, config=config)
@@ -176,12 +183,17 @@ class ModelConformanceSuite:
         if model_type not in cache:
             model = self.make_model(model_type)
             try:
-                adapters.init(model)
+                self.init_adapters(model)
             except AdapterError as error:
                 cache[model_type] = [f"adapters.init({type(model).__name__}) failed: {error}"]
             else:
                 cache[model_type] = spec_problems(model)
         return cache[model_type]
+
+    def init_adapters(self, model: nn.Module) -> None:
+        """``adapters.init`` with the :attr:`interfaces` or :attr:`specs` entry of the model's type, if any."""
+        model_type = model.config.model_type
+        adapters.init(model, spec=self.specs.get(model_type), interface=self.interfaces.get(model_type))
 
     def make_model(self, model_type: str) -> nn.Module:
         torch.manual_seed(0)
@@ -229,7 +241,7 @@ class ModelConformanceSuite:
 
     def _setup(self, model_type: str, case: Any) -> tuple[nn.Module, dict, AdapterConfig]:
         model = self.make_model(model_type)
-        adapters.init(model)
+        self.init_adapters(model)
         return model, self._inputs(model_type, model), case[1]
 
     # -- the checks -------------------------------------------------------------------------
@@ -243,7 +255,7 @@ class ModelConformanceSuite:
         inputs = self._inputs(model_type, model)
         with torch.no_grad():
             plain = self.output_of(model, inputs)
-            adapters.init(model)
+            self.init_adapters(model)
             assert torch.equal(self.output_of(model, inputs), plain), "adapters.init changed the model's output"
             model.add_adapter(ADAPTER, config=case[1])
             randomize_adapter(model, ADAPTER)
@@ -290,7 +302,7 @@ class ModelConformanceSuite:
         with torch.no_grad():
             expected = self.output_of(model, inputs)
         fresh = self.make_model(model_type)
-        adapters.init(fresh)
+        self.init_adapters(fresh)
         with tempfile.TemporaryDirectory() as folder:
             model.save_adapter(folder, ADAPTER)
             # load_adapter raises on any missing or unexpected key.
@@ -520,7 +532,7 @@ class ModelConformanceSuite:
         model.eval()
         expected = self._composed(model, setup, inputs)
         fresh = self.make_model(model_type)
-        adapters.init(fresh)
+        self.init_adapters(fresh)
         with tempfile.TemporaryDirectory() as folder:
             for name in (ADAPTER, "second"):
                 model.save_adapter(f"{folder}/{name}", name)

@@ -59,10 +59,18 @@ class Bottleneck(nn.Module):
     """
 
     def __init__(
-        self, hidden_size: int, bottleneck_size: int, config: BnConfig, shared_phm: SharedPHMParameters | None = None
+        self,
+        hidden_size: int,
+        bottleneck_size: int,
+        config: BnConfig,
+        shared_phm: SharedPHMParameters | None = None,
+        hooked: bool = False,
     ) -> None:
         super().__init__()
         self.config = config
+        # At a hooked block (ResidualBlock.hooked) the model adds the residual and applies its norms
+        # after the adapter, so the adapter's own post_forward does neither (as in the reference).
+        self.original_ln_after = config.original_ln_after and not hooked
         self.is_parallel = config.is_parallel
         self.residual_before_ln = config.residual_before_ln
         layers: list[nn.Module] = []
@@ -95,7 +103,7 @@ class Bottleneck(nn.Module):
         # closes the block (see block_output).
         self._adds_into_sum = (
             (config.is_parallel or config.residual_before_ln is True)
-            and config.original_ln_after
+            and self.original_ln_after
             and not config.ln_after
         )
         # Pfeiffer's plain branch at inference: the up-projection can overwrite its own input LN(h + x).
@@ -270,7 +278,7 @@ class Bottleneck(nn.Module):
         """Turn the adapter output into the block output."""
         if self.is_parallel:
             hidden = hidden + h
-        if self.config.original_ln_after:
+        if self.original_ln_after:
             hidden = hidden + x
             if layer_norm is not None:
                 hidden = layer_norm(hidden)

@@ -217,8 +217,17 @@ class BottleneckMethod(AdapterMethod):
                     block = getattr(state.layer_spec(layer_idx), block_attr)
                     if block is None or not getattr(config, config_flag_of(block, location)):
                         continue
+                    if block.hooked and not config.original_ln_after:
+                        raise AdapterConfigError(
+                            f"{type(config).__name__}(original_ln_after=False) cannot be placed in a "
+                            f"{state.base_model.config.model_type} model adapted through an AdapterModelInterface: "
+                            "there the model adds the residual and applies its norms after the adapter itself "
+                            "(the reference library refuses it too); use original_ln_after=True."
+                        )
                     place = self._place(state, layer_idx, layer, location)
-                    module = Bottleneck(state.layer_hidden_size(layer_idx), sizes[layer_idx], config, shared)
+                    module = Bottleneck(
+                        state.layer_hidden_size(layer_idx), sizes[layer_idx], config, shared, hooked=block.hooked
+                    )
                     # New modules follow the model's train/eval mode (dropout, stochastic depth).
                     module.train(state.base_model.training)
                     place.adapters[name] = module.to(reference.device, reference.dtype)

@@ -1,0 +1,124 @@
+"""Model types no plugin names, adapted through the layout :func:`adapters.init` infers from them.
+
+Each runs the whole conformance suite (training, saving and reloading LoRA, bottleneck and the other
+methods, every composition block) on a tiny random model: pre-norm decoders (Granite, StarCoder2
+with LayerNorm and c_fc/c_proj), post-sub-layer norms (OLMo 2), parallel attention and FFN on one
+norm (Cohere, Falcon with a fused q/k/v).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from transformers import (
+    CohereConfig,
+    CohereModel,
+    FalconConfig,
+    FalconModel,
+    GraniteConfig,
+    GraniteModel,
+    Olmo2Config,
+    Olmo2Model,
+    OPTConfig,
+    OPTModel,
+    Starcoder2Config,
+    Starcoder2Model,
+)
+
+import adapters
+from adapters import UnsupportedModelError
+from adapters.plugins.inference import infer_spec
+from adapters.testing import ModelConformanceSuite
+
+TINY = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=48,
+    vocab_size=100,
+)
+FACTORIES = {
+    "granite": lambda: GraniteModel(GraniteConfig(**TINY)),
+    "starcoder2": lambda: Starcoder2Model(Starcoder2Config(**TINY)),
+    "olmo2": lambda: Olmo2Model(Olmo2Config(**TINY, pad_token_id=1, bos_token_id=None, eos_token_id=2)),
+    "cohere": lambda: CohereModel(CohereConfig(**TINY, pad_token_id=0, bos_token_id=1, eos_token_id=2)),
+    "falcon": lambda: FalconModel(
+        FalconConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, vocab_size=100)
+    ),
+}
+
+
+@pytest.fixture(autouse=True)
+def _inferred_layouts_warn_once_each() -> None:
+    # Every model the suite builds is adapted through an inferred layout, which warns (tested below).
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "No installed adapters plugin supports", UserWarning)
+        yield
+
+
+class TestInferredLayouts(ModelConformanceSuite):
+    model_factories = FACTORIES
+    # An inferred layout does not know where a prompt may enter the model.
+    refused = {model_type: ("prompt_tuning",) for model_type in FACTORIES}
+    refused["falcon"] = ("prompt_tuning", "prefix_tuning")
+
+
+def test_init_warns_with_what_it_inferred() -> None:
+    model = FACTORIES["olmo2"]()
+    with pytest.warns(UserWarning, match=r"inferred its layout: .*x \+ post_attention_layernorm\(self_attn\(x\)\)"):
+        adapters.init(model)
+    assert model.adapters_state.spec.attention_block.sublayer == "post_attention_layernorm"
+
+
+def test_parallel_blocks_are_recognised() -> None:
+    spec = infer_spec(FACTORIES["cohere"]()).spec
+    assert spec.attention_block.residual == spec.ffn_block.residual  # one norm feeds both sub-layers
+    assert infer_spec(FACTORIES["falcon"]()).spec.fused_linears[0].path == "self_attention.query_key_value"
+
+
+def test_a_model_no_layout_fits_is_refused_with_what_was_looked_for() -> None:
+    model = OPTModel(
+        OPTConfig(
+            vocab_size=64,
+            hidden_size=32,
+            num_hidden_layers=2,
+            ffn_dim=48,
+            num_attention_heads=4,
+            word_embed_proj_dim=32,
+        )
+    )
+    with pytest.raises(
+        UnsupportedModelError,
+        match=r"(?s)No installed adapters plugin supports model_type 'opt'.*"
+        r"Inferring its layout failed too: .*feed-forward module named one of",
+    ):
+        adapters.init(model)
+    assert not hasattr(model, "adapters_state")
+
+
+@torch.no_grad()
+def test_the_probe_leaves_the_model_as_it_was() -> None:
+    model = FACTORIES["granite"]().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    infer_spec(model)
+    assert model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_inspect_prints_python_that_builds_the_inferred_spec(capsys) -> None:
+    """``python -m adapters.inspect granite``: the printed ModelSpec is the one adapters.init infers."""
+    from adapters.inspect import main, tiny_config
+
+    assert main(["granite"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("# granite: inferred")
+    assert "# check: no active adapter: identical outputs" in printed
+    assert "# check: zero-initialised adapters: lora identical, bn identical" in printed
+    namespace: dict = {}
+    exec(printed, namespace)  # the module's output is Python a plugin author pastes
+    torch.manual_seed(0)
+    twin = GraniteModel(tiny_config(GraniteConfig()))
+    assert namespace["SPEC"] == infer_spec(twin).spec
