@@ -45,8 +45,9 @@ FACTORIES = {
     "starcoder2": lambda: Starcoder2Model(Starcoder2Config(**TINY)),
     "olmo2": lambda: Olmo2Model(Olmo2Config(**TINY, pad_token_id=1, bos_token_id=None, eos_token_id=2)),
     "cohere": lambda: CohereModel(CohereConfig(**TINY, pad_token_id=0, bos_token_id=1, eos_token_id=2)),
+    # Falcon's q/k/v are one linear (multi_query=False: three equal thirds, which LoRA can slice).
     "falcon": lambda: FalconModel(
-        FalconConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, vocab_size=100)
+        FalconConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, vocab_size=100, multi_query=False)
     ),
 }
 
@@ -61,9 +62,10 @@ def _inferred_layouts_warn_once_each() -> None:
 
 class TestInferredLayouts(ModelConformanceSuite):
     model_factories = FACTORIES
-    # An inferred layout does not know where a prompt may enter the model.
-    refused = {model_type: ("prompt_tuning",) for model_type in FACTORIES}
-    refused["falcon"] = ("prompt_tuning", "prefix_tuning")
+    # What the inferred layouts refuse: prompt tuning always (an inferred layout does not know where a
+    # prompt may enter the model), prefix tuning where the attention does not call transformers'
+    # attention interface (Falcon's before transformers 5.25).
+    refused = {model_type: tuple(infer_spec(make()).spec.refused_methods) for model_type, make in FACTORIES.items()}
 
 
 def test_init_warns_with_what_it_inferred() -> None:
@@ -77,6 +79,11 @@ def test_parallel_blocks_are_recognised() -> None:
     spec = infer_spec(FACTORIES["cohere"]()).spec
     assert spec.attention_block.residual == spec.ffn_block.residual  # one norm feeds both sub-layers
     assert infer_spec(FACTORIES["falcon"]()).spec.fused_linears[0].path == "self_attention.query_key_value"
+    # Multi-query attention: k and v are narrower than q, so LoRA's equal thirds would cut across them.
+    multi_query = FalconModel(FalconConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, vocab_size=100))
+    inferred = infer_spec(multi_query)
+    assert not inferred.spec.fused_linears and "q" not in inferred.spec.linears
+    assert "fuses q, k and v of unequal sizes" in inferred.describe()
 
 
 def test_a_model_no_layout_fits_is_refused_with_what_was_looked_for() -> None:

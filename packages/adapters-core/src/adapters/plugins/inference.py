@@ -167,6 +167,14 @@ def _is_linear(module: nn.Module | None) -> bool:
     return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
 
 
+def _equal_thirds(linear: nn.Module) -> bool:
+    """Whether a fused projection's output is q, k and v of the input's width each (no grouped or multi-query
+    key/value heads), the layout LoRA's three equal slices assume."""
+    # transformers' Conv1D stores its weight (in, out); nn.Linear (out, in).
+    out_features, in_features = linear.weight.shape[::-1] if type(linear).__name__ == "Conv1D" else linear.weight.shape
+    return out_features == 3 * in_features
+
+
 def _calls_attention_interface(attention: nn.Module) -> bool:
     try:
         source = inspect.getsource(type(attention).forward)
@@ -297,8 +305,7 @@ def _projections(layer: nn.Module, attention: str, ffn: str, config) -> tuple[di
         for role in ("q", "k", "v"):
             linears.pop(role, None)
         name = next((n for n in FUSED_QKV_NAMES if _is_linear(attention_module._modules.get(n))), None)
-        heads, kv_heads = getattr(config, "num_attention_heads", None), getattr(config, "num_key_value_heads", None)
-        if name is not None and (kv_heads is None or kv_heads == heads):
+        if name is not None and _equal_thirds(attention_module._modules[name]):
             fused = (FusedLinear(f"{attention}.{name}"),)
             notes.append(f"q/k/v as thirds of {attention}.{name}")
         elif name is not None:
