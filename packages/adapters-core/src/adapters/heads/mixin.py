@@ -472,13 +472,17 @@ class ModelWithFlexibleHeadsAdaptersMixin(ModelAdaptersMixin):
         meta_dict: dict | None = None,
         use_safetensors: bool = True,
         with_head: bool = True,
+        format: str = "adapters",
     ) -> None:
         """Save an adapter and, with ``with_head`` (default), the head of the same name beside it.
 
         Both go into the folder in one whole-folder swap: a crash leaves the old pair or the new one.
+        ``format="peft"`` writes the adapter alone as PEFT's LoRA folder (PEFT has no flexible heads).
         """
-        if not (with_head and adapter_name in self.heads):
-            super().save_adapter(save_directory, adapter_name, meta_dict, use_safetensors, with_head=False)
+        if format != "adapters" or not (with_head and adapter_name in self.heads):
+            super().save_adapter(
+                save_directory, adapter_name, meta_dict, use_safetensors, with_head=False, format=format
+            )
             return
         state = self.adapters_state
         state.require(adapter_name)

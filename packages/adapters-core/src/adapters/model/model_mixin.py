@@ -18,7 +18,7 @@ from ..core.state import AdapterState
 from ..errors import AdapterConfigError, AdapterError, AdapterLoadError, AdapterNameError
 from ..files.atomic import atomic_directory
 from ..files.paths import named_child
-from ..io import adapter_io, hub, static_head
+from ..io import adapter_io, hub, peft_format, static_head
 from ..methods.fusion import api as fusion_api
 from ..methods.init import initial_values_unneeded
 from ..names import check_adapter_name, check_saved_name
@@ -295,6 +295,7 @@ class ModelAdaptersMixin:
         meta_dict: dict | None = None,
         use_safetensors: bool = True,
         with_head: bool = True,
+        format: str = "adapters",
     ) -> None:
         """Write ``adapter_config.json`` and the weights (safetensors by default), atomically.
 
@@ -309,6 +310,9 @@ class ModelAdaptersMixin:
                 ``model_head.safetensors`` (``pytorch_model_head.bin`` with
                 ``use_safetensors=False``), in the same whole-folder swap. ``False`` writes the
                 adapter only. Models without a static head (``BertModel``) write the adapter only.
+            format: ``"adapters"`` (the reference library's format) or ``"peft"``: PEFT's LoRA folder
+                (``adapter_config.json`` with ``peft_type``, ``adapter_model.safetensors``), which
+                ``PeftModel.from_pretrained`` and vLLM load; plain LoRA adapters only.
 
         Example:
             >>> model.save_adapter("out/sst2", "sst2")  # doctest: +SKIP
@@ -317,6 +321,11 @@ class ModelAdaptersMixin:
             >>> model.save_adapter("out/sst2-only", "sst2", with_head=False)  # doctest: +SKIP
         """
         state = self.adapters_state
+        if format not in ("adapters", "peft"):
+            raise ValueError(f"save_adapter(format={format!r}): choose 'adapters' (the default) or 'peft'.")
+        if format == "peft":
+            peft_format.save_peft_adapter(state, save_directory, adapter_name)
+            return
         if not (with_head and static_head.has_static_head(self, state)):
             adapter_io.save_adapter(state, save_directory, adapter_name, meta_dict, use_safetensors)
             return
@@ -389,7 +398,11 @@ class ModelAdaptersMixin:
         with_head: bool = True,
         **kwargs: Any,
     ) -> str:
-        """Load an adapter folder written by this library or the reference library; return its name.
+        """Load an adapter folder written by this library, the reference library or PEFT (LoRA); return its name.
+
+        A PEFT folder (``adapter_config.json`` with ``peft_type``) loads when its LoRA sits on the
+        linear layers this library's LoRA adapts (q, k, v, the FFN's projections), with PEFT's
+        outputs; anything else is refused with the field that cannot be mapped.
 
         ``with_head`` (default): on a model with a static head (``BertForSequenceClassification``
         after ``adapters.init``), a head saved in the folder (``head_config.json`` +
@@ -424,15 +437,24 @@ class ModelAdaptersMixin:
             raise TypeError(f"load_adapter() got unsupported arguments {sorted(kwargs)}.")
         state = self.adapters_state
         folder = hub.resolve_adapter_folder(adapter_name_or_path, **hub_options)
-        data = adapter_io.read_adapter_config(folder)
-        reference_format.check_compatible(state, data, folder)
-        adapter_io.check_interface(state, folder)
+        peft_tensors = None
+        if peft_format.is_peft_folder(folder):
+            # PEFT's LoRA folder: read as the config and weights save_adapter would have written.
+            data, peft_tensors = peft_format.read_peft_adapter(state, folder, use_safetensors)
+            with_head = False
+        else:
+            data = adapter_io.read_adapter_config(folder)
+            reference_format.check_compatible(state, data, folder)
+            adapter_io.check_interface(state, folder)
         saved_config = adapter_io.parse_saved_config(data, folder)
         if config is not None and load_config(config).to_dict() != saved_config.to_dict():
             raise AdapterLoadError(f"The config passed to load_adapter() differs from the one saved in {folder}.")
         saved_name = data.get("name") or folder.name
         name = check_adapter_name(load_as) if load_as else check_saved_name(saved_name, folder)
-        tensors = adapter_io.read_adapter_weights(folder, data, use_safetensors)
+        if peft_tensors is None:
+            tensors = adapter_io.read_adapter_weights(folder, data, use_safetensors)
+        else:
+            tensors = peft_tensors
         merging.refuse_merged_twice(self, data, tensors, folder)
         # Read and checked before the model changes: a head that does not fit refuses the whole load.
         head = static_head.prepare_static_head(self, state, folder, use_safetensors) if with_head else None
