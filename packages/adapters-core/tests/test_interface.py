@@ -11,6 +11,7 @@ reference's built-in ones).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -48,20 +49,8 @@ STABLELM = AdapterModelInterface(
 )
 # OLMo 2 normalises each sub-layer's output before adding it (x + norm(attn(x))): the residual is
 # the sub-layer's own input.
-OLMO2 = AdapterModelInterface(
-    adapter_methods=["bottleneck", "lora", "reft"],
-    model_embeddings="embed_tokens",
-    model_layers="layers",
-    layer_self_attn="self_attn",
-    layer_cross_attn=None,
-    attn_k_proj="k_proj",
-    attn_q_proj="q_proj",
-    attn_v_proj="v_proj",
-    attn_o_proj="o_proj",
-    layer_intermediate_proj="mlp.up_proj",
-    layer_output_proj="mlp.down_proj",
-    layer_pre_self_attn="self_attn",
-    layer_pre_ffn="mlp",
+OLMO2 = dataclasses.replace(
+    STABLELM, adapter_methods=["bottleneck", "lora", "reft"], layer_pre_self_attn="self_attn", layer_pre_ffn="mlp"
 )
 # GPT-NeoX: q/k/v in one linear, and x + attn(ln1(x)) + mlp(ln2(x)) (parallel residual).
 GPT_NEOX = AdapterModelInterface(
@@ -173,6 +162,15 @@ def test_original_ln_after_false_is_refused_at_interface_placement() -> None:
     with pytest.raises(AdapterConfigError, match="original_ln_after=False"):
         model.add_adapter("x", config=adapters.SeqBnConfig(original_ln_after=False))
     assert "x" not in model.adapters_state.configs
+
+
+def test_a_parallel_adapter_needs_the_residual_the_interface_names() -> None:
+    model = stablelm()
+    adapters.init(model, interface=dataclasses.replace(STABLELM, layer_pre_ffn=None))
+    with pytest.raises(AdapterConfigError, match="parallel adapter, which reads the residual input"):
+        model.add_adapter("par", config="par_bn")
+    assert not model.adapters_state.configs
+    model.add_adapter("seq", config="seq_bn")  # a sequential one reads the FFN's output alone
 
 
 def test_cross_attention_and_wrong_paths_are_refused_before_the_model_changes() -> None:

@@ -85,12 +85,12 @@ def check_interface(state: AdapterState, folder: Path) -> None:
     ours = state.spec.interface
     if ours is None or not (folder / fmt.INTERFACE_CONFIG).is_file():
         return
-    theirs = type(ours).load(folder)
-    differing = sorted(k for k, v in ours.to_dict().items() if k != "adapter_methods" and theirs.to_dict()[k] != v)
+    here, there = ours.to_dict(), type(ours).load(folder).to_dict()
+    differing = sorted(k for k, v in here.items() if k != "adapter_methods" and there[k] != v)
     if differing:
         raise AdapterLoadError(
             f"{folder} was saved from a model adapted through another AdapterModelInterface: "
-            + ", ".join(f"{k}={theirs.to_dict()[k]!r} there, {ours.to_dict()[k]!r} here" for k in differing)
+            + ", ".join(f"{k}={there[k]!r} there, {here[k]!r} here" for k in differing)
             + ". Its weights belong to other modules; adapt the model with that interface "
             f"(adapters.init(model, interface=AdapterModelInterface.load({str(folder)!r})))."
         )

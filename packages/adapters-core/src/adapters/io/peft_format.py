@@ -117,8 +117,14 @@ def read_peft_adapter(
 def save_peft_adapter(state: AdapterState, directory: str | os.PathLike, name: str) -> None:
     """Write LoRA adapter ``name`` as a PEFT folder (``PeftModel.from_pretrained`` and vLLM read it)."""
     config = state.require(name)
-    plain = isinstance(config, LoRAConfig) and type(config) is LoRAConfig
-    if not plain or config.use_dora or config.use_gating or config.composition_mode != "add" or config.vera_d:
+    # Exactly LoRAConfig: its subclasses (IA3, VeRA, DoRA) compute other updates.
+    if (
+        type(config) is not LoRAConfig
+        or config.use_dora
+        or config.use_gating
+        or config.vera_d is not None
+        or config.composition_mode != "add"
+    ):
         raise AdapterConfigError(
             f"Adapter {name!r} ({type(config).__name__}) cannot be written in PEFT's format: only plain LoRA "
             "(no DoRA, VeRA, IA3, gating) maps to PEFT's LoRA without loss; save it with format='adapters'."
@@ -173,27 +179,25 @@ def _adapter_tensors(state: AdapterState, name: str) -> dict[str, torch.Tensor]:
 
 def _roles(state: AdapterState) -> dict[str, tuple[int, str]]:
     """Module path (relative to the whole model, as PEFT keys it) -> (layer index, LoRA role)."""
-    paths = {id(module): path for path, module in state.model.named_modules()}
+    paths = _module_paths(state)
     roles: dict[str, tuple[int, str]] = {}
     for index, layer in state.layers:
         for role, path in state.layer_spec(index).linears.items():
-            if role not in _LORA_ROLES:
-                continue
             module = _find(layer, path)
-            if module is not None and isinstance(module, nn.Linear) and id(module) in paths:
+            if role in _LORA_ROLES and isinstance(module, nn.Linear) and id(module) in paths:
                 roles[paths[id(module)]] = (index, role)
     return roles
 
 
 def _fused_paths(state: AdapterState) -> set[str]:
-    paths = {id(module): path for path, module in state.model.named_modules()}
-    fused = set()
-    for index, layer in state.layers:
-        for linear in state.layer_spec(index).fused_linears:
-            module = _find(layer, linear.path)
-            if module is not None:
-                fused.add(paths[id(module)])
-    return fused
+    paths = _module_paths(state)
+    found = (_find(layer, f.path) for index, layer in state.layers for f in state.layer_spec(index).fused_linears)
+    return {paths[id(module)] for module in found if module is not None}
+
+
+def _module_paths(state: AdapterState) -> dict[int, str]:
+    """``id(module)`` -> its path in the whole model."""
+    return {id(module): path for path, module in state.model.named_modules()}
 
 
 def _find(layer: nn.Module, path: str) -> nn.Module | None:

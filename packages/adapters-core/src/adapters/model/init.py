@@ -63,12 +63,13 @@ def init(model: nn.Module, spec: ModelSpec | None = None, interface: AdapterMode
         return
     if spec is not None and interface is not None:
         raise TypeError("adapters.init takes a spec or an interface, not both.")
-    if interface is None and spec is None:
+    if interface is None and spec is None and not _has_plugin(model):
+        # No plugin: the interface saved with the checkpoint, else the layout inferred from the model.
         interface = _saved_interface(model)
+        if interface is None:
+            spec = _inferred_spec(model)
     if interface is not None:
         spec = _spec_from_interface(model, interface)
-    elif spec is None and not _has_plugin(model):
-        spec = _inferred_spec(model)
     attach_adapters(model, mix_in=True, spec=spec)
 
 
@@ -83,11 +84,8 @@ def _inferred_spec(model: nn.Module) -> ModelSpec:
     try:
         inferred = infer_spec(model)
     except UnsupportedModelError as inference_error:
-        try:
-            get_registry().spec_for(model_type)
-        except UnsupportedModelError as error:
-            raise UnsupportedModelError(f"{error} Inferring its layout failed too: {inference_error}") from None
-        raise
+        reason = get_registry().unsupported_message(model_type)
+        raise UnsupportedModelError(f"{reason} Inferring its layout failed too: {inference_error}") from None
     warnings.warn(
         f"No installed adapters plugin supports model_type {model_type!r}; adapters.init inferred its layout: "
         f"{inferred.describe()}. `python -m adapters.inspect {model_type}` prints it as a ModelSpec for a plugin.",
@@ -112,10 +110,7 @@ def _spec_from_interface(model: nn.Module, interface: AdapterModelInterface) -> 
 
 
 def _saved_interface(model: nn.Module) -> AdapterModelInterface | None:
-    """The interface saved with a checkpoint of a model type no plugin supports (else None)."""
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type is None or model_type in get_registry().model_specs:
-        return None
+    """The interface saved with the checkpoint ``model`` was loaded from (else None)."""
     folder = getattr(model, "name_or_path", None)
     if not folder or not (Path(str(folder)) / INTERFACE_CONFIG).is_file():
         return None

@@ -97,6 +97,10 @@ class Registry:
     def spec_for(self, model_type: str) -> ModelSpec:
         if model_type in self.model_specs:
             return self.model_specs[model_type]
+        raise UnsupportedModelError(self.unsupported_message(model_type))
+
+    def unsupported_message(self, model_type: str) -> str:
+        """Why no spec is registered for ``model_type``, with the command or route that adds one."""
         hint = next((pkg for pkg, types in KNOWN_PACKAGES.items() if model_type in types), None)
         if hint and _is_installed(hint):
             # The family's package is there but does not cover this type yet (GPT-2 in adapters-gpt2).
@@ -109,7 +113,7 @@ class Registry:
                 "interface=AdapterModelInterface(...)) (or spec=ModelSpec(...)), or write a plugin "
                 "(docs/writing-a-model-plugin.md)."
             )
-        raise UnsupportedModelError(
+        return (
             f"No installed adapters plugin supports model_type {model_type!r}. Installed plugins: "
             f"{self.plugin_names()} (model types: {sorted(self.model_specs)}). {install}"
         )
@@ -225,4 +229,3 @@ def register_plugin(plugin: object, name: str | None = None) -> None:
         if new:
             pm.unregister(plugin)  # refused: the registry stays as it was
         raise
-

@@ -224,6 +224,13 @@ class BottleneckMethod(AdapterMethod):
                             "there the model adds the residual and applies its norms after the adapter itself "
                             "(the reference library refuses it too); use original_ln_after=True."
                         )
+                    if block.hooked and block.residual is None and config.is_parallel:
+                        raise AdapterConfigError(
+                            f"{type(config).__name__} is a parallel adapter, which reads the residual input of "
+                            f"the block it sits at ({location}), but the {state.base_model.config.model_type} "
+                            "model names none there (an AdapterModelInterface without layer_pre_self_attn / "
+                            "layer_pre_ffn; the reference library fails on it); use a sequential adapter."
+                        )
                     place = self._place(state, layer_idx, layer, location)
                     module = Bottleneck(
                         state.layer_hidden_size(layer_idx), sizes[layer_idx], config, shared, hooked=block.hooked
