@@ -47,7 +47,8 @@ TRIMMED_ROWS = {
 }
 
 
-# Model types the reference adapted through an AdapterModelInterface that no plugin here declares.
+# Model types the reference adapted through a user's AdapterModelInterface (given to init here too, in place of
+# any plugin's spec).
 INTERFACE_ONLY = ("stablelm",)
 
 

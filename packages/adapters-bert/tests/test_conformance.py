@@ -9,6 +9,10 @@ from transformers import (
     BertGenerationConfig,
     BertGenerationEncoder,
     BertModel,
+    CamembertConfig,
+    CamembertModel,
+    Data2VecTextConfig,
+    Data2VecTextModel,
     DebertaConfig,
     DebertaModel,
     DebertaV2Config,
@@ -17,10 +21,14 @@ from transformers import (
     DistilBertModel,
     ElectraConfig,
     ElectraModel,
+    ErnieConfig,
+    ErnieModel,
     ModernBertConfig,
     ModernBertModel,
     RobertaConfig,
     RobertaModel,
+    RobertaPreLayerNormConfig,
+    RobertaPreLayerNormModel,
     XLMRobertaConfig,
     XLMRobertaModel,
     XmodConfig,
@@ -28,6 +36,7 @@ from transformers import (
 )
 
 from adapters.testing import ModelConformanceSuite
+from adapters_bert.specs import SPECS
 
 TINY = dict(
     hidden_size=32,
@@ -64,6 +73,11 @@ class TestBertFamily(ModelConformanceSuite):
         ),
         # X-MOD keeps its own language adapters; the default language routes every input.
         "xmod": lambda: XmodModel(XmodConfig(languages=["en_XX", "de_DE"], default_language="en_XX", **TINY)),
+        "camembert": lambda: CamembertModel(CamembertConfig(**TINY)),
+        "data2vec-text": lambda: Data2VecTextModel(Data2VecTextConfig(**TINY)),
+        # Task-type embeddings on, as in the published ERNIE 2.0/3.0 checkpoints.
+        "ernie": lambda: ErnieModel(ErnieConfig(use_task_id=True, task_type_vocab_size=3, **TINY)),
+        "roberta-prelayernorm": lambda: RobertaPreLayerNormModel(RobertaPreLayerNormConfig(**TINY)),
     }
 
 
@@ -96,3 +110,10 @@ class TestModernBert(ModelConformanceSuite):
         )
     }
     refused = {"modernbert": REFUSED}
+
+
+def test_every_declared_model_type_has_a_conformance_model() -> None:
+    # A model type added to a spec without a tiny model here would ship without proof.
+    declared = {model_type for spec in SPECS for model_type in spec.model_types}
+    proven = {model_type for suite in (TestBertFamily, TestModernBert) for model_type in suite.model_factories}
+    assert declared <= proven, f"declared without a conformance model: {sorted(declared - proven)}"

@@ -1,4 +1,4 @@
-"""Run the core's conformance suite over CLIP's text tower, vision tower and the dual model."""
+"""Run the core's conformance suite over CLIP's and SigLIP's text towers, vision towers and dual models."""
 
 from __future__ import annotations
 
@@ -13,9 +13,16 @@ from transformers import (
     CLIPTextModel,
     CLIPVisionConfig,
     CLIPVisionModel,
+    SiglipConfig,
+    SiglipModel,
+    SiglipTextConfig,
+    SiglipTextModel,
+    SiglipVisionConfig,
+    SiglipVisionModel,
 )
 
 from adapters.testing import ModelConformanceSuite
+from adapters_clip.specs import SPECS
 
 LAYER = dict(num_hidden_layers=2, num_attention_heads=4, intermediate_size=37)
 # Token ids 0..2 are special here, so the inputs (ids from 3) hold no end-of-text token.
@@ -66,3 +73,52 @@ class TestCLIP(ModelConformanceSuite):
             towers = (outputs.text_model_output, outputs.vision_model_output)
             return torch.cat([tower.last_hidden_state.flatten(1) for tower in towers], dim=1).unsqueeze(-1)
         return outputs.last_hidden_state
+
+
+def siglip_text_config(**options) -> SiglipTextConfig:
+    return SiglipTextConfig(**{**TEXT, **LAYER, **options})
+
+
+def siglip_vision_config() -> SiglipVisionConfig:
+    # With the attention-pooling head of the published checkpoints (vision_use_head).
+    return SiglipVisionConfig(vision_use_head=True, **VISION, **LAYER)
+
+
+class TestSigLIP(TestCLIP):
+    model_factories = {
+        "siglip_text_model": lambda: SiglipTextModel(siglip_text_config()),
+        "siglip_vision_model": lambda: SiglipVisionModel(siglip_vision_config()),
+        # Both towers 64 wide, as in the published checkpoints (base: 768 and 768).
+        "siglip": lambda: SiglipModel(
+            SiglipConfig(
+                text_config=siglip_text_config(hidden_size=VISION["hidden_size"]).to_dict(),
+                vision_config=siglip_vision_config().to_dict(),
+            )
+        ),
+        # Towers of different widths: SigLIP has no projections, so the text head maps the text
+        # width (32) to the vision width (64).
+        "siglip-unequal-widths": lambda: SiglipModel(
+            SiglipConfig(
+                text_config=siglip_text_config(projection_size=VISION["hidden_size"]).to_dict(),
+                vision_config=siglip_vision_config().to_dict(),
+            )
+        ),
+    }
+    # The towers prompt-tune (their text pooling reads the last position, see adapters_clip.specs);
+    # the dual model refuses prompt tuning (one hidden size for the prompt), and the core refuses one
+    # prefix-tuning pool over layers of different attention shapes.
+    refused = {
+        "siglip": {"prompt_tuning"},
+        "siglip-unequal-widths": {"prompt_tuning", "prefix_tuning"},
+    }
+
+    def make_inputs(self, model_type: str, model: nn.Module, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        dual = model_type.startswith("siglip") and not model_type.endswith("_model")
+        return super().make_inputs("clip" if dual else model_type, model, generator)
+
+
+def test_every_declared_model_type_has_a_conformance_model() -> None:
+    # A model type added to a spec without a tiny model here would ship without proof.
+    declared = {model_type for spec in SPECS for model_type in spec.model_types}
+    proven = {model_type for suite in (TestCLIP, TestSigLIP) for model_type in suite.model_factories}
+    assert declared <= proven, f"declared without a conformance model: {sorted(declared - proven)}"

@@ -1,9 +1,10 @@
 """Model types no plugin names, adapted through the layout :func:`adapters.init` infers from them.
 
 Each runs the whole conformance suite (training, saving and reloading LoRA, bottleneck and the other
-methods, every composition block) on a tiny random model: pre-norm decoders (Granite, StarCoder2
-with LayerNorm and c_fc/c_proj), post-sub-layer norms (OLMo 2), parallel attention and FFN on one
-norm (Cohere, Falcon with a fused q/k/v).
+methods, every composition block) on a tiny random model: pre-norm decoders (Apertus, whose norms
+are named attention_layernorm / feedforward_layernorm; Nemotron, with LayerNorm1P and a squared-ReLU
+MLP; Persimmon, with q/k/v in one linear), norms after the sub-layers around a mixture of experts
+(FlexOlmo), parallel attention and FFN on one norm (Falcon with a fused q/k/v).
 """
 
 from __future__ import annotations
@@ -13,18 +14,18 @@ import warnings
 import pytest
 import torch
 from transformers import (
-    CohereConfig,
-    CohereModel,
+    ApertusConfig,
+    ApertusModel,
     FalconConfig,
     FalconModel,
-    GraniteConfig,
-    GraniteModel,
-    Olmo2Config,
-    Olmo2Model,
+    FlexOlmoConfig,
+    FlexOlmoModel,
+    NemotronConfig,
+    NemotronModel,
     OPTConfig,
     OPTModel,
-    Starcoder2Config,
-    Starcoder2Model,
+    PersimmonConfig,
+    PersimmonModel,
 )
 
 import adapters
@@ -40,11 +41,16 @@ TINY = dict(
     intermediate_size=48,
     vocab_size=100,
 )
+IDS = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)
 FACTORIES = {
-    "granite": lambda: GraniteModel(GraniteConfig(**TINY)),
-    "starcoder2": lambda: Starcoder2Model(Starcoder2Config(**TINY)),
-    "olmo2": lambda: Olmo2Model(Olmo2Config(**TINY, pad_token_id=1, bos_token_id=None, eos_token_id=2)),
-    "cohere": lambda: CohereModel(CohereConfig(**TINY, pad_token_id=0, bos_token_id=1, eos_token_id=2)),
+    "apertus": lambda: ApertusModel(ApertusConfig(**TINY, **IDS, max_position_embeddings=64)),
+    "nemotron": lambda: NemotronModel(NemotronConfig(**TINY, **IDS)),
+    # Four experts with widths of four floats' multiples (transformers' grouped expert matmul wants them).
+    "flex_olmo": lambda: FlexOlmoModel(FlexOlmoConfig(**TINY, **IDS, num_experts=4, num_experts_per_tok=2)),
+    # q/k/v in one linear whose heads interleave them (no LoRA slices: the FFN and dense take LoRA).
+    "persimmon": lambda: PersimmonModel(
+        PersimmonConfig(**{**TINY, "num_key_value_heads": None}, **IDS, max_position_embeddings=64)
+    ),
     # Falcon's q/k/v are one linear (multi_query=False: three equal thirds, which LoRA can slice).
     "falcon": lambda: FalconModel(
         FalconConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, vocab_size=100, multi_query=False)
@@ -65,18 +71,20 @@ class TestInferredLayouts(ModelConformanceSuite):
     # What the inferred layouts refuse: prompt tuning always (an inferred layout does not know where a
     # prompt may enter the model), prefix tuning where the attention does not call transformers'
     # attention interface (Falcon's before transformers 5.25).
+    # FlexOlmo's experts are stacked 3-D weights, not linear layers: LoRA configs that adapt the FFN are refused.
     refused = {model_type: tuple(infer_spec(make()).spec.refused_methods) for model_type, make in FACTORIES.items()}
+    refused["flex_olmo"] += ("lora-lora_all_linears", "lora-ia3", "lora-dora", "lora-vera")
 
 
 def test_init_warns_with_what_it_inferred() -> None:
-    model = FACTORIES["olmo2"]()
+    model = FACTORIES["flex_olmo"]()
     with pytest.warns(UserWarning, match=r"inferred its layout: .*x \+ post_attention_layernorm\(self_attn\(x\)\)"):
         adapters.init(model)
     assert model.adapters_state.spec.attention_block.sublayer == "post_attention_layernorm"
 
 
 def test_parallel_blocks_are_recognised() -> None:
-    spec = infer_spec(FACTORIES["cohere"]()).spec
+    spec = infer_spec(FACTORIES["falcon"]()).spec
     assert spec.attention_block.residual == spec.ffn_block.residual  # one norm feeds both sub-layers
     assert infer_spec(FACTORIES["falcon"]()).spec.fused_linears[0].path == "self_attention.query_key_value"
     # Multi-query attention: k and v are narrower than q, so LoRA's equal thirds would cut across them.
@@ -108,7 +116,7 @@ def test_a_model_no_layout_fits_is_refused_with_what_was_looked_for() -> None:
 
 @torch.no_grad()
 def test_the_probe_leaves_the_model_as_it_was() -> None:
-    model = FACTORIES["granite"]().train()
+    model = FACTORIES["apertus"]().train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     infer_spec(model)
     assert model.training
@@ -116,16 +124,16 @@ def test_the_probe_leaves_the_model_as_it_was() -> None:
 
 
 def test_inspect_prints_python_that_builds_the_inferred_spec(capsys) -> None:
-    """``python -m adapters.inspect granite``: the printed ModelSpec is the one adapters.init infers."""
+    """``python -m adapters.inspect apertus``: the printed ModelSpec is the one adapters.init infers."""
     from adapters.inspect import main, tiny_config
 
-    assert main(["granite"]) == 0
+    assert main(["apertus"]) == 0
     printed = capsys.readouterr().out
-    assert printed.startswith("# granite: inferred")
+    assert printed.startswith("# apertus: inferred")
     assert "# check: no active adapter: identical outputs" in printed
     assert "# check: zero-initialised adapters: lora identical, bn identical" in printed
     namespace: dict = {}
     exec(printed, namespace)  # the module's output is Python a plugin author pastes
     torch.manual_seed(0)
-    twin = GraniteModel(tiny_config(GraniteConfig()))
+    twin = ApertusModel(tiny_config(ApertusConfig()))
     assert namespace["SPEC"] == infer_spec(twin).spec

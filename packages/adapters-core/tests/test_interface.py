@@ -1,7 +1,7 @@
 """``adapters.init(model, interface=AdapterModelInterface(...))``: the reference library's way to adapt a model type
-no plugin supports.
+no plugin supports (an interface given to ``init`` also replaces a plugin's spec).
 
-StableLM, OLMo 2 and GPT-NeoX are model types no plugin of this repository names. Each runs the
+StableLM, OLMo 2 and GPT-NeoX (which ``adapters-gpt2`` now declares with specs of its own) run the
 whole conformance suite through a user's interface (GPT-NeoX with a fused q/k/v projection and
 parallel attention and FFN, OLMo 2 with its norms after the sub-layers). That adapters trained by
 the reference library through an interface give its outputs here is shown by the drop-in fixtures

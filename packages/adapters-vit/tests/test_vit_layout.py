@@ -1,4 +1,4 @@
-"""Where adapters sit in ViT, BEiT and DINOv2, and the weight-key names they are saved under."""
+"""Where adapters sit in ViT, BEiT, DINOv2 and Data2Vec-Vision, and the weight-key names they are saved under."""
 
 from __future__ import annotations
 
@@ -7,7 +7,15 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
-from transformers import Dinov2Config, Dinov2Model, ViTConfig, ViTForImageClassification, ViTModel
+from transformers import (
+    Data2VecVisionConfig,
+    Data2VecVisionModel,
+    Dinov2Config,
+    Dinov2Model,
+    ViTConfig,
+    ViTForImageClassification,
+    ViTModel,
+)
 
 import adapters
 from adapters.testing import assert_close, randomize_adapter
@@ -91,3 +99,24 @@ def test_dinov2_swiglu_lora_targets_up_and_down_projections() -> None:
     plain = Dinov2Model(Dinov2Config(**TINY))
     adapters.init(plain)
     assert plain.adapters_state.spec.linears["ffn_in"] == "mlp.fc1"
+
+
+def test_data2vec_vision_bottleneck_acts_after_layer_scale() -> None:
+    # BEiT's 4.x layout, kept by Data2Vec-Vision in transformers 5.24: a = x + lambda_1 * attn(ln(x)),
+    # h = lambda_2 * output(intermediate(ln(a))), then h + a + up(relu(down(h + a))) (Pfeiffer).
+    torch.manual_seed(0)
+    config = Data2VecVisionConfig(layer_scale_init_value=0.5, **{**TINY, "num_hidden_layers": 1})
+    model = Data2VecVisionModel(config).eval()
+    adapters.init(model)
+    model.add_adapter("a", config="seq_bn", set_active=True)
+    randomize_adapter(model, "a")
+    layer = model.encoder.layer[0]
+    bottleneck = layer.output_adapters.adapters["a"]
+    with torch.no_grad():
+        x = model.embeddings(pixels())[0]
+        a = x + layer.lambda_1 * layer.attention(layer.layernorm_before(x), resolution=(16, 16))[0]
+        h = layer.lambda_2 * layer.output(layer.intermediate(layer.layernorm_after(a)))
+        down = bottleneck.adapter_down[0]
+        up = bottleneck.adapter_up
+        expected = model.layernorm(h + a + up(torch.relu(down(h + a))))
+        assert_close(model(pixels()).last_hidden_state, expected)

@@ -1,4 +1,20 @@
-"""Where adapters attach in each BERT-family architecture of transformers 5.x."""
+"""Where adapters attach in each BERT-family architecture of transformers 5.x.
+
+CamemBERT, Data2Vec-Text and ERNIE (model type ``ernie``, not ERNIE 4.5) are transformers copies
+of BERT's modules (the same ``attention.self`` / ``attention.output`` / ``intermediate`` /
+``output`` names, post-LN
+``LayerNorm(dropout(dense(h)) + input_tensor)`` in the output modules, attention through the
+attention interface and ``forward(input_ids, attention_mask, ...)``), so they share BERT's spec
+(``BERT_LIKE``) and its weight keys. ERNIE's optional task-type embeddings live inside
+``embeddings`` and need nothing else.
+
+RoBERTa-PreLayerNorm has BERT's module names but is pre-LN: its output modules return
+``dropout(dense(h)) + input_tensor`` with no LayerNorm, which moved into the attention module
+(before ``attention.self``) and into ``intermediate`` (before its dense). Its blocks therefore
+read ``x`` at the output modules' ``input_tensor`` as BERT's do and hand back the adapted output
+at the dropout that closes each sub-layer, before the output module adds ``x``
+(``ROBERTA_PRELAYERNORM``).
+"""
 
 from __future__ import annotations
 
@@ -69,13 +85,51 @@ BERT_LIKE = ModelSpec(
     # (the block's output is the first call) before the layer's final call of the same LayerNorm,
     # so X-MOD's own language adapters keep working behind the bottleneck. Post-norm X-MOD only
     # (pre_norm=False, as in the published checkpoints).
-    model_types=("bert", "roberta", "xlm-roberta", "electra", "bert-generation", "xmod"),
+    model_types=(
+        "bert",
+        "roberta",
+        "xlm-roberta",
+        "electra",
+        "bert-generation",
+        "xmod",
+        "camembert",
+        "data2vec-text",
+        "ernie",
+    ),
     layers="encoder.layer",
     attention_block=_BERT_ATTENTION_BLOCK,
     ffn_block=_BERT_FFN_BLOCK,
     linears=_BERT_LINEARS,
     self_attention=_BERT_SELF_ATTENTION,
     cross_attention_overrides=_BERT_CROSS_ATTENTION,
+)
+
+
+# Pre-LN: x is the output module's input_tensor (the layer's or the attention block's input, not
+# normalized), h the dropout output the module adds x to. There is no post-LN to reroute, so the
+# core replaces the dropout's output by (adapted block output - x). The model's final LayerNorm
+# (base_model.LayerNorm, after the encoder) is left alone, like ViT's.
+def _pre_ln_block(holder: str, config_flag: str | None = None) -> ResidualBlock:
+    return ResidualBlock(
+        holder=holder,
+        residual=InputOf(holder, 1, "input_tensor"),
+        sublayer=f"{holder}.dropout",
+        config_flag=config_flag,
+    )
+
+
+ROBERTA_PRELAYERNORM = ModelSpec(
+    model_types=("roberta-prelayernorm",),
+    layers="encoder.layer",
+    attention_block=_pre_ln_block("attention.output"),
+    ffn_block=_pre_ln_block("output"),
+    linears=_BERT_LINEARS,
+    self_attention=_BERT_SELF_ATTENTION,
+    # The decoder's cross-attention has the same pre-LN output module as its self-attention.
+    cross_attention_overrides={
+        **_BERT_CROSS_ATTENTION,
+        "cross_attention_block": _pre_ln_block("crossattention.output", config_flag="mh_adapter"),
+    },
 )
 
 DEBERTA_V2 = ModelSpec(
@@ -213,4 +267,4 @@ MODERNBERT_INTERFACE = AdapterModelInterface(
 )
 MODERNBERT = MODERNBERT_INTERFACE.to_spec("modernbert")
 
-SPECS = (BERT_LIKE, DEBERTA_V2, DEBERTA, DISTILBERT, ALBERT, MODERNBERT)
+SPECS = (BERT_LIKE, ROBERTA_PRELAYERNORM, DEBERTA_V2, DEBERTA, DISTILBERT, ALBERT, MODERNBERT)

@@ -1,4 +1,4 @@
-"""Where adapters attach in CLIP's towers (transformers 5.x).
+"""Where adapters attach in CLIP's and SigLIP's towers (transformers 5.x).
 
 Every CLIP encoder layer is pre-LN, ``x + self_attn(layer_norm1(x))`` then
 ``x + mlp(layer_norm2(x))``, with the residuals added inline: a block's ``x`` is read where it
@@ -14,6 +14,23 @@ checkpoints). Weight keys keep the module paths (``text_model.encoder.layers.0..
 transformers 5 dropped the inner ``text_model`` / ``vision_model`` module of the single-tower
 classes; the reference's keys of those models still start with it (except its outer containers:
 shared Compacter tensors, the prefix-tuning pool), so the specs declare it as ``body_prefix``.
+
+SigLIP's encoder layers are CLIP's (``layer_norm1``, ``self_attn``, ``layer_norm2``, ``mlp``, the
+same inline pre-LN residuals), so its specs take the same layer fields. What differs, and why the
+SigLIP specs refuse less than CLIP's:
+
+* The text tower pools ``last_hidden_state[:, -1]``, the last position, not a position found in
+  ``input_ids``. Prompt tuning inserts its prompt at the front (``combine="prefix"`` or after the
+  first token), so the pooled position stays the input's last token, and the pooler reads no
+  ``input_ids``: prompt tuning works, and Parallel needs no copy of the inputs.
+* The vision tower's attention-pooling ``head`` (a ``torch.nn.MultiheadAttention`` probe and its
+  own ``mlp``) sits outside the layer stack; no spec path names it, so adapters leave it alone. It
+  attends over every position, prompt positions included, as the layers do.
+* The reference library has no SigLIP: weight keys are the transformers 5 module paths (no
+  ``body_prefix``) and prefix tuning uses the plain ``self_prefix`` place, which the dual model's
+  two towers share like any two layer stacks.
+* The dual ``SiglipModel`` refuses prompt tuning for a reason of this release, not of SigLIP: the
+  prompt would be sized by a hidden size its config does not have (see ``SIGLIP``).
 """
 
 from __future__ import annotations
@@ -84,4 +101,39 @@ CLIP = ModelSpec(
     **_CLIP_LAYER,
 )
 
-SPECS = (CLIP_TEXT, CLIP_VISION, CLIP)
+SIGLIP_TEXT = ModelSpec(
+    model_types=("siglip_text_model",),
+    layers="encoder.layers",
+    self_attention=SelfAttention("self_attn"),
+    **_CLIP_LAYER,
+)
+
+SIGLIP_VISION = ModelSpec(
+    model_types=("siglip_vision_model",),
+    layers="encoder.layers",
+    padding_mask=None,  # images: no attention mask
+    self_attention=SelfAttention("self_attn"),
+    **_CLIP_LAYER,
+)
+
+SIGLIP = ModelSpec(
+    model_types=("siglip",),
+    layer_stacks=(
+        LayerStack("text_model.encoder.layers", config="text_config"),
+        LayerStack("vision_model.encoder.layers", config="vision_config"),
+    ),
+    embeddings="text_model.embeddings",
+    padding_mask=InputOf("", 2, "attention_mask"),  # SiglipModel.forward(input_ids, pixel_values, attention_mask)
+    # One prefix-tuning pool for both towers: the core accepts it where the towers' attention shapes
+    # agree (the published checkpoints: equal widths) and refuses it otherwise.
+    self_attention=SelfAttention("self_attn"),
+    refused_methods={
+        # The core sizes a prompt by the model config's hidden_size; SiglipConfig has one per tower.
+        "prompt_tuning": "prompt tuning sizes its prompt by one hidden size of the model's config, and "
+        "SiglipConfig has one per tower (text_config, vision_config), which this release does not model yet; "
+        "use prompt tuning on SiglipTextModel, or prefix tuning or LoRA on SiglipModel",
+    },
+    **_CLIP_LAYER,
+)
+
+SPECS = (CLIP_TEXT, CLIP_VISION, CLIP, SIGLIP_TEXT, SIGLIP_VISION, SIGLIP)

@@ -1,6 +1,6 @@
 """``python -m adapters.inspect MODEL_OR_CONFIG``: the spec ``adapters.init`` would use, as Python for a plugin.
 
-MODEL_OR_CONFIG is a model type (``granite``), a folder with a ``config.json`` or a Hub id. The
+MODEL_OR_CONFIG is a model type (``apertus``), a folder with a ``config.json`` or a Hub id. The
 layout is read from a tiny random twin of the model (the same classes, two layers, small sizes), so
 nothing is downloaded but the config and nothing large is built. The output is a ``ModelSpec(...)``
 to paste into a plugin's ``specs.py`` (installed plugins' specs print as they are declared), then
@@ -8,10 +8,10 @@ three checks on the twin: the paths resolve, no active adapter leaves the output
 so do zero-initialised LoRA and bottleneck adapters.
 
 Example:
-    $ python -m adapters.inspect granite
-    # granite: inferred (no installed plugin supports it): layers: layers (2 layers); ...
+    $ python -m adapters.inspect apertus
+    # apertus: inferred (no installed plugin supports it): layers: layers (2 layers); ...
     ModelSpec(
-        model_types=('granite',),
+        model_types=('apertus',),
         ...
 """
 
@@ -123,7 +123,7 @@ def checks(model: nn.Module, spec: ModelSpec) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m adapters.inspect", description=__doc__.split("\n\n")[0])
-    parser.add_argument("model", help="a model type (granite), a folder with config.json, or a Hub id")
+    parser.add_argument("model", help="a model type (apertus), a folder with config.json, or a Hub id")
     args = parser.parse_args(argv)
     from transformers import AutoConfig, AutoModel
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING

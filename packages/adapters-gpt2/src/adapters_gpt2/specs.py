@@ -20,6 +20,11 @@ enters the cache once and cached decoding equals cache-free decoding.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+
+from torch import nn
+
 from adapters.plugins import (
     AdapterModelInterface,
     FusedLinear,
@@ -168,4 +173,217 @@ PHI_INTERFACE = AdapterModelInterface(
 )
 PHI = PHI_INTERFACE.to_spec("phi")
 
-SPECS = (LLAMA, QWEN, GEMMA, GPTJ, GPT2, PHI)
+# -- Decoders the reference library has no models for (no file format to match) ---------------------
+# LoRA roles follow the reference's plugin interface for gated MLPs, as in QWEN: intermediate LoRA on
+# the up projection, output LoRA on the down projection.
+_UP_DOWN = {"ffn_in": "mlp.up_proj", "ffn_out": "mlp.down_proj"}
+
+# Llama's blocks and module names. Granite scales each sub-layer's output by residual_multiplier
+# after the sub-layer returns it (x + m * h): a bottleneck adapter's change of h is scaled with it,
+# as any change of the sub-layer's output would be. Gemma and Granite scale the embeddings after
+# embed_tokens; the prompt replaces placeholder embeddings before that scaling, like a token's.
+LLAMA_LAYOUT = dataclasses.replace(
+    QWEN,
+    model_types=(
+        "arcee",
+        "ernie4_5",
+        "gemma",
+        "granite",
+        "helium",
+        "hunyuan_v1_dense",
+        "ministral",
+        "olmo",
+        "seed_oss",
+        "smollm3",
+    ),
+)
+
+# StarCoder 2: Llama's blocks with a plain MLP (c_fc, then c_proj).
+STARCODER2 = dataclasses.replace(
+    QWEN, model_types=("starcoder2",), linears={**_ATTENTION, "ffn_in": "mlp.c_fc", "ffn_out": "mlp.c_proj"}
+)
+
+# GLM: Llama's blocks with gate and up projections fused into one linear ([gate | up]); intermediate
+# LoRA adapts the fused linear as a whole (as PEFT does when it targets gate_up_proj).
+_GATE_UP = {"ffn_in": "mlp.gate_up_proj", "ffn_out": "mlp.down_proj"}
+GLM = dataclasses.replace(QWEN, model_types=("glm",), linears={**_ATTENTION, **_GATE_UP})
+
+# GLM-4 norms both sides of each sub-layer, as Gemma 2 does:
+#   x + post_self_attn_layernorm(self_attn(input_layernorm(x)))
+#   x + post_mlp_layernorm(mlp(post_attention_layernorm(x)))
+GLM4 = ModelSpec(
+    model_types=("glm4",),
+    layers="layers",
+    embeddings="embed_tokens",
+    attention_block=ResidualBlock(
+        holder="attention_adapters",
+        residual=InputOf("input_layernorm", 0, "hidden_states"),
+        sublayer="post_self_attn_layernorm",
+    ),
+    ffn_block=ResidualBlock(
+        holder="output_adapters",
+        residual=InputOf("post_attention_layernorm", 0, "hidden_states"),
+        sublayer="post_mlp_layernorm",
+    ),
+    linears={**_ATTENTION, **_GATE_UP},
+    self_attention=SelfAttention("self_attn"),
+    prompt_token_slots=True,
+)
+
+# OLMo 2, OLMo 3 and EXAONE 4 normalise each sub-layer's output and no input:
+#   x + post_attention_layernorm(self_attn(x)), then x + post_feedforward_layernorm(mlp(x)).
+# x is the sub-layer's own input; h leaves the norm after it.
+POST_SUBLAYER_NORM = ModelSpec(
+    model_types=("exaone4", "olmo2", "olmo3"),
+    layers="layers",
+    embeddings="embed_tokens",
+    attention_block=ResidualBlock(
+        holder="attention_adapters",
+        residual=InputOf("self_attn", 0, "hidden_states"),
+        sublayer="post_attention_layernorm",
+    ),
+    ffn_block=ResidualBlock(
+        holder="output_adapters", residual=InputOf("mlp", 0, "x"), sublayer="post_feedforward_layernorm"
+    ),
+    linears={**_ATTENTION, **_UP_DOWN},
+    self_attention=SelfAttention("self_attn"),
+    prompt_token_slots=True,
+)
+
+
+def _phi3_for_checkpoint(spec: ModelSpec, base_model: nn.Module) -> ModelSpec:
+    config = base_model.config
+    if config.num_key_value_heads != config.num_attention_heads:
+        # Unequal q/k/v widths: no LoRA role on qkv_proj (a LoRA config asking for q, k or v names them
+        # as undeclared); the FFN and o_proj keep theirs.
+        return dataclasses.replace(spec, fused_linears=())
+    return spec
+
+
+# Phi-3: Llama's blocks with dropout on each sub-layer's output (h leaves the dropout), q/k/v in one
+# linear ([q | k | v]) and gate/up in another. LoRA reads the fused q/k/v as three equal slices, which
+# is the model's layout when every query head has its own key/value head (Phi-3-mini, Phi-3.5-mini);
+# with grouped-query attention (Phi-3-medium) k and v are narrower than q, and LoRA on the fused
+# projection is refused (_phi3_for_checkpoint).
+PHI3 = ModelSpec(
+    model_types=("phi3",),
+    layers="layers",
+    embeddings="embed_tokens",
+    attention_block=ResidualBlock(
+        holder="attention_adapters",
+        residual=InputOf("input_layernorm", 0, "hidden_states"),
+        sublayer="resid_attn_dropout",
+    ),
+    ffn_block=ResidualBlock(
+        holder="output_adapters",
+        residual=InputOf("post_attention_layernorm", 0, "hidden_states"),
+        sublayer="resid_mlp_dropout",
+    ),
+    linears={"attn_out": "self_attn.o_proj", **_GATE_UP},
+    fused_linears=(FusedLinear("self_attn.qkv_proj", ("q", "k", "v")),),
+    self_attention=SelfAttention("self_attn"),
+    prompt_token_slots=True,
+    specialize=_phi3_for_checkpoint,
+)
+
+
+# Mixture-of-experts decoders: Llama's blocks with a sparse MoE block as the FFN sub-layer. Bottleneck
+# adapters, prefix and prompt tuning and ReFT act around the MoE block as around a dense MLP. The
+# experts keep their weights in stacked 3-D parameters, not linear layers, so the FFN takes no LoRA
+# (a LoRA config with intermediate_lora or output_lora is refused naming the declared roles): LoRA
+# adapts the attention. Qwen2-MoE's shared expert is made of linear layers, but it runs on the
+# flattened tokens of the batch, where per-example compositions (BatchSplit, Parallel) cannot tell
+# the examples apart; it takes no LoRA either.
+MOE = dataclasses.replace(QWEN, model_types=("mixtral", "olmoe", "qwen2_moe", "qwen3_moe"), linears=dict(_ATTENTION))
+
+# Cohere and Cohere 2 run attention and FFN in parallel on one norm: x + attn(ln(x)) + mlp(ln(x)),
+# the layout of GPT-J (see GPTJ for what each adapter sees).
+COHERE = ModelSpec(
+    model_types=("cohere", "cohere2"),
+    layers="layers",
+    embeddings="embed_tokens",
+    attention_block=ResidualBlock(
+        holder="attention_adapters", residual=InputOf("input_layernorm", 0, "hidden_states"), sublayer="self_attn"
+    ),
+    ffn_block=ResidualBlock(
+        holder="output_adapters",
+        residual=(InputOf("input_layernorm", 0, "hidden_states"), OutputOf("self_attn")),
+        sublayer="mlp",
+    ),
+    linears={**_ATTENTION, **_UP_DOWN},
+    self_attention=SelfAttention("self_attn"),
+    prompt_token_slots=True,
+)
+
+
+def _parallel_residual(spec: ModelSpec, base_model: nn.Module, parallel_ffn: ResidualBlock) -> ModelSpec:
+    """The spec for a checkpoint that runs attention and FFN in parallel (``use_parallel_residual``)."""
+    if getattr(base_model.config, "use_parallel_residual", False):
+        return dataclasses.replace(spec, ffn_block=parallel_ffn)
+    return spec
+
+
+_STABLELM_PARALLEL_FFN = ResidualBlock(
+    holder="output_adapters",
+    residual=(InputOf("input_layernorm", 0, "hidden_states"), OutputOf("self_attn")),
+    sublayer="dropout",
+)
+_GPT_NEOX_PARALLEL_FFN = ResidualBlock(
+    holder="output_adapters",
+    residual=(InputOf("input_layernorm", 0, "input"), OutputOf("post_attention_dropout")),
+    sublayer="post_mlp_dropout",
+)
+
+# StableLM: Llama's blocks with dropout after the MLP; with use_parallel_residual (StableLM 2 12B)
+# attention and FFN both read input_layernorm: x + attn(ln(x)) + mlp(ln(x)).
+STABLELM = dataclasses.replace(
+    QWEN,
+    model_types=("stablelm",),
+    ffn_block=ResidualBlock(
+        holder="output_adapters", residual=InputOf("post_attention_layernorm", 0, "hidden_states"), sublayer="dropout"
+    ),
+    specialize=functools.partial(_parallel_residual, parallel_ffn=_STABLELM_PARALLEL_FFN),
+)
+
+# GPT-NeoX (Pythia): x + attn(ln1(x)) + mlp(ln2(x)) with use_parallel_residual (the default and every
+# published checkpoint), else x + attn(ln1(x)) then + mlp(ln2(.)). q/k/v are one linear whose heads
+# interleave q, k and v; LoRA reads it as three contiguous slices named q, k, v, as the reference
+# library reads any fused projection (its interface mode does so for GPT-NeoX): each slice is still a
+# low-rank update of the projection (merging is exact), but it spans parts of queries, keys and values.
+GPT_NEOX = ModelSpec(
+    model_types=("gpt_neox",),
+    layers="layers",
+    embeddings="embed_in",
+    attention_block=ResidualBlock(
+        holder="attention_adapters",
+        residual=InputOf("input_layernorm", 0, "input"),
+        sublayer="post_attention_dropout",
+    ),
+    ffn_block=ResidualBlock(
+        holder="output_adapters", residual=InputOf("post_attention_layernorm", 0, "input"), sublayer="post_mlp_dropout"
+    ),
+    linears={"attn_out": "attention.dense", "ffn_in": "mlp.dense_h_to_4h", "ffn_out": "mlp.dense_4h_to_h"},
+    fused_linears=(FusedLinear("attention.query_key_value", ("q", "k", "v")),),
+    self_attention=SelfAttention("attention"),
+    prompt_token_slots=True,
+    specialize=functools.partial(_parallel_residual, parallel_ffn=_GPT_NEOX_PARALLEL_FFN),
+)
+
+SPECS = (
+    LLAMA,
+    QWEN,
+    GEMMA,
+    GPTJ,
+    GPT2,
+    PHI,
+    LLAMA_LAYOUT,
+    STARCODER2,
+    GLM,
+    GLM4,
+    POST_SUBLAYER_NORM,
+    PHI3,
+    MOE,
+    COHERE,
+    STABLELM,
+    GPT_NEOX,
+)

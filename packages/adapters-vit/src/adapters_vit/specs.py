@@ -1,6 +1,18 @@
-"""Where adapters attach in ViT, BEiT and DINOv2 (transformers 5.x).
+"""Where adapters attach in ViT, BEiT, DINOv2 and their copies (transformers 5.x).
 
-All three are pre-LN encoders: each layer computes ``x + f(LN(x))`` twice, adding the residual
+DeiT and ViT-MSN are ViT's modules under other names (transformers 5 gave them ViT's new layout:
+``layers.N.attention.q_proj``, one ``dropout`` closing both blocks), so they take ViT's layer
+fields. The reference library supports neither: their weight keys are the transformers 5 module
+paths, without ViT's mapping to 4.x names. DeiT's distillation token lives in the embeddings and
+changes nothing here.
+
+Data2Vec-Vision is BEiT's 4.x code, which transformers 5.24 has not rewritten as it did BEiT:
+its modules keep the 4.x names (``encoder.layer.N.attention.attention.query``), which are the
+paths its spec names directly, and its blocks close with ``drop_path`` after LayerScale, as
+BEiT's. Its self-attention computes scores in its own code, without transformers' attention
+interface and without an attention mask, so prefix tuning is refused (see ``DATA2VEC_VISION``).
+
+All of them are pre-LN encoders: each layer computes ``x + f(LN(x))`` twice, adding the residual
 inline in the layer's forward. A block's ``x`` is read where it enters the LayerNorm that opens
 the block, and ``h`` leaves the last module before the addition, so a bottleneck adapter sees
 exactly what the reference library hands its ``attention_adapters`` / ``output_adapters``:
@@ -65,6 +77,9 @@ _V4_LINEAR_NAMES = {
     "attention.prefix_tuning": "attention.attention.prefix_tuning",
 }
 
+# Data2Vec-Vision's own module names (those of ViT and BEiT in transformers 4.x).
+_V4_LINEARS = {role: _V4_LINEAR_NAMES[path] for role, path in _LINEARS.items()}
+
 VIT = ModelSpec(
     model_types=("vit",),
     layers="layers",
@@ -88,7 +103,8 @@ BEIT_RELATIVE_POSITION_REFUSALS = {
 def _beit_for_checkpoint(spec: ModelSpec, base_model: nn.Module) -> ModelSpec:
     config = base_model.config
     if config.use_relative_position_bias or config.use_shared_relative_position_bias:
-        return dataclasses.replace(spec, refused_methods=BEIT_RELATIVE_POSITION_REFUSALS)
+        # Added to what the spec refuses anyway (Data2Vec-Vision's prefix tuning).
+        return dataclasses.replace(spec, refused_methods={**spec.refused_methods, **BEIT_RELATIVE_POSITION_REFUSALS})
     return spec
 
 
@@ -119,4 +135,36 @@ DINOV2 = ModelSpec(
     specialize=_dinov2_for_checkpoint,
 )
 
-SPECS = (VIT, BEIT, DINOV2)
+# ViT's layout under other names; no reference file format, so no ReferenceNames (see above).
+VIT_LIKE = ModelSpec(
+    model_types=("deit", "vit_msn"),
+    layers="layers",
+    **_layer("layernorm_before", "layernorm_after", "dropout"),
+)
+
+DATA2VEC_VISION_REFUSALS = {
+    "prefix_tuning": "Data2Vec-Vision's self-attention (still the transformers 4.x code in this transformers "
+    "release, unlike BEiT's) computes its attention scores itself, without transformers' attention interface "
+    "and without an attention mask, and may add a relative position bias sized to the image's patches, so "
+    "prefix keys and values have no place to go; use LoRA, a bottleneck adapter or ReFT"
+}
+
+DATA2VEC_VISION = ModelSpec(
+    model_types=("data2vec-vision",),
+    layers="encoder.layer",
+    # Adapters after LayerScale (lambda_1, lambda_2) and drop path, as for BEiT: the module the layer
+    # calls just before adding each residual.
+    attention_block=ResidualBlock(
+        holder="attention_adapters", residual=InputOf("layernorm_before", 0, "input"), sublayer="drop_path"
+    ),
+    ffn_block=ResidualBlock(
+        holder="output_adapters", residual=InputOf("layernorm_after", 0, "input"), sublayer="drop_path"
+    ),
+    linears=_V4_LINEARS,
+    padding_mask=None,
+    refused_methods=DATA2VEC_VISION_REFUSALS,
+    # Prompt tuning is refused, as on BEiT, where a relative position bias is on.
+    specialize=_beit_for_checkpoint,
+)
+
+SPECS = (VIT, BEIT, DINOV2, VIT_LIKE, DATA2VEC_VISION)

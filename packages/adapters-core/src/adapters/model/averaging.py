@@ -6,6 +6,7 @@ it like any other) and costs nothing extra at inference.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -14,16 +15,29 @@ import torch
 from ..configs.lora import LoRAConfig
 from ..errors import AdapterConfigError, AdapterError, AdapterNameError
 from ..methods.base import check_adapter_name
-from ..methods.lora.averaging import negate_b_average, svd_average
+from ..methods.lora.averaging import concatenate, factorwise_merge, merge_task_tensors, negate_b_average, svd_average
 from ..methods.lora.layer import LoRA
 
 if TYPE_CHECKING:
     from ..core.state import AdapterState
     from .model_mixin import ModelAdaptersMixin
 
-STRATEGIES = ("linear", "lora_linear_only_negate_b", "lora_delta_w_svd")
+# PEFT's merging methods (add_weighted_adapter), under its names: the pruning methods act on LoRA's
+# factors A and B separately; their *_svd forms on the updates, then factor the result to svd_rank.
+PRUNING_METHODS = ("ties", "dare_linear", "dare_ties", "magnitude_prune")
+SVD_STRATEGIES = ("lora_delta_w_svd", *(f"{method}_svd" for method in PRUNING_METHODS))
+STRATEGIES = ("linear", "lora_linear_only_negate_b", "cat", *PRUNING_METHODS, *SVD_STRATEGIES)
 # Fields that may differ between averaged adapters (as in the reference): they do not shape the weights.
 IGNORED_FIELDS = frozenset({"dropout", "init_weights"})
+
+
+def _may_differ(strategy: str) -> frozenset[str]:
+    """Config fields the sources may differ in: those a strategy reads per source."""
+    if strategy in PRUNING_METHODS:  # A and B merged entry by entry: equal ranks, any scalings
+        return IGNORED_FIELDS | {"alpha"}
+    if strategy == "cat" or strategy in SVD_STRATEGIES:  # the sources' updates, each with its own scaling
+        return IGNORED_FIELDS | {"r", "alpha"}
+    return IGNORED_FIELDS
 
 
 def average_adapter(
@@ -36,15 +50,37 @@ def average_adapter(
     overwrite_ok: bool = False,
     set_active: bool = False,
     svd_rank: int | None = None,
+    density: float | None = None,
+    majority_sign_method: str = "total",
 ) -> None:
     """Add ``adapter_name`` as a weighted combination of the adapters in ``adapter_list``.
 
     ``linear`` averages every parameter (and buffer) of any method; the adapters must have
-    equal configs (up to ``dropout`` and ``init_weights``). For plain LoRA adapters,
-    ``lora_linear_only_negate_b`` averages ``A`` with the absolute weights, and
-    ``lora_delta_w_svd`` factors the weighted sum of the updates to rank ``svd_rank``.
+    equal configs (up to ``dropout`` and ``init_weights``). For plain LoRA adapters:
+
+    * ``lora_linear_only_negate_b`` averages ``A`` with the absolute weights and ``B`` with the
+      weights (a negative weight subtracts an adapter);
+    * ``cat`` (PEFT's) places the sources' low-rank pairs side by side: the update is exactly
+      ``sum w_i * dW_i``, the rank the sum of theirs (their ranks may differ);
+    * ``lora_delta_w_svd`` factors ``sum w_i * dW_i`` to rank ``svd_rank``;
+    * PEFT's ``ties``, ``dare_linear``, ``dare_ties`` and ``magnitude_prune`` merge ``A`` and
+      ``B`` separately (each source weighted ``sqrt(|w_i * scaling_i|)``, the sign on ``A``),
+      keeping a fraction ``density`` of each tensor's entries (the largest for TIES and
+      magnitude pruning, a random draw from torch's global generator for DARE, which rescales
+      what it keeps by ``1 / density``); TIES elects each entry's sign by ``majority_sign_method``
+      (``total`` or ``frequency``) and averages the weighted entries that agree;
+    * ``ties_svd``, ``dare_linear_svd``, ``dare_ties_svd`` and ``magnitude_prune_svd`` do the
+      same to the updates ``dW_i`` themselves, then factor the result to rank ``svd_rank``.
+
     Without ``weights`` all adapters weigh the same; ``normalize_weights`` scales the weights
-    to sum to 1. On any error the model is left as it was.
+    to sum to 1 (pass ``False`` for task arithmetic with negative weights, and for PEFT's
+    results, which do not normalize). On any error the model is left as it was.
+
+    Example:
+        >>> model.average_adapter("merged", ["a", "b"], weights=[1.0, -0.5], combine_strategy="cat",
+        ...                       normalize_weights=False)  # doctest: +SKIP
+        >>> model.average_adapter("ties", ["a", "b"], weights=[1.0, 1.0], combine_strategy="ties",
+        ...                       density=0.5, normalize_weights=False)  # doctest: +SKIP
     """
     state = model.adapters_state
     check_adapter_name(adapter_name)
@@ -53,15 +89,14 @@ def average_adapter(
     names, factors = resolve_weights(adapter_list, weights, normalize_weights)
     for name in names:
         state.require(name)
-    config = common_config(state, names)
-    if combine_strategy == "lora_delta_w_svd":
-        if not isinstance(svd_rank, int) or isinstance(svd_rank, bool) or svd_rank < 1:
-            raise AdapterConfigError(f"combine_strategy='lora_delta_w_svd' needs svd_rank >= 1 (got {svd_rank!r}).")
-    elif svd_rank is not None:
-        raise AdapterConfigError("svd_rank applies only to combine_strategy='lora_delta_w_svd'.")
+    _check_merging_options(combine_strategy, svd_rank, density, majority_sign_method)
+    config = common_config(state, names, _may_differ(combine_strategy))
     if combine_strategy != "linear":
         _check_plain_lora(config, combine_strategy)
-        if svd_rank is not None:
+        if combine_strategy == "cat":
+            rank = sum(state.configs[name].r for name in names)
+            config = config.replace(r=rank, alpha=rank)
+        elif svd_rank is not None:
             config = config.replace(r=svd_rank)
     exists = adapter_name in state.configs
     if exists and not overwrite_ok:
@@ -75,7 +110,7 @@ def average_adapter(
         staging += "_averaging"
     model._add_adapter_modules(staging, config)
     try:
-        _fill(state, staging, names, factors, combine_strategy)
+        _fill(state, staging, names, factors, combine_strategy, density, majority_sign_method)
     except BaseException:
         model.delete_adapter(staging)
         raise
@@ -84,6 +119,29 @@ def average_adapter(
         model._rename_adapter(staging, adapter_name)
     if set_active:
         model.set_active_adapters(adapter_name)
+
+
+def _check_merging_options(strategy: str, svd_rank: Any, density: Any, majority_sign_method: Any) -> None:
+    if strategy in SVD_STRATEGIES:
+        if not isinstance(svd_rank, int) or isinstance(svd_rank, bool) or svd_rank < 1:
+            raise AdapterConfigError(f"combine_strategy={strategy!r} needs svd_rank >= 1 (got {svd_rank!r}).")
+    elif svd_rank is not None:
+        raise AdapterConfigError(f"svd_rank applies only to combine_strategy in {list(SVD_STRATEGIES)}.")
+    prunes = strategy.removesuffix("_svd") in PRUNING_METHODS
+    if prunes:
+        if isinstance(density, bool) or not isinstance(density, int | float) or not 0 <= density <= 1:
+            raise AdapterConfigError(
+                f"combine_strategy={strategy!r} needs density, the fraction of entries kept, in [0, 1] "
+                f"(got {density!r})."
+            )
+    elif density is not None:
+        raise AdapterConfigError(
+            f"density applies only to combine_strategy in {[*PRUNING_METHODS, *SVD_STRATEGIES[1:]]}."
+        )
+    if majority_sign_method not in ("total", "frequency"):
+        raise AdapterConfigError(f"majority_sign_method must be 'total' or 'frequency' (got {majority_sign_method!r}).")
+    if majority_sign_method != "total" and "ties" not in strategy:
+        raise AdapterConfigError("majority_sign_method applies only to the TIES strategies (ties, dare_ties, ..._svd).")
 
 
 def resolve_weights(
@@ -117,20 +175,20 @@ def resolve_weights(
     return names, weights
 
 
-def _comparable(value: Any) -> Any:
+def _comparable(value: Any, ignored: frozenset[str]) -> Any:
     if isinstance(value, Mapping):
-        return {k: _comparable(v) for k, v in value.items() if k not in IGNORED_FIELDS}
+        return {k: _comparable(v, ignored) for k, v in value.items() if k not in ignored}
     if isinstance(value, list | tuple):
-        return [_comparable(v) for v in value]
+        return [_comparable(v, ignored) for v in value]
     return value
 
 
-def common_config(state: AdapterState, names: Sequence[str]):
-    """The config of the first adapter, after checking that all have the same (ignoring IGNORED_FIELDS)."""
+def common_config(state: AdapterState, names: Sequence[str], ignored: frozenset[str] = IGNORED_FIELDS):
+    """The config of the first adapter, after checking that all have the same (up to the ``ignored`` fields)."""
     first = state.configs[names[0]]
-    reference = _comparable(first.to_dict())
+    reference = _comparable(first.to_dict(), ignored)
     for name in names[1:]:
-        other = _comparable(state.configs[name].to_dict())
+        other = _comparable(state.configs[name].to_dict(), ignored)
         if other != reference:
             differing = sorted(k for k in set(reference) | set(other) if reference.get(k) != other.get(k))
             raise AdapterConfigError(
@@ -165,7 +223,16 @@ def _source_path(path: str, target: str, source: str) -> str:
 
 
 @torch.no_grad()
-def _fill(state: AdapterState, target: str, names: Sequence[str], weights: Sequence[float], strategy: str) -> None:
+def _fill(
+    state: AdapterState,
+    target: str,
+    names: Sequence[str],
+    weights: Sequence[float],
+    strategy: str,
+    density: float | None,
+    sign_method: str,
+) -> None:
+    method = strategy.removesuffix("_svd")
     for path, module in state.modules_of(target).items():
         sources = [state.modules_of(n)[_source_path(path, target, n)] for n in names]
         if strategy == "linear":
@@ -174,8 +241,15 @@ def _fill(state: AdapterState, target: str, names: Sequence[str], weights: Seque
             raise AdapterError(f"combine_strategy={strategy!r} found a {type(module).__name__} module at {path!r}.")
         elif strategy == "lora_linear_only_negate_b":
             negate_b_average(module, sources, weights)
-        else:
+        elif strategy == "cat":
+            concatenate(module, sources, weights)
+        elif strategy == "lora_delta_w_svd":
             svd_average(module, sources, weights)
+        elif strategy in SVD_STRATEGIES:
+            combine = functools.partial(merge_task_tensors, method=method, density=density, sign_method=sign_method)
+            svd_average(module, sources, weights, combine=combine)
+        else:
+            factorwise_merge(module, sources, weights, method, density, sign_method)
 
 
 def _linear_state(module: torch.nn.Module, sources: Sequence[torch.nn.Module], weights: Sequence[float]) -> dict:

@@ -173,16 +173,21 @@ class ModelAdaptersMixin:
         overwrite_ok: bool = False,
         set_active: bool = False,
         svd_rank: int | None = None,
+        density: float | None = None,
+        majority_sign_method: str = "total",
     ) -> None:
         """Add a new adapter whose parameters are the weighted average of existing adapters' parameters.
 
-        ``combine_strategy`` is ``"linear"`` (any method; equal configs required),
-        ``"lora_linear_only_negate_b"`` or ``"lora_delta_w_svd"`` (plain LoRA; the latter with
-        ``svd_rank``). ``adapter_list`` may also map names to weights. See
-        :func:`adapters.model.averaging.average_adapter`.
+        ``combine_strategy`` is ``"linear"`` (any method; equal configs required), or for plain
+        LoRA ``"lora_linear_only_negate_b"``, ``"lora_delta_w_svd"`` (with ``svd_rank``), and
+        PEFT's ``"cat"``, ``"ties"``, ``"dare_linear"``, ``"dare_ties"``, ``"magnitude_prune"``
+        (with ``density``) and their ``..._svd`` forms. ``adapter_list`` may also map names to
+        weights. See :func:`adapters.model.averaging.average_adapter`.
 
         Example:
             >>> model.average_adapter("avg", ["a", "b"], weights=[0.7, 0.3])  # doctest: +SKIP
+            >>> model.average_adapter("ties", ["a", "b"], weights=[1.0, 1.0], combine_strategy="ties",
+            ...                       density=0.5, normalize_weights=False)  # doctest: +SKIP
         """
         _average_adapter(
             self,
@@ -194,6 +199,8 @@ class ModelAdaptersMixin:
             overwrite_ok,
             set_active,
             svd_rank,
+            density,
+            majority_sign_method,
         )
 
     @_changes_adapters

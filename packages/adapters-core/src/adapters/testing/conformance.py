@@ -49,6 +49,8 @@ from .numerics import assert_close
 from .spec_check import spec_problems
 
 ADAPTER = "conformance"
+# (test class, model type) -> the model its factory built and the random state after the build.
+_BUILT_MODELS: dict[tuple[type, str], tuple[nn.Module, torch.Tensor]] = {}
 # A LoRA on every linear layer an adapter method may share a hook with (q, k, v, FFN in and out).
 _EVERY_LINEAR = "conformance_lora"
 _LORA_ON_EVERY_LINEAR = LoRAConfig(
@@ -196,9 +198,20 @@ class ModelConformanceSuite:
         adapters.init(model, spec=self.specs.get(model_type), interface=self.interfaces.get(model_type))
 
     def make_model(self, model_type: str) -> nn.Module:
-        torch.manual_seed(0)
-        model = self.model_factories[model_type]()
-        return model.eval()
+        """A fresh ``model_factories[model_type]()`` built under ``torch.manual_seed(0)``, in eval mode.
+
+        Initialising the weights is a large part of each check on a tiny model, so the factory runs
+        once per test class and model type; each call returns a deep copy of that build, and leaves
+        the random state as the build left it (as if the factory had run again).
+        """
+        key = (type(self), model_type)
+        if key not in _BUILT_MODELS:
+            torch.manual_seed(0)
+            model = self.model_factories[model_type]().eval()
+            _BUILT_MODELS[key] = (model, torch.get_rng_state())
+        model, rng_state = _BUILT_MODELS[key]
+        torch.set_rng_state(rng_state)
+        return copy.deepcopy(model)
 
     def make_inputs(self, model_type: str, model: nn.Module, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """The keyword arguments of one forward pass of ``model``; override for other input kinds.

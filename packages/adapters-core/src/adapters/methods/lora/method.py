@@ -99,8 +99,9 @@ class LoRAMethod(AdapterMethod):
         if missing:
             declared = sorted([*spec.linears, *(r for f in spec.fused_linears for r in f.roles)])
             raise AdapterConfigError(
-                f"LoRA targets {missing} but the {state.base_model.config.model_type} plugin declares no such "
-                f"linear layers (declared: {declared})."
+                f"LoRA targets {missing} but the layout of {state.base_model.config.model_type!r} declares no "
+                f"such linear layers (declared: {declared}); choose attn_matrices among the declared roles, and set "
+                "intermediate_lora / output_lora to False where ffn_in / ffn_out is not declared."
             )
         if config.selfattn_lora:
             # A decoder layer's cross-attention projections take the same attention LoRA (as in the reference).
