@@ -77,8 +77,10 @@ def tests(session: nox.Session) -> None:
     ``TEST_KERNELS=native`` (or ``narrower``) runs one pass only; options after ``--`` go to pytest.
     """
     # accelerate: transformers.Trainer needs it (AdapterTrainer tests, the `training` extra); peft: the
-    # oracle of the PEFT-format tests (never imported by the library).
-    install_project(session, "pytest", "pytest-xdist", "accelerate", "hypothesis", "peft", "-e", EXAMPLE_PLUGIN)
+    # oracle of the PEFT-format tests (never imported by the library); bitsandbytes: quantized bases.
+    install_project(
+        session, "pytest", "pytest-xdist", "accelerate", "hypothesis", "peft", "bitsandbytes", "-e", EXAMPLE_PLUGIN
+    )
     workers = os.environ.get("PYTEST_WORKERS", "2")
     passes = {"native": {}, "narrower": narrower_kernels(session)}
     chosen = os.environ.get("TEST_KERNELS", "native,narrower").split(",")
@@ -166,7 +168,7 @@ def transformers_latest(session: nox.Session) -> None:
     """The whole suite (conformance suites included) on the newest transformers 5.x release: what pip gives users."""
     _install_for_compat(session)
     # The core's tests need what the `tests` session adds: accelerate (AdapterTrainer), hypothesis.
-    session.install(*CONSTRAINTS, "accelerate", "hypothesis", "peft", silent=False)
+    session.install(*CONSTRAINTS, "accelerate", "hypothesis", "peft", "bitsandbytes", silent=False)
     _run_with_transformers(session, "transformers>=5,<6", ["packages/adapters-core", *PLUGIN_DIRS], ("tests",))
 
 

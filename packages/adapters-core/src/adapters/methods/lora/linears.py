@@ -1,4 +1,4 @@
-"""The layers the LoRA family adapts: ``nn.Linear`` and transformers' ``Conv1D``.
+"""The layers the LoRA family adapts: ``nn.Linear`` (bitsandbytes' quantized ones too) and transformers' ``Conv1D``.
 
 ``Conv1D`` (GPT-2, GPT, ...) computes ``x @ W + b`` with ``W`` stored ``(in, out)``, the transpose
 of ``nn.Linear``'s ``(out, in)``. LoRA-family modules read only the layer's input and output, so
@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
+
+from .quantized import dequantized, is_quantized
 
 #: Module types LoRA may adapt.
 ADAPTABLE_LINEARS: tuple[type[nn.Module], ...] = (nn.Linear, Conv1D)
@@ -38,9 +40,13 @@ def linear_features(module: nn.Module) -> tuple[int, int]:
 def weight_out_in(module: nn.Module) -> torch.Tensor:
     """The layer's weight as ``(out, in)``; a view of the parameter for ``Conv1D`` (no copy).
 
+    A quantized layer's weight (bitsandbytes) comes dequantized, as a new tensor.
+
     Example:
         >>> conv = Conv1D(nf=12, nx=4)
         >>> weight_out_in(conv).shape, weight_out_in(conv).data_ptr() == conv.weight.data_ptr()
         (torch.Size([12, 4]), True)
     """
+    if is_quantized(module):
+        return dequantized(module)
     return module.weight.t() if isinstance(module, Conv1D) else module.weight

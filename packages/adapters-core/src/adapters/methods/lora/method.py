@@ -20,6 +20,7 @@ from .ia3 import IA3
 from .layer import LoRA
 from .linears import ADAPTABLE_LINEARS, is_adaptable, linear_features, weight_out_in
 from .place import LoRAPlace
+from .quantized import compute_dtype, warn_requantized
 from .vera import SHARED_CONTAINER, VeRA, VeRAShared, convert_saved_vera
 
 if TYPE_CHECKING:
@@ -141,7 +142,7 @@ class LoRAMethod(AdapterMethod):
             for key, (linear, slices) in linears.items():
                 if key not in places:
                     places[key] = LoRAPlace(linear)
-                module = build_module(config, linear, slices, shared).to(linear.weight.device, linear.weight.dtype)
+                module = build_module(config, linear, slices, shared).to(linear.weight.device, compute_dtype(linear))
                 places[key].loras[name] = module
                 records[state.module_path(module)] = module
         if config.use_gating:
@@ -155,8 +156,8 @@ class LoRAMethod(AdapterMethod):
         # Seeded on their own, first, as the reference draws them: a seeded reference adapter is rebuilt exactly.
         with seeded(config.init_weights_seed):
             shared = VeRAShared(config.r, max_in, max_out, config.init_weights)
-        first = next(iter(linears.values()))[0].weight
-        shared = shared.to(first.device, first.dtype)
+        first = next(iter(linears.values()))[0]
+        shared = shared.to(first.weight.device, compute_dtype(first))
         container = adapter_dict(state.base_model, SHARED_CONTAINER)
         if name in container._modules:
             raise AdapterConfigError(
@@ -257,6 +258,7 @@ class LoRAMethod(AdapterMethod):
             for place in done:
                 place.unmerge(name)
             raise
+        warn_requantized(name, [place.requantized for place in places if place.requantized is not None])
 
     def unmerge(self, state: AdapterState, name: str) -> None:
         for place in self._places_of(state, name):

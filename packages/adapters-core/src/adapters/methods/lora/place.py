@@ -17,6 +17,7 @@ from .batched import BatchedLoRAs
 from .composition import ComposedLoRAs
 from .layer import AdditiveModule
 from .linears import weight_out_in
+from .quantized import QuantizedMerge, dequantized, is_quantized
 
 
 class LoRAPlace:
@@ -42,7 +43,7 @@ class LoRAPlace:
         self._state = None
         # The linear's weight and bias as they were before a merge: reset_adapter copies them back, so
         # the restore is bit for bit whatever the adapter's parameters became since (see merge()).
-        self._original: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        self._original: tuple[torch.Tensor | QuantizedMerge, torch.Tensor | None] | None = None
 
     # -- activation -----------------------------------------------------------------------
     def activate(
@@ -113,7 +114,9 @@ class LoRAPlace:
     def _apply_single(
         self, adapter: LoRAFamilyModule, module: nn.Module, args: tuple, output: torch.Tensor
     ) -> torch.Tensor:
-        return adapter.apply(output, args[0], weight_out_in(self.linear))
+        # Only DoRA reads the weight (a quantized one is dequantized for it: not for the others).
+        weight = weight_out_in(self.linear) if getattr(adapter, "m", None) is not None else None
+        return adapter.apply(output, args[0], weight)
 
     @staticmethod
     def _add_stack(
@@ -166,24 +169,43 @@ class LoRAPlace:
         The copy goes to CPU memory, so a merged model on an accelerator needs no more of its
         memory; it costs one copy of each merged layer's weight (and bias) until reset or delete.
         Subtracting the update again would restore the weights only up to rounding, and only if
-        the adapter's parameters had not changed since.
+        the adapter's parameters had not changed since. A quantized layer (bitsandbytes) gets new
+        quantized weights (dequantized, updated, quantized again; :attr:`requantized` says how far
+        that rounded them); its original parameter object is kept to put back.
         """
         if self._original is not None:
             raise AdapterError(
                 f"{type(self.linear).__name__} has a merged adapter already; call reset_adapter() first."
             )
         adapter = self.loras[name]
-        weight, bias = weight_out_in(self.linear), self.linear.bias
-        self._original = (
-            self.linear.weight.detach().to("cpu", copy=True),
-            bias.detach().to("cpu", copy=True) if bias is not None else None,
-        )
+        bias = self.linear.bias
+        kept_bias = bias.detach().to("cpu", copy=True) if bias is not None else None
+        if is_quantized(self.linear):
+            original = dequantized(self.linear)
+            merged = original.clone()
+            self._apply_update(merged, bias, adapter, scale)
+            self._original = (QuantizedMerge.merge(self.linear, original, merged), kept_bias)
+            return
+        weight = weight_out_in(self.linear)
+        self._original = (self.linear.weight.detach().to("cpu", copy=True), kept_bias)
+        self._apply_update(weight, bias, adapter, scale)
+
+    @staticmethod
+    def _apply_update(
+        weight: torch.Tensor, bias: torch.Tensor | None, adapter: LoRAFamilyModule, scale: torch.Tensor | None
+    ) -> None:
         if isinstance(adapter, AdditiveModule):
             weight.add_(adapter.delta_weight().to(weight.dtype))
         if scale is not None:
-            weight.mul_(scale.unsqueeze(1))
+            weight.mul_(scale.unsqueeze(1).to(weight.dtype))
             if bias is not None:
-                bias.mul_(scale)
+                bias.mul_(scale.to(bias.dtype))
+
+    @property
+    def requantized(self) -> QuantizedMerge | None:
+        """What a merge into this quantized layer replaced and rounded (None: not merged, or not quantized)."""
+        kept = self._original[0] if self._original is not None else None
+        return kept if isinstance(kept, QuantizedMerge) else None
 
     @torch.no_grad()
     def unmerge(self, name: str) -> None:
@@ -191,6 +213,9 @@ class LoRAPlace:
         if self._original is None:
             return
         (weight, bias), self._original = self._original, None
-        self.linear.weight.copy_(weight)
+        if isinstance(weight, QuantizedMerge):
+            weight.restore(self.linear)
+        else:
+            self.linear.weight.copy_(weight)
         if bias is not None:
             self.linear.bias.copy_(bias)
