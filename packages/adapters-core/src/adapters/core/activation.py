@@ -28,6 +28,8 @@ import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
+from torch.compiler import is_compiling
+
 if TYPE_CHECKING:
     from ..composition.blocks import AdapterCompositionBlock
     from .state import AdapterState
@@ -133,6 +135,8 @@ def current(state: AdapterState) -> Activation:
 
     The one lookup every hook makes: a context variable and an identity check.
     """
+    if is_compiling():
+        return state.activation
     frame = _FRAME.get()
     if frame is not None and frame.state is state:
         return frame.activation
@@ -140,6 +144,8 @@ def current(state: AdapterState) -> Activation:
 
 
 def current_frame(state: AdapterState) -> Frame | None:
+    if is_compiling():
+        return None
     frame = _FRAME.get()
     return frame if frame is not None and frame.state is state else None
 

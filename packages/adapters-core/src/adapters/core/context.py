@@ -14,7 +14,9 @@ import contextvars
 import functools
 from typing import Any
 
+import torch._dynamo
 from torch import nn
+from torch.compiler import is_compiling
 
 from ..errors import AdapterNameError
 from . import activation as _activation
@@ -82,6 +84,10 @@ def track(model: nn.Module) -> None:
         # Registered first, so every other pre-hook of the module runs inside the pass.
         module.register_forward_pre_hook(functools.partial(_enter, state), with_kwargs=True)
         module.register_forward_hook(functools.partial(_exit, state), always_call=True)
+    # torch.compile: the hooks read the model's active setup, and dynamo by default installs no guards
+    # on what module hooks read (skip_nnmodule_hook_guards), so a compiled model would keep the setup
+    # it was compiled with. With the guards, changing the setup (set_active_adapters) recompiles.
+    torch._dynamo.config.skip_nnmodule_hook_guards = False
 
 
 class PassHookHandle:
@@ -162,7 +168,8 @@ def _close(state: Any, frame: _activation.Frame) -> None:
 
 
 def _enter(state: Any, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-    enter_pass(state, module)
+    if not is_compiling():
+        enter_pass(state, module)
     changed = False
     for hook in tuple(state.pass_pre_hooks(module)):
         result = hook(module, args, kwargs)
@@ -180,4 +187,5 @@ def _enter(state: Any, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tu
 
 
 def _exit(state: Any, module: nn.Module, args: tuple, output: Any) -> None:
-    leave_pass(state, module)
+    if not is_compiling():
+        leave_pass(state, module)
