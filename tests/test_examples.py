@@ -23,6 +23,7 @@ sys.path.insert(0, str(EXAMPLES))
 import conll2003_ner  # noqa: E402
 import mrpc_pairs  # noqa: E402
 import run_all  # noqa: E402
+import smollm2_lora  # noqa: E402
 import squad_qa  # noqa: E402
 import sst2_classification  # noqa: E402
 
@@ -250,3 +251,40 @@ def test_squad_example_trains_and_reports_em_and_f1(tmp_path, model_dir):
     result = run(squad_qa, model_dir, tmp_path, tmp_path / "out", "--max-length", "64", "--doc-stride", "16")
     check_result(result, {"exact_match", "f1"}, tmp_path / "out", "squad")
     assert result["eval_examples"] == 3
+
+
+# -- SmolLM2 (LoRA and QLoRA) on a tiny random Llama in place of the converted checkpoint ---------------
+def test_smollm2_example_trains_lora_and_qlora_merges_and_exports_peft(tmp_path, model_dir):
+    pytest.importorskip("bitsandbytes")
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    checkpoint = tmp_path / "smollm2"  # a folder with config.json: the example skips the GGUF conversion
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.add_tokens(["review", "sentiment", "positive", "negative", ":"])
+    tokenizer.save_pretrained(checkpoint)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(checkpoint)
+    rows = [f"the movie is {w} .\t{int(w in ('good', 'great'))}" for w in ("good", "bad", "great", "awful") * 4]
+    write_tsv(tmp_path / "sst2" / "train.tsv", "sentence\tlabel", rows)
+    write_tsv(tmp_path / "sst2" / "dev.tsv", "sentence\tlabel", rows[:8])
+    argv = ["--cache-dir", str(checkpoint), "--data-root", str(tmp_path), "--out", str(tmp_path / "out")]
+    argv += ["--train-size", "8", "--eval-size", "8", "--steps", "2", "--batch-size", "4", "--model-dir", "ignored"]
+    result = smollm2_lora.main(argv)
+    assert set(result["metrics"]) == {"accuracy before", "lora accuracy", "qlora accuracy"}
+    assert result["steps"] == 4
+    lora, qlora = result["runs"]
+    assert lora["merge_warning"] is None and "re-quantizes" in qlora["merge_warning"]
+    assert lora["accuracy_merged"] == pytest.approx(lora["accuracy_after"], abs=1 / 8)
+    for run in (lora, qlora):
+        assert run["trainable_parameters"] > 0 and run["last_loss"] == run["last_loss"]
+        exported = {p.name for p in Path(run["peft_folder"]).iterdir()}
+        assert exported == {"adapter_config.json", "adapter_model.safetensors"}

@@ -166,3 +166,20 @@ def test_merging_requantizes_with_a_warning_and_reset_restores_the_quantized_wei
     assert all(torch.equal(before[k], v) for k, v in quantized_weights(model).items()), "reset changed the base"
     model.set_active_adapters(None)
     assert torch.equal(logits(model), plain), "after reset the model is not the quantized base"
+
+
+@pytest.mark.parametrize("quantization", ["nf4", "fp4"])
+def test_training_after_an_inference_pass_still_reaches_every_adapter(checkpoint, quantization):
+    """On a CPU with AVX512-BF16, bitsandbytes repacks 4-bit weights for inference on the first eval pass, and its
+    matmul on that layout has no backward; a training pass puts them back first, so every layer's LoRA gets a gradient.
+    """
+    model = quantized(checkpoint, quantization)
+    model.add_adapter("task", config="lora")
+    randomize_adapter(model, "task")
+    model.set_active_adapters("task")
+    logits(model)  # evaluation first (repacks where the CPU has the kernel)
+    model.train_adapter("task")
+    model.lm_head.requires_grad_(False)
+    model(**batch()).loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f"no gradient reached {missing[:4]}"

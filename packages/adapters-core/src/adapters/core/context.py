@@ -20,6 +20,7 @@ from torch.compiler import is_compiling
 
 from ..errors import AdapterNameError
 from . import activation as _activation
+from .four_bit_layout import restore_training_layout
 
 _CURRENT: contextvars.ContextVar[Any] = contextvars.ContextVar("adapters_setup", default=None)
 
@@ -170,6 +171,8 @@ def _close(state: Any, frame: _activation.Frame) -> None:
 def _enter(state: Any, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
     if not is_compiling():
         enter_pass(state, module)
+        if state.four_bit_layers and module.training:
+            restore_training_layout(state.four_bit_layers)
     changed = False
     for hook in tuple(state.pass_pre_hooks(module)):
         result = hook(module, args, kwargs)

@@ -16,6 +16,7 @@ from ..errors import AdapterError, AdapterNameError
 from ..plugins.manager import Registry
 from ..plugins.spec import ModelSpec
 from .activation import _BUILDING, Activation, ActivationCache, Attachable, ForwardGuard, PerThread, build_into
+from .four_bit_layout import four_bit_layers
 from .parallel import ParallelHooks, ParallelRuntime
 
 if TYPE_CHECKING:
@@ -68,6 +69,8 @@ class AdapterState:
         self.skip_layers: frozenset[int] = frozenset()
         self.activation = Activation(None, frozenset())
         self.guard = ForwardGuard()
+        #: bitsandbytes 4-bit layers, put back in their training layout when a pass starts in training mode.
+        self.four_bit_layers = four_bit_layers(model)
         # Activations of AdapterSetup blocks, and the places whose hooks are attached for any activation.
         self._activations = ActivationCache()
         self._attached: dict[Attachable, None] = {}
