@@ -27,6 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.compiler import is_compiling
 from transformers import AttentionInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
@@ -254,7 +255,9 @@ class AttentionPrefixHooks:
         return getattr(type(self.module), ATTENTION_METHOD)(self.module, query, key, value, attention_mask, **kwargs)
 
     def _check_routed(self, module: nn.Module, args: tuple, output: Any) -> None:
-        if self._checked or self._plan() is None:
+        # Eager passes check the routing (once); under compilation the flag it flips is state dynamo guards
+        # on, so checking there would recompile the next call.
+        if is_compiling() or self._checked or self._plan() is None:
             return
         if not self._now.routed:
             raise AdapterError(

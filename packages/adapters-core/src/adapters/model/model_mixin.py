@@ -24,6 +24,7 @@ from ..methods.init import initial_values_unneeded
 from ..names import check_adapter_name, check_saved_name
 from . import dry_run, merging
 from .averaging import average_adapter as _average_adapter
+from .averaging import common_config
 
 DEFAULT_CONFIG = "seq_bn"
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -392,6 +393,41 @@ class ModelAdaptersMixin:
                 folder = named_child(Path(save_directory) / "adapters", name)
                 self.save_adapter(folder, name, meta_dict=meta, with_head=not static_head.has_static_head(self, state))
             self.save_all_adapter_fusions(Path(save_directory) / "adapter_fusions")
+
+    @_changes_adapters
+    def hotswap_adapter(self, adapter_name: str, adapter_name_or_path: str | os.PathLike, **kwargs: Any) -> None:
+        """Load the weights saved in a folder into the existing adapter ``adapter_name``, in place.
+
+        The folder is any that :meth:`load_adapter` reads (this library's, the reference's, PEFT's
+        LoRA; ``kwargs`` go to it) and must hold an adapter of the same config, up to ``dropout``
+        and ``init_weights``. Its weights are copied into ``adapter_name``'s parameters and buffers:
+        the same modules and tensors with new values, so a ``torch.compile``'d model runs the new
+        adapter without recompiling (what PEFT's ``hotswap_adapter`` does), and the adapter keeps
+        its name, activation and trainability. Any error (another config, a corrupt file) leaves the
+        adapter as it was; a merged adapter is refused (call ``reset_adapter()`` first).
+
+        Example:
+            >>> model.hotswap_adapter("task", "out/task_v2")  # doctest: +SKIP
+        """
+        state = self.adapters_state
+        state.require(adapter_name)
+        if state.merged == adapter_name:
+            raise AdapterError(
+                f"Adapter {adapter_name!r} is merged into the weights; call reset_adapter() before hot-swapping it."
+            )
+        staging = f"hotswap_{uuid.uuid4().hex[:8]}"
+        self.load_adapter(adapter_name_or_path, load_as=staging, with_head=False, **kwargs)
+        try:
+            common_config(state, [adapter_name, staging])
+            targets = state.modules_of(adapter_name)
+            for path, source in state.modules_of(staging).items():
+                target = targets.get(path[: -len(staging)] + adapter_name)
+                if target is None:
+                    raise AdapterLoadError(f"{adapter_name!r} has no module where the loaded adapter has {path!r}.")
+                # load_state_dict copies into the existing tensors (no new parameter objects).
+                target.load_state_dict(source.state_dict())
+        finally:
+            self.delete_adapter(staging)
 
     @_changes_adapters
     def load_adapter(
