@@ -389,3 +389,47 @@ def test_gated_lora_replaces_scaling_by_mean_sigmoid_gate():
     with pytest.raises(AdapterError, match="gated"):
         model.merge_adapter("a")
     assert model.adapters_state.merged is None
+
+
+# -- where LoRA goes: the attention output ("o") and a gated FFN's gate ---------------------------
+def test_lora_on_the_attention_output_is_w_plus_scaled_ba_and_merges():
+    model = _model_with(adapters.LoRAConfig(r=4, alpha=8, attn_matrices=["o"]))
+    dense = model.encoder.layer[0].attention.output.dense
+    lora = dense.loras["a"]
+    assert "a" not in model.encoder.layer[0].attention.self.query._modules.get("loras", {})
+    with torch.no_grad():
+        expected = F.linear(X, dense.weight + 2.0 * lora.lora_B @ lora.lora_A, dense.bias)
+        assert_close(dense(X), expected)
+    _assert_merge_and_reset(model, "a", dense, X)
+
+
+def test_gate_lora_adapts_the_gate_projection_of_a_gated_ffn():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, vocab_size=50)
+    model = LlamaForCausalLM(LlamaConfig(**config)).eval()
+    adapters.init(model)
+    model.add_adapter(
+        "a", config=adapters.LoRAConfig(r=4, alpha=4, selfattn_lora=False, gate_lora=True), set_active=True
+    )
+    randomize_adapter(model, "a")
+    mlp = model.model.layers[1].mlp
+    lora = mlp.gate_proj.loras["a"]
+    assert not hasattr(mlp.up_proj, "loras") and not hasattr(mlp.down_proj, "loras")
+    with torch.no_grad():
+        gate = F.linear(X, mlp.gate_proj.weight + lora.lora_B @ lora.lora_A)
+        expected = mlp.down_proj(F.silu(gate) * mlp.up_proj(X))
+        assert_close(mlp(X), expected)
+    _assert_merge_and_reset(model, "a", mlp.gate_proj, X)
+    assert "gate_lora" in model.adapters_state.configs["a"].to_dict()
+    # Not written at its default: the reference's LoRAConfig has no such field.
+    assert "gate_lora" not in adapters.LoRAConfig().to_dict()
+
+
+def test_gate_lora_on_a_model_without_a_gate_is_refused():
+    model = tiny_bert()
+    adapters.init(model)
+    with pytest.raises(AdapterConfigError, match=r"gate_lora to False where .* ffn_gate is not\s+declared"):
+        model.add_adapter("a", config=adapters.LoRAConfig(gate_lora=True))
+    assert not model.adapters_state.configs

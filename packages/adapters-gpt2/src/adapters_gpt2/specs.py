@@ -36,6 +36,8 @@ from adapters.plugins import (
 )
 
 _ATTENTION = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "attn_out": "self_attn.o_proj"}
+# The gate projection of a gated FFN (SwiGLU/GeGLU: down(act(gate(x)) * up(x))).
+_GATE = {"ffn_gate": "mlp.gate_proj"}
 
 # Llama, Mistral, Qwen2, Qwen3: x + self_attn(input_layernorm(x)), then x + mlp(post_attention_layernorm(x)).
 # Each block's x is what enters its norm; h is the sub-module's output (its first output for the
@@ -50,14 +52,15 @@ _PRE_NORM_FFN = ResidualBlock(
 # The reference library's own Llama and Mistral models put "intermediate" LoRA on mlp.down_proj and
 # "output" LoRA on mlp.up_proj (the names swapped compared with the FFN's data flow); published
 # adapters have those keys and shapes, so intermediate_lora / output_lora mean the same here.
-# gate_proj gets no LoRA (as in the reference).
+# gate_proj takes LoRA only with gate_lora=True (the reference has no such option; PEFT's "all-linear"
+# LoRAs adapt it).
 LLAMA = ModelSpec(
     model_types=("llama", "mistral"),
     layers="layers",
     embeddings="embed_tokens",
     attention_block=_PRE_NORM_ATTENTION,
     ffn_block=_PRE_NORM_FFN,
-    linears={**_ATTENTION, "ffn_in": "mlp.down_proj", "ffn_out": "mlp.up_proj"},
+    linears={**_ATTENTION, "ffn_in": "mlp.down_proj", "ffn_out": "mlp.up_proj", **_GATE},
     self_attention=SelfAttention("self_attn"),
     prompt_token_slots=True,
 )
@@ -71,7 +74,7 @@ QWEN = ModelSpec(
     embeddings="embed_tokens",
     attention_block=_PRE_NORM_ATTENTION,
     ffn_block=_PRE_NORM_FFN,
-    linears={**_ATTENTION, "ffn_in": "mlp.up_proj", "ffn_out": "mlp.down_proj"},
+    linears={**_ATTENTION, "ffn_in": "mlp.up_proj", "ffn_out": "mlp.down_proj", **_GATE},
     self_attention=SelfAttention("self_attn"),
     prompt_token_slots=True,
 )
@@ -97,7 +100,7 @@ GEMMA = ModelSpec(
         residual=InputOf("pre_feedforward_layernorm", 0, "x"),
         sublayer="post_feedforward_layernorm",
     ),
-    linears={**_ATTENTION, "ffn_in": "mlp.up_proj", "ffn_out": "mlp.down_proj"},
+    linears={**_ATTENTION, "ffn_in": "mlp.up_proj", "ffn_out": "mlp.down_proj", **_GATE},
     self_attention=SelfAttention("self_attn"),
     prompt_token_slots=True,
 )
@@ -185,7 +188,6 @@ _UP_DOWN = {"ffn_in": "mlp.up_proj", "ffn_out": "mlp.down_proj"}
 LLAMA_LAYOUT = dataclasses.replace(
     QWEN,
     model_types=(
-        "arcee",
         "ernie4_5",
         "gemma",
         "granite",
@@ -197,6 +199,9 @@ LLAMA_LAYOUT = dataclasses.replace(
         "smollm3",
     ),
 )
+
+# Arcee: Llama's blocks with an ungated MLP (down(relu(up(x))^2)).
+ARCEE = dataclasses.replace(QWEN, model_types=("arcee",), linears={**_ATTENTION, **_UP_DOWN})
 
 # StarCoder 2: Llama's blocks with a plain MLP (c_fc, then c_proj).
 STARCODER2 = dataclasses.replace(
@@ -245,7 +250,7 @@ POST_SUBLAYER_NORM = ModelSpec(
     ffn_block=ResidualBlock(
         holder="output_adapters", residual=InputOf("mlp", 0, "x"), sublayer="post_feedforward_layernorm"
     ),
-    linears={**_ATTENTION, **_UP_DOWN},
+    linears={**_ATTENTION, **_UP_DOWN, **_GATE},
     self_attention=SelfAttention("self_attn"),
     prompt_token_slots=True,
 )
@@ -310,7 +315,7 @@ COHERE = ModelSpec(
         residual=(InputOf("input_layernorm", 0, "hidden_states"), OutputOf("self_attn")),
         sublayer="mlp",
     ),
-    linears={**_ATTENTION, **_UP_DOWN},
+    linears={**_ATTENTION, **_UP_DOWN, **_GATE},
     self_attention=SelfAttention("self_attn"),
     prompt_token_slots=True,
 )
@@ -377,6 +382,7 @@ SPECS = (
     GPT2,
     PHI,
     LLAMA_LAYOUT,
+    ARCEE,
     STARCODER2,
     GLM,
     GLM4,

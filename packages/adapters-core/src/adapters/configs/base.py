@@ -50,6 +50,9 @@ class AdapterConfig(Mapping):
     #: Range and value-set checks per field, beyond the type its annotation gives (see :mod:`.checks`);
     #: merged along the class hierarchy.
     field_rules: ClassVar[Mapping[str, Rule]] = {}
+    # Fields this library has and the reference format does not: written only when not at their
+    # default, so every file of a config the reference can express stays readable there.
+    written_when_set: ClassVar[frozenset[str]] = frozenset()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -81,6 +84,8 @@ class AdapterConfig(Mapping):
             out["architecture"] = self.architecture
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
+            if field.name in self.written_when_set and value == field.default:
+                continue
             if isinstance(value, AdapterConfig):
                 value = value.to_dict()
             elif isinstance(value, tuple):

@@ -15,7 +15,7 @@ from ..errors import AdapterConfigError
 from . import checks
 from .base import AdapterConfig
 
-_ATTN_MATRICES = ("q", "k", "v")
+_ATTN_MATRICES = ("q", "k", "v", "o")
 _COMPOSITION_MODES = ("add", "scale")
 _INIT_MODES = ("lora", "bert", "ia3", "vera")
 _DTYPES = ("float32", "float64", "float16", "bfloat16")
@@ -25,8 +25,10 @@ _DTYPES = ("float32", "float64", "float16", "bfloat16")
 class LoRAConfig(AdapterConfig):
     """Low-rank update ``W + (alpha / r) * B @ A`` on selected linear layers.
 
-    ``selfattn_lora`` with ``attn_matrices`` picks the attention projections, ``intermediate_lora``
-    the FFN input and ``output_lora`` the FFN output projection. ``composition_mode="scale"``
+    ``selfattn_lora`` with ``attn_matrices`` picks the attention projections (``"q"``, ``"k"``,
+    ``"v"``, and ``"o"``, the output projection, where the model's spec declares one), ``intermediate_lora``
+    the FFN input and ``output_lora`` the FFN output projection, ``gate_lora`` a gated FFN's gate
+    projection (as PEFT's ``target_modules="all-linear"`` adapts it). ``composition_mode="scale"``
     turns the update into a learned output scaling (IA)^3, ``use_dora`` into DoRA and
     ``vera_d``/``vera_b`` into VeRA; ``use_gating`` replaces ``alpha / r`` by a learned,
     input-dependent gate (UniPELT).
@@ -35,6 +37,9 @@ class LoRAConfig(AdapterConfig):
         >>> from adapters import LoRAConfig
         >>> LoRAConfig(r=4, alpha=16, attn_matrices=["q", "k", "v"]).attn_matrices
         ('q', 'k', 'v')
+        >>> every_linear = dict(intermediate_lora=True, output_lora=True, gate_lora=True)  # as PEFT's "all-linear"
+        >>> LoRAConfig(attn_matrices=["q", "k", "v", "o"], **every_linear).gate_lora
+        True
     """
 
     architecture: ClassVar[str | None] = "lora"
@@ -42,6 +47,8 @@ class LoRAConfig(AdapterConfig):
     selfattn_lora: bool = True
     intermediate_lora: bool = False
     output_lora: bool = False
+    # The gate projection of a gated FFN (Llama's gate_proj), where the model's spec declares one.
+    gate_lora: bool = False
     leave_out: tuple[int, ...] = ()
     r: int = 8
     # Typed int in the reference format, but only alpha / r is used: any positive number works.
@@ -57,6 +64,7 @@ class LoRAConfig(AdapterConfig):
     dtype: str | None = None
     init_weights_seed: int | None = None
 
+    written_when_set: ClassVar[frozenset[str]] = frozenset({"gate_lora"})
     field_rules: ClassVar[Mapping[str, checks.Rule]] = {
         "leave_out": checks.LAYER_INDICES,
         "r": checks.int_range(1, label="the LoRA rank r"),

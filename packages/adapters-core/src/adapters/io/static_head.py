@@ -183,6 +183,19 @@ def prepare_static_head(
     )
     # Keys of the body are not the head's (the reference filters them out alike).
     tensors = {k: v for k, v in tensors.items() if not k.startswith(state.base_prefix)}
+    return check_head_tensors(model, state, tensors, folder, saved_labels)
+
+
+def check_head_tensors(
+    model: nn.Module,
+    state: AdapterState,
+    tensors: dict[str, torch.Tensor],
+    folder: Path,
+    saved_labels: dict[str, int] | None = None,
+) -> PreparedStaticHead:
+    """Check that ``tensors`` (by state-dict key, ``classifier.weight``) are exactly ``model``'s static head."""
+    ours = type(model).__name__
+    targets = head_state(model, state)
     tied = _tied_to_body(model, state, targets)
     missing = sorted(set(targets) - set(tensors) - tied)
     unexpected = sorted(set(tensors) - set(targets))

@@ -18,7 +18,8 @@ from ..core.state import AdapterState
 from ..errors import AdapterConfigError, AdapterError, AdapterLoadError, AdapterNameError
 from ..files.atomic import atomic_directory
 from ..files.paths import named_child
-from ..io import adapter_io, hub, peft_format, static_head
+from ..io import adapter_io, hub, static_head
+from ..io import peft as peft_format
 from ..methods.fusion import api as fusion_api
 from ..methods.init import initial_values_unneeded
 from ..names import check_adapter_name, check_saved_name
@@ -318,9 +319,11 @@ class ModelAdaptersMixin:
                 ``model_head.safetensors`` (``pytorch_model_head.bin`` with
                 ``use_safetensors=False``), in the same whole-folder swap. ``False`` writes the
                 adapter only. Models without a static head (``BertModel``) write the adapter only.
-            format: ``"adapters"`` (the reference library's format) or ``"peft"``: PEFT's LoRA folder
+            format: ``"adapters"`` (the reference library's format) or ``"peft"``: PEFT's folder
                 (``adapter_config.json`` with ``peft_type``, ``adapter_model.safetensors``), which
-                ``PeftModel.from_pretrained`` and vLLM load; plain LoRA adapters only.
+                ``PeftModel.from_pretrained`` and vLLM load: LoRA, DoRA (``alpha == r``, layers
+                without a bias), (IA)^3 and a decoder's prompt tuning; with ``with_head``, the
+                static head of a model that is not a language model as ``modules_to_save``.
 
         Example:
             >>> model.save_adapter("out/sst2", "sst2")  # doctest: +SKIP
@@ -332,7 +335,7 @@ class ModelAdaptersMixin:
         if format not in ("adapters", "peft"):
             raise ValueError(f"save_adapter(format={format!r}): choose 'adapters' (the default) or 'peft'.")
         if format == "peft":
-            peft_format.save_peft_adapter(state, save_directory, adapter_name)
+            peft_format.save_peft_adapter(self, state, save_directory, adapter_name, with_head)
             return
         if not (with_head and static_head.has_static_head(self, state)):
             adapter_io.save_adapter(state, save_directory, adapter_name, meta_dict, use_safetensors)
@@ -441,11 +444,14 @@ class ModelAdaptersMixin:
         with_head: bool = True,
         **kwargs: Any,
     ) -> str:
-        """Load an adapter folder written by this library, the reference library or PEFT (LoRA); return its name.
+        """Load an adapter folder written by this library, the reference library or PEFT; return its name.
 
-        A PEFT folder (``adapter_config.json`` with ``peft_type``) loads when its LoRA sits on the
-        linear layers this library's LoRA adapts (q, k, v, the FFN's projections), with PEFT's
-        outputs; anything else is refused with the field that cannot be mapped.
+        A PEFT folder (``adapter_config.json`` with ``peft_type``) loads with PEFT's outputs where
+        the two libraries compute the same function: LoRA and DoRA on the linear layers a model's
+        spec names (q, k, v, o, the FFN's projections and gate), IA3 outside
+        ``feedforward_modules``, a decoder's prompt tuning, and ``modules_to_save`` holding the
+        model's head (loaded as the static head, see ``with_head``); anything else is refused
+        with the field or method that cannot be mapped.
 
         ``with_head`` (default): on a model with a static head (``BertForSequenceClassification``
         after ``adapters.init``), a head saved in the folder (``head_config.json`` +
@@ -480,11 +486,11 @@ class ModelAdaptersMixin:
             raise TypeError(f"load_adapter() got unsupported arguments {sorted(kwargs)}.")
         state = self.adapters_state
         folder = hub.resolve_adapter_folder(adapter_name_or_path, **hub_options)
-        peft_tensors = None
+        peft_adapter = None
         if peft_format.is_peft_folder(folder):
-            # PEFT's LoRA folder: read as the config and weights save_adapter would have written.
-            data, peft_tensors = peft_format.read_peft_adapter(state, folder, use_safetensors)
-            with_head = False
+            # PEFT's folder: read as the config and weights save_adapter would have written.
+            peft_adapter = peft_format.read_peft_adapter(state, folder, use_safetensors)
+            data = peft_adapter.saved
         else:
             data = adapter_io.read_adapter_config(folder)
             reference_format.check_compatible(state, data, folder)
@@ -494,13 +500,17 @@ class ModelAdaptersMixin:
             raise AdapterLoadError(f"The config passed to load_adapter() differs from the one saved in {folder}.")
         saved_name = data.get("name") or folder.name
         name = check_adapter_name(load_as) if load_as else check_saved_name(saved_name, folder)
-        if peft_tensors is None:
+        if peft_adapter is None:
             tensors = adapter_io.read_adapter_weights(folder, data, use_safetensors)
         else:
-            tensors = peft_tensors
+            tensors = peft_adapter.tensors
         merging.refuse_merged_twice(self, data, tensors, folder)
         # Read and checked before the model changes: a head that does not fit refuses the whole load.
-        head = static_head.prepare_static_head(self, state, folder, use_safetensors) if with_head else None
+        head = None
+        if with_head and peft_adapter is not None:
+            head = peft_format.prepare_head(self, state, peft_adapter.head, folder)  # PEFT's modules_to_save
+        elif with_head:
+            head = static_head.prepare_static_head(self, state, folder, use_safetensors)
         previous = None
         if name in state.configs:
             if not overwrite_ok:

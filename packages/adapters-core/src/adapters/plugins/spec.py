@@ -18,7 +18,7 @@ from ..errors import UnsupportedModelError
 if TYPE_CHECKING:
     from .interface import AdapterModelInterface
 
-LINEAR_ROLES = ("q", "k", "v", "attn_out", "ffn_in", "ffn_out", "cross_q", "cross_k", "cross_v")
+LINEAR_ROLES = ("q", "k", "v", "attn_out", "ffn_in", "ffn_gate", "ffn_out", "cross_q", "cross_k", "cross_v")
 # Roles of a decoder layer's cross-attention projections: LoRA's attn_matrices ("q", "v") adapt the
 # self- and the cross-attention alike, as the reference library's "selfattn" LoRA does.
 CROSS_ROLE_PREFIX = "cross_"

@@ -29,7 +29,9 @@ if TYPE_CHECKING:
 # (place name, module path inside the layer, enabled slices of a fused linear or None)
 Target = tuple[str, str, "tuple[bool, ...] | None"]
 # Where output_adapter_gating_scores reports a gate of each FFN place (attention places: "selfattn_lora").
-_GATE_LOCATIONS = {"ffn_in": "intermediate_lora", "ffn_out": "output_lora"}
+# attn_matrices entry -> the spec role it adapts ("o": the attention output projection).
+_ATTENTION_ROLES = {"q": "q", "k": "k", "v": "v", "o": "attn_out"}
+_GATE_LOCATIONS = {"ffn_in": "intermediate_lora", "ffn_out": "output_lora", "ffn_gate": "gate_lora"}
 
 
 def build_module(
@@ -39,7 +41,9 @@ def build_module(
     in_features, out_features = linear_features(linear)
     if config.composition_mode == "scale":
         return IA3(in_features, out_features, config, slices)
-    weight = weight_out_in(linear)  # DoRA's magnitude starts at the norms of its output rows
+    # DoRA's magnitude starts at the norms of its output rows. Only DoRA reads the weight: a quantized one is
+    # dequantized for it alone (and a torchao format that cannot dequantize still takes the other variants).
+    weight = weight_out_in(linear) if config.use_dora else None
     if config.is_vera:
         return VeRA(in_features, out_features, config, shared, slices, weight=weight)
     return LoRA(in_features, out_features, config, slices, weight=weight)
@@ -82,11 +86,13 @@ class LoRAMethod(AdapterMethod):
 
     @staticmethod
     def roles(config: LoRAConfig) -> list[str]:
-        roles = list(config.attn_matrices) if config.selfattn_lora else []
+        roles = [_ATTENTION_ROLES[m] for m in config.attn_matrices] if config.selfattn_lora else []
         if config.intermediate_lora:
             roles.append("ffn_in")
         if config.output_lora:
             roles.append("ffn_out")
+        if config.gate_lora:
+            roles.append("ffn_gate")
         return roles
 
     def _targets(self, state: AdapterState, config: LoRAConfig, spec: ModelSpec) -> list[Target]:
@@ -94,7 +100,7 @@ class LoRAMethod(AdapterMethod):
         roles = self.roles(config)
         if not roles:
             raise AdapterConfigError(
-                "This LoRAConfig targets no layer: enable selfattn_lora, intermediate_lora or output_lora."
+                "This LoRAConfig targets no layer: enable selfattn_lora, intermediate_lora, output_lora or gate_lora."
             )
         missing = [r for r in roles if r not in spec.linears and spec.fused_linear_for(r) is None]
         if missing:
@@ -102,7 +108,8 @@ class LoRAMethod(AdapterMethod):
             raise AdapterConfigError(
                 f"LoRA targets {missing} but the layout of {state.base_model.config.model_type!r} declares no "
                 f"such linear layers (declared: {declared}); choose attn_matrices among the declared roles, and set "
-                "intermediate_lora / output_lora to False where ffn_in / ffn_out is not declared."
+                "intermediate_lora / output_lora / gate_lora to False where ffn_in / ffn_out / ffn_gate is not "
+                "declared."
             )
         if config.selfattn_lora:
             # A decoder layer's cross-attention projections take the same attention LoRA (as in the reference).
