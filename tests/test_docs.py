@@ -22,7 +22,9 @@ downloaded here. ``tiny_models`` substitutes, and only at the edges:
   saved once per process: a BERT (hidden 32, 2 layers, 4 heads, intermediate 37, vocabulary 100:
   ``TINY_BERT`` of ``conftest.py``) or, for ``AutoModelForCausalLM`` and GPT-2 classes, a GPT-2 of
   the same sizes, each with a 100-token WordPiece tokenizer (letters and ``##`` letters, so every
-  lower-case text tokenizes). The real loading code runs on that folder; the loaded model's
+  lower-case text tokenizes); ``LlamaForCausalLM`` gets a Llama of the same sizes (the README's
+  quantized bases: transformers quantizes ``nn.Linear`` layers, which GPT-2's ``Conv1D`` are not).
+  The real loading code runs on that folder; the loaded model's
   ``config._name_or_path`` is set back to the name asked for, as a real download would leave it.
   Existing paths (what a block saved) load unchanged. A block that needs another family (a
   seq2seq or vision model) adds its tiny checkpoint to :func:`tiny_checkpoints` and its rule to
@@ -68,7 +70,15 @@ import transformers
 import yaml
 from conftest import TINY_BERT
 from safetensors import safe_open
-from transformers import BertConfig, BertForSequenceClassification, BertModel, GPT2Config, GPT2LMHeadModel
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    BertModel,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 import adapters
@@ -158,6 +168,16 @@ TINY_GPT2 = dict(
     pad_token_id=0,
 )
 
+TINY_LLAMA = dict(
+    hidden_size=TINY_BERT["hidden_size"],
+    num_hidden_layers=TINY_BERT["num_hidden_layers"],
+    num_attention_heads=TINY_BERT["num_attention_heads"],
+    num_key_value_heads=2,
+    intermediate_size=TINY_BERT["intermediate_size"],
+    max_position_embeddings=TINY_BERT["max_position_embeddings"],
+    vocab_size=TINY_BERT["vocab_size"],
+)
+
 _CHECKPOINTS: dict[str, Path] = {}
 
 
@@ -170,6 +190,7 @@ def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
         for model_type, model in {
             "bert": BertModel(BertConfig(**TINY_BERT)),
             "gpt2": GPT2LMHeadModel(GPT2Config(**TINY_GPT2)),
+            "llama": LlamaForCausalLM(LlamaConfig(**TINY_LLAMA)),
         }.items():
             model.save_pretrained(root / model_type)
             tokenizer.save_pretrained(root / model_type)
@@ -215,10 +236,13 @@ _HUB: list[FakeHub] = []
 
 
 def _family(klass: type) -> str:
-    """Which tiny checkpoint a class asked for a name gets: GPT-2 for causal LMs and GPT-2 classes, else BERT."""
+    """Which tiny checkpoint a class asked for a name gets: Llama for Llama classes, GPT-2 for other causal LMs
+    and GPT-2 classes, else BERT."""
+    model_type = getattr(klass, "model_type", None) or getattr(getattr(klass, "config_class", None), "model_type", "")
+    if model_type == "llama":
+        return "llama"
     if "CausalLM" in klass.__name__:
         return "gpt2"
-    model_type = getattr(klass, "model_type", None) or getattr(getattr(klass, "config_class", None), "model_type", "")
     return "gpt2" if model_type == "gpt2" else "bert"
 
 
@@ -441,6 +465,23 @@ def test_quoted_seq_bn_file_size(tmp_path) -> None:
         header = struct.unpack("<Q", f.read(8))[0]  # 3,024 bytes with the pinned safetensors: 455,192 in all
     assert size == 4 * 113_040 + 8 + header
     assert round(size / 1000) == int(quoted[1]), f"{first.id} quotes {quoted[1]} KB; the file has {size:,} bytes"
+
+
+@claim("README.md", 'base.merge_adapter("ao")')
+def torchao_base(ns: dict[str, Any], hub: FakeHub) -> None:
+    base = ns["base"]
+    # TorchAoConfig quantized every linear of the layers (not the LM head) to torchao int8 weights.
+    linears = {name: p for name, p in base.named_parameters() if name.endswith("_proj.weight")}
+    assert linears and all(type(p).__name__ == "Int8Tensor" for p in linears.values()), linears.keys()
+    assert type(base.lm_head.weight) is torch.nn.Parameter
+    assert not any(p.requires_grad for p in linears.values())  # the int8 weights stay frozen
+    # The merge warns (the block's comment), and reset puts the very same int8 weights back.
+    randomize_adapter(base, "ao", std=0.1)
+    with pytest.warns(UserWarning, match=r"into \d+ torchao int8-quantized layers re-quantizes their weights"):
+        base.merge_adapter("ao")
+    assert any(p is not linears[name] for name, p in base.named_parameters() if name in linears)
+    base.reset_adapter()
+    assert all(p is linears[name] for name, p in base.named_parameters() if name in linears)
 
 
 @claim("README.md", "# rows 0..B-1: adapter a, B..2B-1: adapter b")

@@ -613,3 +613,27 @@ def test_prompt_composition_errors(inputs):
     model.set_active_adapters(adapters.BatchSplit("a", "c", batch_sizes=[2, 1]))
     with pytest.raises(CompositionError, match="batch size 2"):
         model(**inputs)
+
+
+def test_the_prefix_mlp_runs_once_without_autograd_until_a_parameter_changes(inputs):
+    """Generation calls the model per token: without autograd the prefix is computed once, then reused."""
+    model = tiny_bert()
+    adapters.init(model)
+    model.add_adapter("a", config=PrefixTuningConfig(prefix_length=5, bottleneck_size=16), set_active=True)
+    randomize_adapter(model, "a", std=0.3)
+    prefix = model.prefix_tuning.prefix_tunings["a"]["self_prefix"]
+    calls = []
+    prefix.control_trans[0].register_forward_hook(lambda *_: calls.append(1))
+    with torch.no_grad():
+        first = model(**inputs).last_hidden_state
+        assert len(calls) == 2  # one per layer
+        assert torch.equal(model(**inputs).last_hidden_state, first) and len(calls) == 2
+        prefix.wte.weight.mul_(2.0)  # an in-place change (an optimizer step, a load): computed again
+        changed = model(**inputs).last_hidden_state
+    assert len(calls) == 4 and not torch.allclose(changed, first)
+    with torch.inference_mode():
+        assert_close(model(**inputs).last_hidden_state, changed)
+    # With autograd (training), every pass computes it, so gradients reach the MLP.
+    model.train_adapter("a")
+    model(**inputs).last_hidden_state.sum().backward()
+    assert prefix.wte.weight.grad is not None

@@ -137,3 +137,11 @@ def test_inspect_prints_python_that_builds_the_inferred_spec(capsys) -> None:
     torch.manual_seed(0)
     twin = ApertusModel(tiny_config(ApertusConfig()))
     assert namespace["SPEC"] == infer_spec(twin).spec
+
+
+def test_a_gated_ffn_declares_its_gate_and_an_ungated_one_none() -> None:
+    from transformers import LlamaConfig, LlamaModel
+
+    gated = infer_spec(LlamaModel(LlamaConfig(**TINY, **IDS))).spec
+    assert gated.linears["ffn_gate"] == "mlp.gate_proj" and gated.linears["ffn_in"] == "mlp.up_proj"
+    assert "ffn_gate" not in infer_spec(FACTORIES["apertus"]()).spec.linears

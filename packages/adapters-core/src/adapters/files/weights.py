@@ -22,7 +22,7 @@ from . import integrity
 def save_weights(tensors: dict[str, torch.Tensor], path: Path, use_safetensors: bool = True) -> dict[str, Any]:
     """Write ``tensors`` to ``path``; return the file's integrity record (``{"size": ..., "sha256": ...}``)."""
     # safetensors refuses shared or non-contiguous storage; adapters' tensors are small, so copy.
-    plain = {k: v.detach().contiguous().clone().cpu() for k, v in tensors.items()}
+    plain = {k: _whole(v).detach().contiguous().clone().cpu() for k, v in tensors.items()}
     if use_safetensors:
         data = save_safetensors(plain, metadata={"format": "pt"})
     else:
@@ -32,6 +32,16 @@ def save_weights(tensors: dict[str, torch.Tensor], path: Path, use_safetensors: 
     with open(path, "wb") as f:
         f.write(data)
     return integrity.record(data)
+
+
+def _whole(tensor: torch.Tensor) -> torch.Tensor:
+    """A DTensor (a parameter sharded by FSDP2's ``fully_shard``) gathered whole, any other tensor as it is.
+
+    Written as it is, a DTensor is refused by safetensors and pickled as this rank's shard by
+    ``torch.save``. Gathering is a collective: under FSDP2, every rank saves (the same files).
+    """
+    full_tensor = getattr(tensor, "full_tensor", None)
+    return full_tensor() if callable(full_tensor) else tensor
 
 
 def _choose(

@@ -29,11 +29,20 @@ if TYPE_CHECKING:
     from ..core.state import AdapterState
 
 
-def adapter_state_dict(state: AdapterState, name: str) -> dict[str, torch.Tensor]:
-    """The adapter's tensors, keyed as the reference library keys them (see :func:`saved_path`)."""
+def adapter_state_dict(
+    state: AdapterState, name: str, full: dict[str, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
+    """The adapter's tensors, keyed as the reference library keys them (see :func:`saved_path`).
+
+    ``full``, a state dict of the whole model (keyed by the model's own names, which differ from the
+    saved keys where a plugin maps names to the 4.x ones), replaces the modules' tensors where it
+    has them: the whole weights a trainer gathered from FSDP or DeepSpeed ZeRO-3 shards.
+    """
     tensors: dict[str, torch.Tensor] = {}
     for path, module in state.modules_of(name).items():
-        tensors.update(module.state_dict(prefix=f"{saved_path(state, path)}."))
+        saved, own = saved_path(state, path), f"{state.base_prefix}{path}"
+        for key, value in module.state_dict().items():
+            tensors[f"{saved}.{key}"] = full.get(f"{own}.{key}", value) if full is not None else value
     return tensors
 
 
@@ -56,13 +65,11 @@ def write_adapter(
 ) -> None:
     """Write the adapter's files into ``folder`` (a save's scratch folder).
 
-    ``tensors`` replace the adapter's own where given (full weights gathered from shards).
+    ``tensors``, the model's full state dict, replace the adapter's own where given (see :func:`adapter_state_dict`).
     """
     state.require(name)
     config = adapter_config_dict(state, name, meta)
-    weights = adapter_state_dict(state, name)
-    if tensors is not None:
-        weights = {key: tensors.get(key, value) for key, value in weights.items()}
+    weights = adapter_state_dict(state, name, tensors)
     weights_name = fmt.ADAPTER_WEIGHTS if use_safetensors else fmt.ADAPTER_WEIGHTS_LEGACY
     record = save_weights(weights, folder / weights_name, use_safetensors)
     write_config(folder / fmt.ADAPTER_CONFIG, config, weights_name, record)

@@ -77,8 +77,15 @@ def has_static_head(model: nn.Module, state: AdapterState) -> bool:
 
 def _tied_to_body(model: nn.Module, state: AdapterState, tensors: dict[str, torch.Tensor]) -> set[str]:
     """Keys of ``tensors`` that share their storage with a tensor of the body (tied to the input embeddings)."""
-    body = {t.data_ptr() for t in state.base_model.state_dict(keep_vars=True).values() if t.numel()}
-    return {key for key, t in tensors.items() if t.numel() and t.data_ptr() in body}
+    body = {_storage(t) for t in state.base_model.state_dict(keep_vars=True).values() if t.numel()}
+    return {key for key, t in tensors.items() if t.numel() and _storage(t) in body}
+
+
+def _storage(tensor: torch.Tensor) -> tuple[str, int]:
+    # A DTensor (a parameter sharded by FSDP2) has data_ptr() 0, as if all were tied: one parameter is one tensor.
+    if callable(getattr(tensor, "full_tensor", None)):
+        return ("dtensor", id(tensor))
+    return ("storage", tensor.data_ptr())
 
 
 def head_config_dict(model: nn.Module, state: AdapterState) -> dict[str, Any]:

@@ -40,6 +40,7 @@ PROJECTION_NAMES = {
     "attn_out": ("o_proj", "out_proj", "dense", "c_proj", "Wo", "proj"),
     "ffn_in": ("up_proj", "fc1", "c_fc", "dense_h_to_4h", "fc_in", "w1", "Wi"),
     "ffn_out": ("down_proj", "fc2", "c_proj", "dense_4h_to_h", "fc_out", "w2", "Wo"),
+    "ffn_gate": ("gate_proj",),
 }
 FUSED_QKV_NAMES = ("qkv_proj", "query_key_value", "Wqkv", "c_attn", "qkv", "W_pack")
 # Holders as the reference library names them for decoder layers (layers.0.attention_adapters...).
@@ -316,9 +317,13 @@ def _projections(layer: nn.Module, attention: str, ffn: str, config) -> tuple[di
         name = next((n for n in PROJECTION_NAMES[role] if _is_linear(ffn_module._modules.get(n))), None)
         if name is not None:
             linears[role] = f"{ffn}.{name}"
+    gate = ffn_module._modules.get(PROJECTION_NAMES["ffn_gate"][0])
+    if "ffn_in" in linears and _is_linear(gate):
+        linears["ffn_gate"] = f"{ffn}.{PROJECTION_NAMES['ffn_gate'][0]}"
     if "ffn_in" not in linears or "ffn_out" not in linears:
         linears.pop("ffn_in", None)
         linears.pop("ffn_out", None)
+        linears.pop("ffn_gate", None)
         notes.append(f"no FFN LoRA ({ffn} has no input and output linear layers, e.g. mixture-of-experts)")
     placed = ", ".join(f"{role}={path}" for role, path in linears.items())
     return linears, fused, "; ".join(filter(None, [placed, *notes]))

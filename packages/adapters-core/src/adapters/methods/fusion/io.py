@@ -26,11 +26,19 @@ if TYPE_CHECKING:
     from ...core.state import AdapterState
 
 
-def fusion_state_dict(state: AdapterState, fusion: Fusion) -> dict[str, torch.Tensor]:
-    """The fusion's tensors keyed as the reference library names them."""
+def fusion_state_dict(
+    state: AdapterState, fusion: Fusion, full: dict[str, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
+    """The fusion's tensors keyed as the reference library names them.
+
+    ``full``, a state dict of the whole model by the model's own names (the whole weights a trainer
+    gathered from FSDP or ZeRO-3 shards), replaces the modules' tensors where it has them.
+    """
     tensors: dict[str, torch.Tensor] = {}
     for path, layer in fusion.paths.items():
-        tensors.update(layer.state_dict(prefix=f"{reference_format.saved_path(state, path)}."))
+        saved, own = reference_format.saved_path(state, path), f"{state.base_prefix}{path}"
+        for key, value in layer.state_dict().items():
+            tensors[f"{saved}.{key}"] = full.get(f"{own}.{key}", value) if full is not None else value
     return tensors
 
 
@@ -52,15 +60,13 @@ def save_fusion(
     use_safetensors: bool = True,
     tensors: dict[str, torch.Tensor] | None = None,
 ) -> None:
-    """Write the fusion ``name`` atomically; ``tensors`` replace the module's own (gathered shards)."""
+    """Write the fusion ``name`` atomically; ``tensors`` (the model's full state dict) replace the module's own."""
     registry = FusionRegistry.of(state)
     if registry is None:
         raise AdapterConfigError(f"No AdapterFusion named {name!r}: this model has no fusion layers.")
     fusion = registry.require(name)
     config = fusion_config_dict(state, name, meta)
-    weights = fusion_state_dict(state, fusion)
-    if tensors is not None:
-        weights = {key: tensors.get(key, value) for key, value in weights.items()}
+    weights = fusion_state_dict(state, fusion, tensors)
     weights_name = fmt.FUSION_WEIGHTS if use_safetensors else fmt.FUSION_WEIGHTS_LEGACY
     with atomic_directory(directory, FUSION_FILES) as scratch:
         record = save_weights(weights, scratch / weights_name, use_safetensors)

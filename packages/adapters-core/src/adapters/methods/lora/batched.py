@@ -7,14 +7,19 @@ and ``B`` are stacked and each example meets its adapter's pair in one ``bmm`` e
 sizes view the input as ``(adapters, rows, in)``; unequal ones pick each example's pair. The
 result is added to the layer output in place when autograd does not need it.
 
+Adapters of different ranks (multi-tenant serving mixes them) are stacked at the largest rank,
+each pair padded with zero rows of ``A`` and zero columns of ``B``: the padding adds nothing to
+any example's update, and the multiplies stay two.
+
 Only the plain case takes this path: a top-level BatchSplit of adapter names, each a plain
-unfused LoRA with no DoRA magnitude, gate or dropout, all of one rank, every one present at the
-layer. Anything else runs through :class:`~.composition.ComposedLoRAs`.
+unfused LoRA with no DoRA magnitude, gate or dropout, every one present at the layer. Anything
+else runs through :class:`~.composition.ComposedLoRAs`.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ...composition.blocks import AdapterCompositionBlock, BatchSplit
@@ -43,6 +48,10 @@ class BatchedLoRAs:
         # One scaling for all: it goes into the multiply-add; otherwise into the stacked B.
         self.scaling = scalings.pop() if len(scalings) == 1 else None
         self._scalings = torch.tensor([m.scaling for m in modules]).view(-1, 1, 1)
+        self.rank = max(m.config.r for m in modules)
+        # (rows of A, columns of B) of zeros that bring each pair to the largest rank.
+        self._padding = [self.rank - m.config.r for m in modules]
+        self.mixed = any(self._padding)
 
     @classmethod
     def build(cls, linear: nn.Module, loras: AdapterDict, block: AdapterCompositionBlock) -> BatchedLoRAs | None:
@@ -50,7 +59,7 @@ class BatchedLoRAs:
         if type(block) is not BatchSplit or not all(isinstance(c, str) for c in block):
             return None
         modules = tuple(loras._modules.get(name) for name in block)
-        if not all(_plain(m) for m in modules) or len({m.config.r for m in modules}) > 1:
+        if not all(_plain(m) for m in modules):
             return None
         return cls(block, modules)
 
@@ -60,8 +69,7 @@ class BatchedLoRAs:
             raise CompositionError(
                 f"{self.block!r} covers {self.total} but the input has batch size {x.shape[0]}; adjust its sizes."
             )
-        a = torch.stack([m.lora_A for m in self.modules])  # (n, r, in)
-        b = torch.stack([m.lora_B for m in self.modules]).transpose(1, 2)  # (n, r, out)
+        a, b = self._stacked()  # (n, r, in), (n, r, out)
         if self.scaling is None:
             b = b * self._scalings.to(b.device, b.dtype)
         alpha = 1.0 if self.scaling is None else self.scaling
@@ -82,6 +90,15 @@ class BatchedLoRAs:
         if alpha != 1.0:
             update = update * alpha
         return output + update.view_as(output)
+
+    def _stacked(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.mixed:
+            a = torch.stack([m.lora_A for m in self.modules])
+            return a, torch.stack([m.lora_B for m in self.modules]).transpose(1, 2)
+        pairs = zip(self.modules, self._padding, strict=True)
+        a = torch.stack([F.pad(m.lora_A, (0, 0, 0, pad)) for m, pad in pairs])
+        pairs = zip(self.modules, self._padding, strict=True)
+        return a, torch.stack([F.pad(m.lora_B, (0, pad)) for m, pad in pairs]).transpose(1, 2)
 
 
 def _plain(module: nn.Module | None) -> bool:

@@ -1,4 +1,4 @@
-"""The layers the LoRA family adapts: ``nn.Linear`` (bitsandbytes' quantized ones too) and transformers' ``Conv1D``.
+"""The layers the LoRA family adapts: ``nn.Linear`` (quantized ones too) and transformers' ``Conv1D``.
 
 ``Conv1D`` (GPT-2, GPT, ...) computes ``x @ W + b`` with ``W`` stored ``(in, out)``, the transpose
 of ``nn.Linear``'s ``(out, in)``. LoRA-family modules read only the layer's input and output, so
@@ -40,7 +40,7 @@ def linear_features(module: nn.Module) -> tuple[int, int]:
 def weight_out_in(module: nn.Module) -> torch.Tensor:
     """The layer's weight as ``(out, in)``; a view of the parameter for ``Conv1D`` (no copy).
 
-    A quantized layer's weight (bitsandbytes) comes dequantized, as a new tensor.
+    A quantized layer's weight (bitsandbytes, torchao) comes dequantized, as a new tensor.
 
     Example:
         >>> conv = Conv1D(nf=12, nx=4)

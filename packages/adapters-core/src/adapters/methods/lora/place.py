@@ -169,7 +169,7 @@ class LoRAPlace:
         The copy goes to CPU memory, so a merged model on an accelerator needs no more of its
         memory; it costs one copy of each merged layer's weight (and bias) until reset or delete.
         Subtracting the update again would restore the weights only up to rounding, and only if
-        the adapter's parameters had not changed since. A quantized layer (bitsandbytes) gets new
+        the adapter's parameters had not changed since. A quantized layer (bitsandbytes, torchao) gets new
         quantized weights (dequantized, updated, quantized again; :attr:`requantized` says how far
         that rounded them); its original parameter object is kept to put back.
         """

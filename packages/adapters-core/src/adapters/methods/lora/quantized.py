@@ -1,4 +1,5 @@
-"""Quantized linear layers under the LoRA family: bitsandbytes 4-bit (NF4, FP4) and 8-bit (LLM.int8).
+"""Quantized linear layers under the LoRA family: bitsandbytes 4-bit (NF4, FP4) and 8-bit (LLM.int8), and
+torchao's weight-only int8 and intx (int4 on CPU) weights (see :mod:`.torchao_weights`).
 
 ``transformers`` loads a model with ``BitsAndBytesConfig`` as ``bitsandbytes.nn.Linear4bit`` /
 ``Linear8bitLt`` layers: ``nn.Linear`` subclasses whose weight is stored packed (``uint8``, or
@@ -15,7 +16,10 @@ itself goes through this module:
   (:func:`warn_requantized`). ``reset_adapter``
   puts the original quantized parameter (and bitsandbytes' per-layer state) back, bit for bit.
 
-bitsandbytes is imported only when a quantized layer is met: the core does not depend on it.
+torchao's layers are plain ``nn.Linear`` whose weight is a tensor subclass reporting a floating dtype;
+they go through the same steps, with torchao's own dequantization and re-quantization.
+
+bitsandbytes and torchao are imported only when such a layer is met: the core depends on neither.
 """
 
 from __future__ import annotations
@@ -29,16 +33,21 @@ from typing import Any
 import torch
 from torch import nn
 
+from .torchao_weights import is_torchao, torchao_dequantized, torchao_kind, torchao_requantized
+
 
 def is_quantized(linear: nn.Module) -> bool:
-    """Whether ``linear`` stores its weight quantized (an integer dtype, as bitsandbytes' layers do)."""
+    """Whether ``linear`` stores its weight quantized: an integer dtype (bitsandbytes' layers), or a torchao
+    tensor subclass (whose dtype is the floating one it computes in)."""
     weight = getattr(linear, "weight", None)
-    return isinstance(weight, torch.Tensor) and not (weight.dtype.is_floating_point or weight.dtype.is_complex)
+    if not isinstance(weight, torch.Tensor):
+        return False
+    return not (weight.dtype.is_floating_point or weight.dtype.is_complex) or is_torchao(weight)
 
 
 def compute_dtype(linear: nn.Module) -> torch.dtype:
     """The floating dtype the layer computes in: what the LoRA family's parameters for it use."""
-    if not is_quantized(linear):
+    if not is_quantized(linear) or is_torchao(linear.weight):
         return linear.weight.dtype
     declared = getattr(linear, "compute_dtype", None)  # Linear4bit's bnb_4bit_compute_dtype
     if declared is not None:
@@ -49,13 +58,15 @@ def compute_dtype(linear: nn.Module) -> torch.dtype:
 
 def _kind(linear: nn.Module) -> str:
     weight = linear.weight
+    if is_torchao(weight):
+        return torchao_kind(weight)
     if hasattr(weight, "quant_state"):
         return "4bit"
     if hasattr(weight, "SCB") or hasattr(getattr(linear, "state", None), "SCB"):
         return "8bit"
     raise TypeError(
         f"{type(linear).__name__} stores its weight as {weight.dtype} in a format this library cannot read "
-        "(bitsandbytes' Linear4bit and Linear8bitLt are supported)."
+        "(bitsandbytes' Linear4bit and Linear8bitLt, and torchao's weight-only tensors are supported)."
     )
 
 
@@ -67,9 +78,11 @@ def _row_scales_8bit(linear: nn.Module) -> torch.Tensor:
 
 def dequantized(linear: nn.Module) -> torch.Tensor:
     """The layer's weight as a float ``(out, in)`` matrix in its compute dtype (a new tensor)."""
+    weight = linear.weight
+    if is_torchao(weight):
+        return torchao_dequantized(weight)
     import bitsandbytes.functional as bnb_functional
 
-    weight = linear.weight
     if _kind(linear) == "4bit":
         data, state = weight.data, weight.quant_state
         if getattr(state, "packing_format_for_cpu", False):
@@ -85,10 +98,12 @@ def dequantized(linear: nn.Module) -> torch.Tensor:
 
 def _quantized_like(linear: nn.Module, weight: torch.Tensor) -> nn.Parameter:
     """A new parameter holding ``weight`` quantized with ``linear``'s own settings."""
+    old = linear.weight
+    if is_torchao(old):
+        return torchao_requantized(old, weight)
     import bitsandbytes as bnb
     import bitsandbytes.functional as bnb_functional
 
-    old = linear.weight
     if _kind(linear) == "4bit":
         state = old.quant_state
         # A state repacked for the CPU kernels records the double quantization it had before.

@@ -67,12 +67,29 @@ class PrefixTuning(_Prefixes):
             activation(config.non_linearity),
             nn.Linear(config.bottleneck_size, n_layers * self.layer_width),
         )
+        # Without autograd the prefix depends on the parameters only: each layer's keys and values are
+        # computed once and reused until a parameter changes (generation calls the model once per token,
+        # and the MLP costs as much as a fair part of a small decoder's step).
+        self._no_grad_cache: dict[tuple[int, bool], tuple[tuple, tuple[torch.Tensor, torch.Tensor]]] = {}
 
     def _hidden(self) -> torch.Tensor:
         # wte(arange(prefix_length)) is the whole table, in order.
         return self.control_trans[1](self.control_trans[0](self.wte.weight))
 
     def layer_key_values(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return self._layer_key_values(index)
+        # A parameter changed in place (an optimizer step, a load) bumps its version; .to() moves its data.
+        stamp = tuple((p._version, p.data_ptr(), p.dtype) for p in self.parameters())
+        key = (index, torch.is_inference_mode_enabled())  # inference tensors are no use outside inference mode
+        cached = self._no_grad_cache.get(key)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        result = self._layer_key_values(index)
+        self._no_grad_cache[key] = (stamp, result)
+        return result
+
+    def _layer_key_values(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         # Only this layer's rows of the output projection: each layer costs 1/n_layers of the MLP.
         out = self.control_trans[2]
         rows = slice(index * self.layer_width, (index + 1) * self.layer_width)
