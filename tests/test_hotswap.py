@@ -10,8 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch._dynamo as dynamo
+from conftest import tiny_bert
 from torch._dynamo.testing import CompileCounter
-from transformers import BertConfig, BertModel
+from transformers import BertModel
 
 import adapters
 from adapters import AdapterConfigError, AdapterError, LoRAConfig
@@ -19,11 +20,8 @@ from adapters.testing import assert_close, randomize_adapter
 
 
 def bert() -> BertModel:
-    torch.manual_seed(0)
-    config = BertConfig(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, vocab_size=100
-    )
-    model = BertModel(config).eval()
+    """conftest's tiny BERT, ready for adapters."""
+    model = tiny_bert()
     adapters.init(model)
     return model
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ...errors import AdapterLoadError
+from ...errors import AdapterConfigError, AdapterLoadError
 from ...files import format as fmt
 from ...files.atomic import atomic_directory
 from ...files.weights import save_weights
@@ -127,6 +127,18 @@ def linear_tensors(state: AdapterState, name: str) -> dict[str, dict[str, torch.
             continue
         result[full[: -len(marker)]] = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
     return result
+
+
+def unfused_linear_tensors(state: AdapterState, name: str, what: str) -> dict[str, dict[str, torch.Tensor]]:
+    """:func:`linear_tensors`, refusing an adapter on a fused projection (PEFT adapts it as one matrix)."""
+    per_linear = linear_tensors(state, name)
+    fused = fused_paths(state) & set(per_linear)
+    if fused:
+        raise AdapterConfigError(
+            f"Adapter {name!r} adapts slices of a fused projection ({sorted(fused)[0]}); PEFT's {what} spans such a "
+            "layer as one matrix, so it has no equivalent there."
+        )
+    return per_linear
 
 
 def target_regex(paths: set[str]) -> str:

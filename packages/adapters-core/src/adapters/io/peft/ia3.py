@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ...configs.lora import IA3Config, LoRAConfig
-from ...errors import AdapterConfigError, AdapterLoadError
+from ...errors import AdapterLoadError
 from . import common
 
 if TYPE_CHECKING:
@@ -54,13 +54,7 @@ def read_ia3(
 
 def write_ia3(state: AdapterState, name: str, config: LoRAConfig) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(IA)^3 adapter ``name`` as PEFT's weights and config (every module outside ``feedforward_modules``)."""
-    per_linear = common.linear_tensors(state, name)
-    fused = common.fused_paths(state) & set(per_linear)
-    if fused:
-        raise AdapterConfigError(
-            f"Adapter {name!r} scales slices of a fused projection ({sorted(fused)[0]}); PEFT's IA3 spans such a "
-            "layer as one vector, so it has no equivalent there."
-        )
+    per_linear = common.unfused_linear_tensors(state, name, "IA3")
     weights = {
         f"{common.PEFT_PREFIX}{path}{_SUFFIX}": (params["lora_B"] * config.scaling).contiguous()
         for path, params in per_linear.items()

@@ -91,13 +91,7 @@ def read_lora(
 
 def write_lora(state: AdapterState, name: str, config: LoRAConfig) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """LoRA (or DoRA) adapter ``name`` as PEFT's weights and config."""
-    per_linear = common.linear_tensors(state, name)
-    fused = common.fused_paths(state) & set(per_linear)
-    if fused:
-        raise AdapterConfigError(
-            f"Adapter {name!r} adapts slices of a fused projection ({sorted(fused)[0]}); PEFT's LoRA spans such "
-            "a layer as one matrix, so it has no equivalent there."
-        )
+    per_linear = common.unfused_linear_tensors(state, name, "LoRA")
     if config.use_dora:
         _refuse_biased(state, set(per_linear), None, name)
         if config.scaling != 1:
