@@ -25,12 +25,13 @@ Inference cases (under ``torch.inference_mode``):
     lora_merged      the same after ``merge_adapter``
 Training-step cases (AdamW step: forward, CLS linear head + cross entropy, backward, step,
 zero_grad); baseline = the plain model fully fine-tuned (all parameters trainable):
-    train_seq_bn / train_lora   ``train_adapter(name)`` on the adapted model
+    train_seq_bn / train_lora / train_ia3   ``train_adapter(name)`` on the adapted model
     train_floor      no adapter: every weight frozen but the embeddings' LayerNorm, so backward still
                      runs through every layer without weight gradients. The floor of a training-step
                      ratio for any method that adapts the first layer (informative, no target)
 PEFT comparison cases (when ``peft`` is importable):
-    peft_lora, peft_lora_merged, peft_train_lora
+    peft_lora, peft_lora_merged, peft_train_lora, peft_train_ia3 (IA3 on key, value and the FFN's first
+    linear, outputs scaled: what adapters' IA3 adapts)
 Composition cases (their own baselines and inputs):
     batch_split_lora       batch 64 x 64 routed by BatchSplit over 8 LoRA adapters (8 examples each);
                            baseline: the same model and batch with one LoRA adapter active
@@ -42,11 +43,22 @@ Composition cases (their own baselines and inputs):
                            baseline: the PEFT model with one adapter active
     load_100_lora          not a ratio against a plain model: loading 100 saved LoRA folders (q, v, r=8)
                            into one model, ms per adapter, against PEFT's ``load_adapter`` of the same
-                           adapters in PEFT's format ("ratio" = ours / PEFT's time); the resident memory
-                           each load adds, against the adapters' parameter bytes
+                           adapters in PEFT's format ("ratio" = ours / PEFT's time); then the tensor and
+                           Python-object bytes 100 more loads keep, per adapter, against its parameter bytes
+    train_ia3_vs_peft      not against a plain model: our IA3 training step against PEFT's IA3 step on the
+                           same layers ("ratio" = ours / PEFT's), alternated in one process;
+                           compiled_train_ia3_vs_peft the same with both compiled
     parallel_seq_bn        Parallel of 4 seq_bn adapters, each with leave_out=[0, 1, 2] (the lower half
                            of the 6 layers runs once), batch 8 x 128; baseline: four passes, each
                            through a model with one of the adapters active. "FLOPs" is the floor.
+torch.compile cases (inductor, both models compiled; ours with ``fullgraph=True``, so a graph break
+fails the case); target: the FLOPs ratio + 0.01, outputs against eager's:
+    compiled_<m> / compiled_train_<m>   m in seq_bn, par_bn, lora, ia3, prefix_tuning: inference / a
+                           training step (against the plain model compiled, fully fine-tuned)
+    compiled_train_floor   train_floor compiled (informative: a compiled step's floor)
+    peft_compiled_lora, peft_compiled_ia3, peft_compiled_train_lora, peft_compiled_train_ia3
+    compiled_lora also times serving other LoRAs of its config: ``set_active_adapters`` + a forward
+    against a forward alone, and whether switching recompiled
 Pre-LN decoder cases (informative): GPT-2's layout at MiniLM's size (384 wide, 6 layers, 12 heads),
 random weights, the same batch; one active adapter against the plain model:
     decoder_seq_bn / decoder_double_seq_bn
@@ -89,22 +101,36 @@ TARGETS = {
     "lora_merged": 1.005,
     "train_seq_bn": 0.70,
     "train_lora": 0.72,
+    "train_ia3": None,
     "train_floor": None,
     "peft_lora": None,
     "peft_lora_merged": None,
     "peft_train_lora": None,
+    "peft_train_ia3": None,
     "batch_split_lora": 1.03,
     "peft_batch_split_lora": None,
     "batch_split_64_lora": 1.05,
     "peft_batch_split_64_lora": None,
     "load_100_lora": 1.0,
+    "train_ia3_vs_peft": 1.0,
+    "compiled_train_ia3_vs_peft": 1.0,
     "parallel_seq_bn": 0.50,
     "decoder_seq_bn": None,
     "decoder_double_seq_bn": None,
 }
 INFERENCE_CASES = ["init_no_adapter", "seq_bn", "par_bn", "lora", "lora_merged"]
-TRAIN_CASES = ["train_seq_bn", "train_lora", "train_floor"]
-PEFT_CASES = ["peft_lora", "peft_lora_merged", "peft_train_lora"]
+TRAIN_CASES = ["train_seq_bn", "train_lora", "train_ia3", "train_floor"]
+PEFT_CASES = ["peft_lora", "peft_lora_merged", "peft_train_lora", "peft_train_ia3"]
+# torch.compile (inductor) on both sides: the adapted model compiled against the plain one compiled.
+# Target: the FLOPs ratio + 0.01 (computed per case, for a training step from its forward and backward).
+COMPILED_METHODS = ["seq_bn", "par_bn", "lora", "ia3", "prefix_tuning"]
+COMPILED_CASES = [
+    *(f"compiled_{m}" for m in COMPILED_METHODS),
+    *(f"compiled_train_{m}" for m in COMPILED_METHODS),
+    "compiled_train_floor",  # train_floor compiled: what a compiled training step cannot go below
+]
+PEFT_COMPILED_CASES = ["peft_compiled_lora", "peft_compiled_ia3", "peft_compiled_train_lora", "peft_compiled_train_ia3"]
+COMPILED_TARGET_MARGIN = 0.01
 COMPOSITION_CASES = [
     "batch_split_lora",
     "peft_batch_split_lora",
@@ -112,11 +138,21 @@ COMPOSITION_CASES = [
     "peft_batch_split_64_lora",
     "load_100_lora",
     "parallel_seq_bn",
+    "train_ia3_vs_peft",
+    "compiled_train_ia3_vs_peft",
 ]
 # A pre-LN decoder: GPT-2's layout at MiniLM's size, random weights (no GPT-2 checkpoint ships offline).
 DECODER_CASES = ["decoder_seq_bn", "decoder_double_seq_bn"]
 DECODER_SIZE = {"n_embd": 384, "n_layer": 6, "n_head": 12}
-ALL_CASES = INFERENCE_CASES + TRAIN_CASES + PEFT_CASES + COMPOSITION_CASES + DECODER_CASES
+ALL_CASES = (
+    INFERENCE_CASES
+    + TRAIN_CASES
+    + PEFT_CASES
+    + COMPOSITION_CASES
+    + DECODER_CASES
+    + COMPILED_CASES
+    + PEFT_COMPILED_CASES
+)
 
 # Composition cases: BatchSplit routes 8 examples to each of 8 LoRA adapters; Parallel serves 4 tasks.
 SPLIT_ADAPTERS, SPLIT_BATCH, SPLIT_SEQ_LEN = 8, 64, 64
@@ -125,7 +161,7 @@ PARALLEL_ADAPTERS, PARALLEL_BATCH, PARALLEL_LEAVE_OUT = 4, 8, [0, 1, 2]
 MANY_ADAPTERS, MANY_BATCH, MANY_RANKS = 64, 128, [4 + i % 13 for i in range(64)]
 LOADED_ADAPTERS = 100
 # Cases whose baseline is PEFT itself (skipped without it).
-AGAINST_PEFT = {"load_100_lora"}
+AGAINST_PEFT = {"load_100_lora", "train_ia3_vs_peft", "compiled_train_ia3_vs_peft"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -262,16 +298,46 @@ def inference_case(plain, adapted, inputs, rounds, warmup, max_seconds=None) -> 
 
 
 def count_flops(model, inputs) -> int:
-    """Matrix-multiply FLOPs of one forward pass (torch's FlopCounterMode).
+    """Matrix-multiply and attention FLOPs of one forward pass (torch's FlopCounterMode).
 
     The adapted/plain FLOPs ratio is the floor a time ratio can reach when the extra work is
     matrix multiplies at the same efficiency as the model's own (e.g. par_bn's reduction-2
     bottleneck adds ~8% of the FFN-dominated FLOPs).
     """
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+    # With autograd on: FlopCounterMode's module tracker fails on a module called with a parameter
+    # under inference mode (prefix tuning's MLP runs on its embedding weights).
+    with torch.enable_grad(), flop_counter() as counter:
         model(**inputs)
+    return counter.get_total_flops()
+
+
+def flop_counter():
+    """torch's FlopCounterMode, also counting the CPU kernel of scaled-dot-product attention.
+
+    torch counts the CUDA attention kernels only: without this, attention (what prefix tuning adds
+    to) would count as nothing on CPU.
+    """
+    from torch.utils import flop_counter as fc
+
+    aten = torch.ops.aten
+    # Called with the shapes of the op's arguments: (query, key, value, ...) and (grad_out, query, key, value, ...).
+    formulas = {
+        "_scaled_dot_product_flash_attention_for_cpu": lambda q, k, v, *_, **__: fc.sdpa_flop_count(q, k, v),
+        "_scaled_dot_product_flash_attention_for_cpu_backward": lambda g, q, k, v, *_, **__: (
+            fc.sdpa_backward_flop_count(g, q, k, v)
+        ),
+    }
+    mapping = {getattr(aten, op): formula for op, formula in formulas.items() if hasattr(aten, op)}
+    return fc.FlopCounterMode(display=False, custom_mapping=mapping)
+
+
+def count_train_flops(model, inputs, labels) -> int:
+    """Matrix-multiply FLOPs of one training step's forward and backward (the step's floor, as above)."""
+    head = nn.Linear(model.config.hidden_size, 2)
+    with flop_counter() as counter:
+        hidden = _first_hidden(model(**inputs))
+        nn.functional.cross_entropy(head(hidden[:, 0]), labels).backward()
+    model.zero_grad(set_to_none=True)
     return counter.get_total_flops()
 
 
@@ -307,11 +373,8 @@ def train_case(plain, adapted, inputs, labels, rounds, warmup, max_seconds=None)
     adapted_step = _StepRunner(adapted, hidden, inputs, labels)
     if adapted_step.n_trainable == 0:
         raise RuntimeError("the adapted model has no trainable parameters after train_adapter")
-    if adapted_step.n_trainable >= plain_step.n_trainable:
-        raise RuntimeError(
-            f"the adapted model trains {adapted_step.n_trainable} parameters, not fewer than "
-            f"full fine-tuning ({plain_step.n_trainable}): base model not frozen?"
-        )
+    if all(p.requires_grad for p in adapted.parameters()):
+        raise RuntimeError("the adapted model trains every parameter: base model not frozen?")
     res = alternate(plain_step, adapted_step, rounds, warmup, max_seconds)
     res["trainable_params_plain"] = plain_step.n_trainable
     res["trainable_params_adapted"] = adapted_step.n_trainable
@@ -330,9 +393,10 @@ def build_adapters_case(base, case: str):
     info = {}
     if case == "init_no_adapter":
         pass
-    elif case in ("seq_bn", "par_bn", "lora"):
+    elif case in COMPILED_METHODS:
         adapted.add_adapter("bench", config=case)
         adapted.set_active_adapters("bench")
+        _perturb_adapter(adapted)
     elif case == "lora_merged":
         adapted.add_adapter("bench", config="lora")
         adapted.set_active_adapters("bench")
@@ -345,7 +409,7 @@ def build_adapters_case(base, case: str):
         info["merged_vs_unmerged_max_abs_diff"] = (merged - unmerged).abs().max().item()
         # The magnitude the difference's rounding is relative to (max |unmerged output|).
         info["merged_vs_unmerged_scale"] = unmerged.abs().max().item()
-    elif case in ("train_seq_bn", "train_lora"):
+    elif case.startswith("train_") and case[len("train_") :] in COMPILED_METHODS:
         adapted.add_adapter("bench", config=case[len("train_") :])
         adapted.train_adapter("bench")
     elif case == "train_floor":
@@ -365,14 +429,28 @@ def _perturb_lora(model):
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.01)
 
 
+def _perturb_adapter(model):
+    """Adapters that start as the identity (zero up-projections, unit scalings) made to change the outputs."""
+    gen = torch.Generator().manual_seed(SEED)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".bench." in name and ("lora_B" in name or "adapter_up" in name):
+                p.add_(torch.randn(p.shape, generator=gen) * 0.01)
+
+
 def build_peft_case(base, case: str):
-    from peft import LoraConfig, get_peft_model
+    from peft import IA3Config, LoraConfig, get_peft_model
 
     plain = copy.deepcopy(base)
-    cfg = LoraConfig(r=8, lora_alpha=8, lora_dropout=0.0, target_modules=["query", "value"])
+    if case.endswith("ia3"):
+        # What adapters' (and the reference's) IA3 adapts: key, value and the FFN's first linear, each
+        # output scaled (feedforward_modules would scale the input instead).
+        cfg = IA3Config(target_modules=["key", "value", "intermediate.dense"], feedforward_modules=[])
+    else:
+        cfg = LoraConfig(r=8, lora_alpha=8, lora_dropout=0.0, target_modules=["query", "value"])
     adapted = get_peft_model(copy.deepcopy(base), cfg)
     info = {"peft_version": __import__("peft").__version__}
-    if case == "peft_lora":
+    if case in ("peft_lora", "peft_ia3"):
         pass
     elif case == "peft_lora_merged":
         _perturb_lora(adapted)
@@ -386,8 +464,8 @@ def build_peft_case(base, case: str):
         info["merged_vs_unmerged_max_abs_diff"] = (merged - unmerged).abs().max().item()
         # The magnitude the difference's rounding is relative to (max |unmerged output|).
         info["merged_vs_unmerged_scale"] = unmerged.abs().max().item()
-    elif case == "peft_train_lora":
-        pass  # get_peft_model already froze everything except the LoRA weights
+    elif case in ("peft_train_lora", "peft_train_ia3"):
+        pass  # get_peft_model already froze everything except the adapter's weights
     else:
         raise ValueError(case)
     return plain, adapted, info
@@ -469,18 +547,46 @@ def peft_batch_split_case(base, args, ranks: list[int] | None = None, batch: int
     return res
 
 
-def _rss_mib() -> float | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
+def live_tensor_bytes() -> int:
+    """Bytes of the storages of every tensor a Python object refers to (each storage once)."""
+    seen: set[int] = set()
+    total = 0
+    for obj in gc.get_objects():
+        if isinstance(obj, torch.Tensor) and obj.device.type == "cpu":
+            try:
+                storage = obj.untyped_storage()
+                pointer = storage.data_ptr()
+            except (RuntimeError, NotImplementedError):  # fake tensors a compilation left behind hold no memory
+                continue
+            if pointer not in seen:
+                seen.add(pointer)
+                total += storage.nbytes()
+    return total
+
+
+def retained_bytes(fn) -> tuple[int, int]:
+    """(tensor bytes, Python object bytes) that ``fn()`` allocates and keeps.
+
+    Tensors: the storages of live tensors (:func:`live_tensor_bytes`) after ``fn`` against before;
+    Python objects: ``tracemalloc``'s net. Unlike the process's resident memory, neither depends
+    on what earlier work freed for reuse.
+    """
+    import tracemalloc
+
+    gc.collect()
+    tensors_before = live_tensor_bytes()
+    tracemalloc.start()
+    objects_before = tracemalloc.get_traced_memory()[0]
+    fn()
+    gc.collect()
+    objects = tracemalloc.get_traced_memory()[0] - objects_before
+    tracemalloc.stop()
+    return live_tensor_bytes() - tensors_before, objects
 
 
 def load_many_case(base, args) -> dict:
-    """Load 100 saved LoRA folders into one model: ms per adapter, ours against PEFT's load_adapter."""
+    """Load 100 saved LoRA folders into one model: ms per adapter, ours against PEFT's load_adapter;
+    then the memory 100 more loads keep, against the adapters' parameter bytes."""
     import tempfile
 
     import adapters
@@ -495,46 +601,52 @@ def load_many_case(base, args) -> dict:
     lora_bytes = sum(p.numel() * p.element_size() for n, p in source.named_parameters() if ".loras.one." in n)
     del source
 
-    def ours() -> tuple[float, float | None]:
+    def ours_model():
         model = copy.deepcopy(base)
         adapters.init(model)
-        gc.collect()
-        before, t0 = _rss_mib(), time.perf_counter()
-        for i in range(LOADED_ADAPTERS):
-            model.load_adapter(str(folder / "ours"), load_as=f"a{i}")
-        elapsed = (time.perf_counter() - t0) * 1000 / LOADED_ADAPTERS
-        after = _rss_mib()
-        return elapsed, None if before is None else (after - before) / LOADED_ADAPTERS
+        return model, lambda i: model.load_adapter(str(folder / "ours"), load_as=f"a{i}")
 
-    def theirs() -> tuple[float, float | None]:
+    def peft_model():
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(copy.deepcopy(base), str(folder / "peft"), adapter_name="a0")
+        return model, lambda i: model.load_adapter(str(folder / "peft"), adapter_name=f"a{i}")
+
+    def timed(build) -> float:
+        _model, load = build()
         gc.collect()
-        before, t0 = _rss_mib(), time.perf_counter()
+        t0 = time.perf_counter()
         for i in range(1, LOADED_ADAPTERS + 1):
-            model.load_adapter(str(folder / "peft"), adapter_name=f"a{i}")
-        elapsed = (time.perf_counter() - t0) * 1000 / LOADED_ADAPTERS
-        after = _rss_mib()
-        return elapsed, None if before is None else (after - before) / LOADED_ADAPTERS
+            load(i)
+        return (time.perf_counter() - t0) * 1000 / LOADED_ADAPTERS
+
+    def kept(build) -> tuple[float, float]:
+        _model, load = build()
+        load(1)  # first-load work (imports, caches) outside the measurement
+        tensors, objects = retained_bytes(lambda: [load(i) for i in range(2, LOADED_ADAPTERS + 2)])
+        return tensors / LOADED_ADAPTERS, objects / LOADED_ADAPTERS
 
     # Alternated twice (ours, PEFT, PEFT, ours); the faster of each library's two runs counts.
     runs = {"ours": [], "peft": []}
+    builders = {"ours": ours_model, "peft": peft_model}
     for order in (("ours", "peft"), ("peft", "ours")):
         for who in order:
-            runs[who].append(ours() if who == "ours" else theirs())
+            runs[who].append(timed(builders[who]))
             gc.collect()
-    (ours_ms, ours_rss), (peft_ms, peft_rss) = (min(runs[who], key=lambda x: x[0]) for who in ("ours", "peft"))
-    ratios = [a[0] / b[0] for a, b in zip(runs["ours"], runs["peft"], strict=True)]
+    ours_ms, peft_ms = min(runs["ours"]), min(runs["peft"])
+    ratios = [a / b for a, b in zip(runs["ours"], runs["peft"], strict=True)]
+    (ours_tensors, ours_objects), (peft_tensors, peft_objects) = kept(ours_model), kept(peft_model)
     return {
         "ratio": ours_ms / peft_ms,
         "adapted_ms": ours_ms,
         "plain_ms": peft_ms,
         "rounds": len(ratios),
         "per_round": {"ratio": ratios},
-        "rss_mib_per_adapter": ours_rss,
-        "peft_rss_mib_per_adapter": peft_rss,
-        "adapter_param_mib": lora_bytes / 2**20,
+        "adapter_param_bytes": lora_bytes,
+        "tensor_bytes_kept_per_adapter": ours_tensors,
+        "python_bytes_kept_per_adapter": ours_objects,
+        "peft_tensor_bytes_kept_per_adapter": peft_tensors,
+        "peft_python_bytes_kept_per_adapter": peft_objects,
         "adapters": LOADED_ADAPTERS,
         "peft_version": __import__("peft").__version__,
     }
@@ -592,12 +704,128 @@ def decoder_case(case: str, args) -> dict:
     return inference_case(plain, adapted, inputs, args.rounds, args.warmup, args.case_seconds)
 
 
+def compiled_case(base, case: str, inputs, labels, args) -> dict:
+    """A case above with both models ``torch.compile``d (inductor); ours must compile to one graph.
+
+    The FLOPs ratio (from the eager models) is the target's base: compiled kernels fuse the
+    memory-bound passes that set eager's floors, so what is left of an adapter is its arithmetic.
+    """
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    peft = case.startswith("peft_")
+    inner = case.removeprefix("peft_").removeprefix("compiled_")
+    training = inner.startswith("train_")
+    plain, adapted, info = build_peft_case(base, f"peft_{inner}") if peft else build_adapters_case(base, inner)
+    ours = not peft and hasattr(adapted, "adapters_state")  # the reference library may break the graph
+    if ours and inner == "lora":
+        for name in ("other0", "other1"):  # inactive: the adapters _compiled_switch activates
+            adapted.add_adapter(name, config="lora")
+    if training:
+        for p in plain.parameters():
+            p.requires_grad_(True)
+        plain.train()
+        adapted.train()
+        flops = count_train_flops(adapted, inputs, labels) / count_train_flops(plain, inputs, labels)
+    else:
+        plain.eval()
+        adapted.eval()
+        flops = count_flops(adapted, inputs) / count_flops(plain, inputs)
+        with torch.inference_mode():
+            eager = _first_hidden(adapted(**inputs)).clone()
+    torch._dynamo.reset()
+    counters.clear()
+    plain_c = torch.compile(plain, backend=args.compile_backend)
+    adapted_c = torch.compile(adapted, backend=args.compile_backend, fullgraph=ours)
+    t0 = time.perf_counter()
+    if training:
+        for model in (plain_c, adapted_c):  # forward and backward compiled before timing
+            _first_hidden(model(**inputs)).sum().backward()
+            model.zero_grad(set_to_none=True)
+    else:
+        with torch.inference_mode():
+            plain_c(**inputs)
+            compiled = _first_hidden(adapted_c(**inputs))
+        info["max_abs_diff_vs_eager"] = (compiled - eager).abs().max().item()
+        info["eager_scale"] = eager.abs().max().item()
+    info["compile_seconds"] = round(time.perf_counter() - t0, 1)
+    graphs = counters["stats"]["unique_graphs"]
+    if training:
+        rounds = (args.train_rounds, args.train_warmup, args.train_case_seconds)
+        res = train_case(plain_c, adapted_c, inputs, labels, *rounds)
+    else:
+        res = alternate(
+            lambda: _no_grad_call(lambda: plain_c(**inputs)),
+            lambda: _no_grad_call(lambda: adapted_c(**inputs)),
+            args.rounds,
+            args.warmup,
+            args.case_seconds,
+        )
+    res["recompiled_while_timed"] = counters["stats"]["unique_graphs"] != graphs
+    res["graphs_both_models"] = graphs
+    res["flops_ratio"] = flops
+    if inner != "train_floor":
+        res["target"] = flops + COMPILED_TARGET_MARGIN
+    if ours and inner == "lora":
+        res.update(_compiled_switch(adapted, adapted_c, inputs))
+    res.update(info)
+    return res
+
+
+def train_against_peft_case(base, args, compiled: bool = False) -> dict:
+    """Our IA3 training step timed against PEFT's on the same layers, head to head (PEFT's is the baseline)."""
+    inputs, labels = _INPUTS
+    _, ours, _ = build_adapters_case(base, "train_ia3")
+    _, theirs, info = build_peft_case(base, "peft_train_ia3")
+    for model in (ours, theirs):
+        model.train()
+    if compiled:
+        import torch._dynamo
+
+        torch._dynamo.reset()
+        ours = torch.compile(ours, backend=args.compile_backend, fullgraph=True)
+        theirs = torch.compile(theirs, backend=args.compile_backend)
+    hidden = base.config.hidden_size
+    ours_step, theirs_step = _StepRunner(ours, hidden, inputs, labels), _StepRunner(theirs, hidden, inputs, labels)
+    if ours_step.n_trainable != theirs_step.n_trainable:
+        raise RuntimeError(f"IA3 trains {ours_step.n_trainable} parameters here and {theirs_step.n_trainable} in PEFT")
+    res = alternate(theirs_step, ours_step, args.train_rounds, args.train_warmup, args.train_case_seconds)
+    res["trainable_params"] = ours_step.n_trainable
+    res.update(info)
+    return res
+
+
+def _compiled_switch(model, compiled, inputs, switches: int = 6) -> dict:
+    """Serving other LoRAs of the same config from the compiled model: ``set_active_adapters`` and a
+    forward, against a forward alone; whether the switches recompiled."""
+    from torch._dynamo.utils import counters
+
+    def forward_ms(switch_to: str | None = None) -> float:
+        t0 = time.perf_counter()
+        if switch_to is not None:
+            model.set_active_adapters(switch_to)
+        with torch.inference_mode():
+            compiled(**inputs)
+        return (time.perf_counter() - t0) * 1000
+
+    graphs = counters["stats"]["unique_graphs"]
+    switched = [forward_ms(f"other{i % 2}") for i in range(switches)]
+    alone = [forward_ms() for _ in range(switches)]
+    return {
+        "switch_then_forward_ms": statistics.median(switched),
+        "forward_alone_ms": statistics.median(alone),
+        "switch_recompiled": counters["stats"]["unique_graphs"] != graphs,
+    }
+
+
 COMPOSITION_BUILDERS = {
     "batch_split_lora": batch_split_case,
     "peft_batch_split_lora": peft_batch_split_case,
     "batch_split_64_lora": lambda base, args: batch_split_case(base, args, MANY_RANKS, MANY_BATCH),
     "peft_batch_split_64_lora": lambda base, args: peft_batch_split_case(base, args, MANY_RANKS, MANY_BATCH),
     "load_100_lora": load_many_case,
+    "train_ia3_vs_peft": train_against_peft_case,
+    "compiled_train_ia3_vs_peft": lambda base, args: train_against_peft_case(base, args, compiled=True),
     "parallel_seq_bn": parallel_case,
 }
 
@@ -611,6 +839,10 @@ def run_case(base, case, inputs, labels, args) -> dict:
         return res
     if case in COMPOSITION_BUILDERS:
         res = COMPOSITION_BUILDERS[case](base, args)
+        gc.collect()
+        return res
+    if case in COMPILED_CASES or case in PEFT_COMPILED_CASES:
+        res = compiled_case(base, case, inputs, labels, args)
         gc.collect()
         return res
     if case.startswith("peft_"):
@@ -638,7 +870,7 @@ def format_table(results: dict) -> str:
     header = f"{'case':<18} {'ratio':>8} {'FLOPs':>7} {'plain ms':>10} {'adapted ms':>11} {'target':>8}  status"
     lines = [header, "-" * len(header)]
     for case, res in results.items():
-        target = TARGETS.get(case)
+        target = TARGETS.get(case, res.get("target"))
         tgt = f"<={target:.3f}" if target is not None else "-"
         if "error" in res:
             lines.append(f"{case:<18} {'-':>8} {'-':>7} {'-':>10} {'-':>11} {tgt:>8}  ERROR: {res['error']}")
@@ -719,6 +951,11 @@ def parse_args(argv=None):
         type=float,
         default=70.0,
         help="time cap for the measured rounds of one training case (default 70; 0 = none)",
+    )
+    ap.add_argument(
+        "--compile-backend",
+        default="inductor",
+        help="torch.compile backend of the compiled cases (default inductor; 'eager' traces only, for smoke tests)",
     )
     ap.add_argument("--quick", action="store_true", help="few rounds: a smoke test, not a measurement")
     ap.add_argument("--cases", default=None, help=f"comma-separated subset of: {','.join(ALL_CASES)}")
@@ -801,6 +1038,7 @@ def main(argv=None) -> int:
             "train_rounds": args.train_rounds,
             "train_warmup": args.train_warmup,
             "quick": args.quick,
+            "compile_backend": args.compile_backend,
             "method": "plain and adapted models timed alternately (order alternating per round); "
             "ratio = median over rounds of adapted_ms / plain_ms",
             "train_step": "AdamW(lr=1e-4) step: forward, linear head on CLS + cross entropy, backward, "
@@ -825,7 +1063,7 @@ def main(argv=None) -> int:
             gc.collect()
         res["seconds"] = round(time.perf_counter() - t0, 2)
         res["loadavg_1min_before_after"] = [load_before, _loadavg()]
-        target = TARGETS.get(case)
+        target = TARGETS.get(case, res.get("target"))
         if target is not None:
             res["target"] = target
             if "ratio" in res:

@@ -41,13 +41,15 @@ def bench(monkeypatch, tmp_path):
 
 def test_every_case_runs_and_checks_its_own_outputs(bench, tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert bench.main(["--out", str(out), "--quick", "--no-peft", "--threads", "1"]) == 0
+    argv = ["--out", str(out), "--quick", "--no-peft", "--threads", "1", "--compile-backend", "eager"]
+    assert bench.main(argv) == 0
 
     report = json.loads(out.read_text())
     cases = report["cases"]
     ran = {name: res for name, res in cases.items() if "skipped" not in res}
     peft_compositions = {"peft_batch_split_lora", "peft_batch_split_64_lora"}
-    assert set(ran) == set(bench.ALL_CASES) - set(bench.PEFT_CASES) - peft_compositions - bench.AGAINST_PEFT
+    peft_only = set(bench.PEFT_CASES) | set(bench.PEFT_COMPILED_CASES) | peft_compositions | bench.AGAINST_PEFT
+    assert set(ran) == set(bench.ALL_CASES) - peft_only
     for name, res in ran.items():
         assert "error" not in res, (name, res.get("traceback"))
         assert res["ratio"] > 0 and res["rounds"] == len(res["per_round"]["ratio"])
@@ -62,6 +64,16 @@ def test_every_case_runs_and_checks_its_own_outputs(bench, tmp_path, capsys):
         ("parallel_seq_bn", "max_abs_diff_vs_separate_passes", "separate_passes_scale"),
     ):
         assert cases[case][diff] <= tolerance(torch.tensor(cases[case][scale])), (case, cases[case])
+    # Compiled (traced as one graph each: fullgraph=True) gives eager's outputs, and never recompiles
+    # while timed; switching to another LoRA of the same config does not recompile either.
+    for method in bench.COMPILED_METHODS:
+        compiled = cases[f"compiled_{method}"]
+        assert compiled["max_abs_diff_vs_eager"] <= tolerance(torch.tensor(compiled["eager_scale"])), compiled
+        assert compiled["target"] == compiled["flops_ratio"] + bench.COMPILED_TARGET_MARGIN
+        for name in (f"compiled_{method}", f"compiled_train_{method}"):
+            assert not cases[name]["recompiled_while_timed"], name
+    assert cases["compiled_lora"]["switch_recompiled"] is False
+    assert cases["compiled_train_lora"]["flops_ratio"] < 1.0  # no weight gradients for the frozen base
     assert cases["par_bn"]["flops_ratio"] > cases["seq_bn"]["flops_ratio"] > 1.0
     assert cases["decoder_double_seq_bn"]["flops_ratio"] > cases["decoder_seq_bn"]["flops_ratio"] > 1.0
     # The floor trains only the embeddings' LayerNorm; adapters train fewer weights than full fine-tuning.
@@ -71,3 +83,16 @@ def test_every_case_runs_and_checks_its_own_outputs(bench, tmp_path, capsys):
 
     table = capsys.readouterr().out
     assert "train_floor" in table and f"adapters {report['environment']['adapters']}" in table
+
+
+def test_retained_bytes_counts_the_tensors_and_objects_kept_not_those_freed(bench):
+    kept: list = []
+
+    def allocate():
+        kept.append(torch.zeros(1000))  # 4,000 bytes kept
+        torch.zeros(50_000)  # freed at once
+        kept.append(list(range(1000)))
+
+    tensors, objects = bench.retained_bytes(allocate)
+    assert tensors == 4000
+    assert objects >= 1000 * 28  # a list of 1,000 ints: at least their objects

@@ -3,8 +3,10 @@ composition block, and the compiled model's outputs equal eager's.
 
 Dynamo traces the adapters' hooks like the model's own code: under compilation the hooks read the
 model-wide setup (``set_active_adapters``) directly, without the per-pass bookkeeping that keeps
-concurrent threads apart (a context variable and a lock, which dynamo cannot trace). Changing the
-active adapters recompiles (dynamo guards on what the hooks read). Prompt tuning compiles to two
+concurrent threads apart (a context variable and a lock, which dynamo cannot trace). Switching to
+another adapter of the same config reuses the graph (dynamo lifts the parameters it reads as
+inputs); another config or composition recompiles (dynamo guards on what the hooks read). Prompt
+tuning compiles to two
 graphs, each whole: the model's pre-hook that inserts the prompt's positions into the inputs (dynamo
 compiles a top-level module's hooks apart from its forward), then the model. The backend counts
 the graphs and runs each op by op: the check is the tracing, not a code generator.
@@ -97,17 +99,45 @@ def test_each_composition_block_compiles_to_one_graph_with_eager_outputs(block: 
     check_one_graph_and_eager_outputs(model)
 
 
-def test_changing_the_active_adapter_recompiles_and_follows_it() -> None:
+@pytest.mark.parametrize("config", ["lora", "ia3", "seq_bn", "par_bn", "prefix_tuning"])
+def test_switching_among_adapters_of_one_config_does_not_recompile(config) -> None:
+    """A server's pattern: several adapters loaded, set_active_adapters picks one per request.
+
+    Dynamo lifts the parameters the graph reads as its inputs: switching to an adapter of the same
+    config and shapes reuses the graph with the other adapter's tensors.
+    """
     model = bert()
-    for seed, name in enumerate(("a", "b")):
-        model.add_adapter(name, config="lora")
+    names = ("a", "b", "c")
+    for seed, name in enumerate(names):
+        model.add_adapter(name, config=config)
         randomize_adapter(model, name, seed=seed)
-    compiled = torch.compile(model, backend="eager", fullgraph=True)
     expected = {}
     with torch.no_grad():
-        for name in ("a", "b", None):
+        for name in names:
             model.set_active_adapters(name)
             expected[name] = model(**inputs()).last_hidden_state
-        for name in ("a", "b", None, "a"):
+        dynamo.reset()
+        counter = CompileCounter()
+        compiled = torch.compile(model, backend=counter, fullgraph=True)
+        for name in ("a", "b", "c", "a", "b"):
             model.set_active_adapters(name)
             assert_close(compiled(**inputs()).last_hidden_state, expected[name], msg=f"compiled with {name} active")
+    assert counter.frame_count == 1, f"{counter.frame_count} compilations for 4 switches"
+
+
+def test_changing_the_setup_to_another_config_follows_it() -> None:
+    """Another rank, method or composition (or none) changes the graph: dynamo recompiles and the outputs follow."""
+    model = bert()
+    for seed, (name, config) in enumerate((("a", "lora"), ("b", "lora"), ("wide", "lora[r=16]"), ("bn", "seq_bn"))):
+        model.add_adapter(name, config=config)
+        randomize_adapter(model, name, seed=seed)
+    setups = ("a", "wide", "bn", None, Stack("a", "bn"), "b")
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    expected = []
+    with torch.no_grad():
+        for setup in setups:
+            model.set_active_adapters(setup)
+            expected.append(model(**inputs()).last_hidden_state)
+        for setup, wanted in [*zip(setups, expected, strict=True), (setups[0], expected[0])]:
+            model.set_active_adapters(setup)
+            assert_close(compiled(**inputs()).last_hidden_state, wanted, msg=f"compiled with {setup} active")

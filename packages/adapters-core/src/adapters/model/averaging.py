@@ -183,19 +183,23 @@ def _comparable(value: Any, ignored: frozenset[str]) -> Any:
     return value
 
 
+def config_differences(state: AdapterState, first: str, second: str, ignored: frozenset[str] = IGNORED_FIELDS):
+    """The config fields in which two adapters differ, besides the ``ignored`` ones (sorted; empty: the same)."""
+    a = _comparable(state.configs[first].to_dict(), ignored)
+    b = _comparable(state.configs[second].to_dict(), ignored)
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
 def common_config(state: AdapterState, names: Sequence[str], ignored: frozenset[str] = IGNORED_FIELDS):
     """The config of the first adapter, after checking that all have the same (up to the ``ignored`` fields)."""
-    first = state.configs[names[0]]
-    reference = _comparable(first.to_dict(), ignored)
     for name in names[1:]:
-        other = _comparable(state.configs[name].to_dict(), ignored)
-        if other != reference:
-            differing = sorted(k for k in set(reference) | set(other) if reference.get(k) != other.get(k))
+        differing = config_differences(state, names[0], name, ignored)
+        if differing:
             raise AdapterConfigError(
                 f"Cannot average adapters with different configs: {names[0]!r} and {name!r} differ in {differing}. "
                 "Parameters can only be averaged between adapters of the same shape and method."
             )
-    return first
+    return state.configs[names[0]]
 
 
 def _check_plain_lora(config: Any, strategy: str) -> None:

@@ -23,9 +23,8 @@ from ..io import peft as peft_format
 from ..methods.fusion import api as fusion_api
 from ..methods.init import initial_values_unneeded
 from ..names import check_adapter_name, check_saved_name
-from . import dry_run, merging
+from . import dry_run, hotswap, merging
 from .averaging import average_adapter as _average_adapter
-from .averaging import common_config
 
 DEFAULT_CONFIG = "seq_bn"
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -414,21 +413,11 @@ class ModelAdaptersMixin:
         """
         state = self.adapters_state
         state.require(adapter_name)
-        if state.merged == adapter_name:
-            raise AdapterError(
-                f"Adapter {adapter_name!r} is merged into the weights; call reset_adapter() before hot-swapping it."
-            )
+        hotswap.check_not_merged(state, adapter_name)
         staging = f"hotswap_{uuid.uuid4().hex[:8]}"
         self.load_adapter(adapter_name_or_path, load_as=staging, with_head=False, **kwargs)
         try:
-            common_config(state, [adapter_name, staging])
-            targets = state.modules_of(adapter_name)
-            for path, source in state.modules_of(staging).items():
-                target = targets.get(path[: -len(staging)] + adapter_name)
-                if target is None:
-                    raise AdapterLoadError(f"{adapter_name!r} has no module where the loaded adapter has {path!r}.")
-                # load_state_dict copies into the existing tensors (no new parameter objects).
-                target.load_state_dict(source.state_dict())
+            hotswap.copy_weights(state, adapter_name, staging)
         finally:
             self.delete_adapter(staging)
 
