@@ -9,7 +9,8 @@ Model: SmolLM2-135M-Instruct (a Llama-architecture decoder) from the ``llm-smoll
 converted once to safetensors by ``examples/smollm2_lora.py`` (``~/.cache/adapters-examples``).
 Each call is ``generate`` of exactly 64 new tokens (``min_new_tokens=max_new_tokens=64``, greedy,
 KV cache) for a batch of 8 prompts of 32 random token ids. Timing as in ``bench.py``: the plain and
-the adapted model alternate in one process and the ratio is the median of the per-round ratios.
+the adapted model alternate in one process and the ratio is the median of the per-round ratios;
+the process runs with bench.py's ``--keep-freed-memory`` malloc settings (it restarts itself with them).
 
 Cases (adapters with random weights, so that none is a no-op):
     lora / lora_merged   LoRA on q and v (r=8), unmerged; the same after ``merge_adapter``
@@ -41,7 +42,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from bench import _perturb_lora, alternate, environment  # noqa: E402
+from bench import KEEP_FREED_MEMORY, _perturb_lora, alternate, environment  # noqa: E402
 
 BATCH, PROMPT, NEW_TOKENS, SEED = 8, 32, 64, 1234
 SPLIT = 4  # adapters of the BatchSplit cases, BATCH // SPLIT prompts each
@@ -185,12 +186,16 @@ def run_case(base, case: str, inputs, args) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--cases", default=",".join(CASES))
     ap.add_argument("--no-peft", action="store_true")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
+    if argv is None and any(os.environ.get(k) != v for k, v in KEEP_FREED_MEMORY.items()):
+        # glibc reads its malloc settings when the process starts: start again with them (see bench.py).
+        os.environ.update(KEEP_FREED_MEMORY)
+        os.execv(sys.executable, [sys.executable, *sys.argv])
     threads = args.threads or len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
     torch.manual_seed(SEED)

@@ -96,3 +96,16 @@ def test_retained_bytes_counts_the_tensors_and_objects_kept_not_those_freed(benc
     tensors, objects = bench.retained_bytes(allocate)
     assert tensors == 4000
     assert objects >= 1000 * 28  # a list of 1,000 ints: at least their objects
+
+
+def test_the_operator_profile_runs_on_both_comparisons(bench, monkeypatch, capsys):
+    spec = importlib.util.spec_from_file_location("adapters_profile_ops", BENCH.parent / "profile_ops.py")
+    profile_ops = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench", bench)  # the patched tiny model, not the real one
+    spec.loader.exec_module(profile_ops)
+    assert profile_ops.main(["prefix_tuning", "--steps", "1"]) == 0
+    assert "aten::" in capsys.readouterr().out
+    pytest.importorskip("peft")
+    assert profile_ops.main(["train_ia3", "--against-peft", "--steps", "1", "--rows", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "PEFT ms" in lines[0] and lines[-1].startswith("total") and len(lines) == 5
